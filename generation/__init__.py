@@ -1,0 +1,1 @@
+"""The generation app: jobs, their API, pages, GPU actors and admin."""

@@ -1,0 +1,151 @@
+"""The Job: one image + prompt turned into a video, and its state machine.
+
+Every state change is one conditional UPDATE (`filter(id=..., status__in=...).update(...)`), so two workers,
+a worker and a user, or a worker and the reaper can never both win the same transition.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F
+from django.utils import timezone
+
+
+class IllegalTransition(Exception):
+    """A state change that the state machine forbids from the job's current state."""
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "QUEUED", "Queued"
+        RUNNING = "RUNNING", "Running"
+        SUCCEEDED = "SUCCEEDED", "Succeeded"
+        FAILED = "FAILED", "Failed"
+        CANCELED = "CANCELED", "Canceled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+    # target state -> the states it may be entered from
+    TRANSITIONS: dict[str, tuple[str, ...]] = {
+        Status.RUNNING: (Status.QUEUED,),
+        Status.SUCCEEDED: (Status.RUNNING,),
+        Status.FAILED: (Status.QUEUED, Status.RUNNING),
+        Status.CANCELED: (Status.QUEUED, Status.RUNNING),
+        Status.QUEUED: (Status.RUNNING,),  # requeue after a lost worker or a graceful shutdown
+    }
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+
+    # What was asked for
+    prompt = models.TextField()
+    input_image = models.FileField(max_length=300, blank=True)
+    seed = models.BigIntegerField()
+    num_steps = models.PositiveSmallIntegerField(default=4)
+    resolution = models.CharField(max_length=16, default="480p")
+    num_frames = models.PositiveSmallIntegerField(default=81)
+    adaptive_resolution = models.BooleanField(default=True)
+    ode = models.BooleanField(default=False)
+    model = models.CharField(max_length=64)
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+
+    # Where it stands
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    progress = models.FloatField(default=0.0)
+    stage = models.CharField(max_length=32, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=128, blank=True)
+    gpu_name = models.CharField(max_length=128, blank=True)
+    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    timings = models.JSONField(default=dict, blank=True)
+
+    # What came out
+    output_video = models.FileField(max_length=300, blank=True)
+    poster = models.FileField(max_length=300, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    frames = models.PositiveIntegerField(null=True, blank=True)
+    fps = models.PositiveSmallIntegerField(null=True, blank=True)
+    bytes = models.BigIntegerField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="job_owner_recent"),
+            models.Index(fields=["status", "created_at"], name="job_status_age"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "idempotency_key"], name="job_unique_idempotency_key",
+                                    condition=models.Q(idempotency_key__isnull=False)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    # -- state machine -------------------------------------------------------------------------------------
+
+    def _transition(self, target: str, *, sources: Iterable[str] | None = None, **fields: Any) -> bool:
+        """Move to `target` only if the row is still in an allowed source state. Returns whether it moved.
+
+        On success the in-memory instance is refreshed; on failure it is left untouched, so callers can tell
+        a lost race (returns False) from a programming error (IllegalTransition).
+        """
+        allowed = tuple(sources) if sources is not None else self.TRANSITIONS[target]
+        if not set(allowed) <= set(self.TRANSITIONS[target]):
+            raise IllegalTransition(f"{target} cannot be entered from {sorted(set(allowed) - set(self.TRANSITIONS[target]))}")
+        updated = Job.objects.filter(id=self.id, status__in=allowed).update(status=target, **fields)
+        if updated:
+            self.refresh_from_db()
+        return bool(updated)
+
+    def claim(self, *, worker: str, gpu_name: str = "") -> bool:
+        """QUEUED -> RUNNING for exactly one worker; a duplicate delivery gets False."""
+        now = timezone.now()
+        return self._transition(
+            self.Status.RUNNING, attempts=F("attempts") + 1, worker=worker, gpu_name=gpu_name,
+            started_at=now, heartbeat_at=now, progress=0.0, stage="starting", error="",
+        )
+
+    def succeed(self, **result: Any) -> bool:
+        return self._transition(self.Status.SUCCEEDED, progress=1.0, stage="done", finished_at=timezone.now(),
+                                heartbeat_at=timezone.now(), **result)
+
+    def fail(self, error: str, **extra: Any) -> bool:
+        return self._transition(self.Status.FAILED, error=error[:10_000], finished_at=timezone.now(), **extra)
+
+    def cancel(self) -> bool:
+        return self._transition(self.Status.CANCELED, finished_at=timezone.now(), stage="canceled")
+
+    def requeue(self, reason: str = "") -> bool:
+        """RUNNING -> QUEUED, for a worker that died or is shutting down; the next claim counts a new attempt."""
+        return self._transition(self.Status.QUEUED, worker="", heartbeat_at=None, progress=0.0, stage="queued",
+                                error=reason[:10_000])
+
+    def report_progress(self, *, progress: float, stage: str, timings: dict[str, float] | None = None) -> bool:
+        """Write progress and a heartbeat while RUNNING. False means the job is no longer ours (e.g. canceled)."""
+        fields: dict[str, Any] = {"progress": max(0.0, min(1.0, progress)), "stage": stage,
+                                  "heartbeat_at": timezone.now()}
+        if timings is not None:
+            fields["timings"] = timings
+        updated = Job.objects.filter(id=self.id, status=self.Status.RUNNING).update(**fields)
+        if updated:
+            for name, value in fields.items():
+                setattr(self, name, value)
+        return bool(updated)

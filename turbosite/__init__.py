@@ -1,0 +1,1 @@
+"""TurboSite Django project: settings from the environment, root URLs, accounts."""
