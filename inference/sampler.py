@@ -7,6 +7,7 @@ map (x_t, timestep) to a velocity, with the text context and image condition alr
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -78,7 +79,7 @@ def sample(
     noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=device)
     x = noise.to(torch.float64) * timesteps[0]
     batch = x.shape[0]
-    for step, (t, t_next) in enumerate(zip(timesteps[:-1], timesteps[1:], strict=True), start=1):
+    for step, (t, t_next) in enumerate(itertools.pairwise(timesteps), start=1):
         if should_cancel is not None and should_cancel():
             raise GenerationCanceled(f"canceled before denoising step {step} of {num_steps}")
         denoiser = high_noise if plan[step - 1] == "high" else low_noise

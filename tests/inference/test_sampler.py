@@ -137,7 +137,9 @@ def test_same_seed_same_output_different_seed_different_output(ode: bool) -> Non
 
 def test_on_step_reports_every_step() -> None:
     seen: list[tuple[int, int]] = []
-    sample(RecordingExpert(0.0), RecordingExpert(0.0), SHAPE, seed=0, num_steps=3, on_step=lambda s, n: seen.append((s, n)))
+    sample(
+        RecordingExpert(0.0), RecordingExpert(0.0), SHAPE, seed=0, num_steps=3, on_step=lambda s, n: seen.append((s, n))
+    )
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
