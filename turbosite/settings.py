@@ -96,6 +96,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Queue: Redis when REDIS_URL is set, otherwise an in-process broker with a worker thread (turbosite/broker.py).
 REDIS_URL = env_str("REDIS_URL")
+QUEUE_NAMESPACE = env_str("QUEUE_NAMESPACE", "turbosite")  # Redis key prefix for the queues
 
 # Files: S3 (MinIO, SeaweedFS, AWS...) when S3_BUCKET is set, otherwise a local folder.
 S3_BUCKET = env_str("S3_BUCKET")
