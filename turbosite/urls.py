@@ -1,6 +1,20 @@
+"""Root URLs. Each area keeps its own urls module; this file only mounts them."""
+
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from turbosite import health
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
+    path("accounts/", include("turbosite.accounts.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/", include("generation.api.urls")),
+    path("v1/turbodiffusion/", include("generation.compat.urls")),
+    path("files/", include("generation.file_urls")),
+    path("", include("generation.page_urls")),
 ]

@@ -1,0 +1,1 @@
+"""Routes of the system TurboSite replaces (seed runbook section 7), kept working."""
