@@ -1,0 +1,267 @@
+"""The Wan2.2 A14B diffusion transformer (one expert) in plain PyTorch.
+
+Module and parameter names are the official checkpoint keys (spec section 2, "Official key names"), so weights
+load strictly without renaming. Every op with a fast kernel goes through kernels.dispatch.
+
+Precision follows upstream: the residual stream, timestep path, modulation and output head run in fp32; the
+linears, attention and text embedding run in the compute dtype (the dtype of the patch embedding's weight,
+bf16 on GPU). SLA's proj_l stays fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inference.configs import DiTConfig
+from kernels import dispatch
+
+ATTENTION_KINDS = ("sla", "dense")
+
+
+def timestep_sinusoid(freq_dim: int, t: torch.Tensor) -> torch.Tensor:
+    """[B] timesteps (already x1000) -> [B, freq_dim] fp32: cos half then sin half, formed in fp64."""
+    half = freq_dim // 2
+    position = t.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = position[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
+
+
+def _fp32_sequential(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run a Sequential with its Linears in fp32 whatever their stored dtype (upstream's fp32 autocast)."""
+    for layer in seq:
+        if isinstance(layer, nn.Linear):
+            bias = None if layer.bias is None else layer.bias.float()
+            x = F.linear(x.float(), layer.weight.float(), bias)
+        else:
+            x = layer(x)
+    return x
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim with a learned weight; fp32 math via kernels.dispatch."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dispatch.rms_norm(x, self.weight, self.eps)
+
+
+class SparseLinearAttention(nn.Module):
+    """SLA (spec section 3). Holds the learned `proj_l` of the linear branch, kept in fp32."""
+
+    def __init__(self, head_dim: int, topk: float, block_q: int, block_k: int) -> None:
+        super().__init__()
+        self.topk = topk
+        self.block_q = block_q
+        self.block_k = block_k
+        self.proj_l = nn.Linear(head_dim, head_dim, dtype=torch.float32)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return dispatch.sla_attention(
+            q, k, v, self.proj_l.weight, self.proj_l.bias, self.topk, self.block_q, self.block_k
+        )
+
+
+class SLAAttentionOp(nn.Module):
+    """Wrapper that exists only so the TurboDiffusion key path `attn_op.local_attn.proj_l` matches."""
+
+    def __init__(self, head_dim: int, topk: float, block_q: int, block_k: int) -> None:
+        super().__init__()
+        self.local_attn = SparseLinearAttention(head_dim, topk, block_q, block_k)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.local_attn(q, k, v)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig, attention: str) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.k = nn.Linear(cfg.dim, cfg.dim)
+        self.v = nn.Linear(cfg.dim, cfg.dim)
+        self.o = nn.Linear(cfg.dim, cfg.dim)
+        self.norm_q = RMSNorm(cfg.dim, cfg.eps)
+        self.norm_k = RMSNorm(cfg.dim, cfg.eps)
+        self.attn_op = (
+            SLAAttentionOp(cfg.head_dim, cfg.sla_topk, cfg.sla_block_q, cfg.sla_block_k) if attention == "sla" else None
+        )
+
+    def forward(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
+        b, length, dim = x.shape
+        heads = (b, length, self.num_heads, self.head_dim)
+        q = dispatch.apply_rope(self.norm_q(self.q(x)).view(heads), rope_cos, rope_sin).transpose(1, 2)
+        k = dispatch.apply_rope(self.norm_k(self.k(x)).view(heads), rope_cos, rope_sin).transpose(1, 2)
+        v = self.v(x).view(heads).transpose(1, 2)
+        out = dispatch.dense_attention(q, k, v) if self.attn_op is None else self.attn_op(q, k, v)
+        return self.o(out.transpose(1, 2).reshape(b, length, dim))
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to the embedded text; no RoPE, no mask (padding is zeros upstream too)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.k = nn.Linear(cfg.dim, cfg.dim)
+        self.v = nn.Linear(cfg.dim, cfg.dim)
+        self.o = nn.Linear(cfg.dim, cfg.dim)
+        self.norm_q = RMSNorm(cfg.dim, cfg.eps)
+        self.norm_k = RMSNorm(cfg.dim, cfg.eps)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, length, dim = x.shape
+        q = self.norm_q(self.q(x)).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.norm_k(self.k(context)).view(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v(context).view(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        out = dispatch.dense_attention(q, k, v)
+        return self.o(out.transpose(1, 2).reshape(b, length, dim))
+
+
+class WanAttentionBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig, attention: str) -> None:
+        super().__init__()
+        self.eps = cfg.eps
+        self.self_attn = SelfAttention(cfg, attention)
+        self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(cfg)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
+        )
+        self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        time_mod: torch.Tensor,
+        context: torch.Tensor,
+        rope_cos: torch.Tensor,
+        rope_sin: torch.Tensor,
+    ) -> torch.Tensor:
+        """x: fp32 residual stream [B, L, dim]; time_mod: fp32 [B, 6, dim]; context: [B, text_len, dim]."""
+        dtype = context.dtype
+        mod = self.modulation.float() + time_mod
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.chunk(6, dim=1)
+
+        h = dispatch.layer_norm_modulate(x, shift_sa, scale_sa, self.eps).to(dtype)
+        x = x + self.self_attn(h, rope_cos, rope_sin).float() * gate_sa
+
+        # The affine LayerNorm is the same map as a modulation with shift = bias and scale = weight - 1.
+        h = dispatch.layer_norm_modulate(x, self.norm3.bias.float(), self.norm3.weight.float() - 1, self.eps)
+        x = x + self.cross_attn(h.to(dtype), context).float()
+
+        h = dispatch.layer_norm_modulate(x, shift_ff, scale_ff, self.eps).to(dtype)
+        return x + self.ffn(h).float() * gate_ff
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.eps = cfg.eps
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
+
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        """x: fp32 [B, L, dim]; time_emb: fp32 [B, dim] (the time embedding, not its projection). fp32 out."""
+        mod = self.modulation.float() + time_emb[:, None, :]
+        shift, scale = mod.chunk(2, dim=1)
+        h = dispatch.layer_norm_modulate(x, shift, scale, self.eps)
+        return F.linear(h, self.head.weight.float(), self.head.bias.float())
+
+
+def _per_layer_attention(attention: str | Sequence[str], num_layers: int) -> list[str]:
+    kinds = [attention] * num_layers if isinstance(attention, str) else list(attention)
+    if len(kinds) != num_layers:
+        raise ValueError(f"attention lists {len(kinds)} layers but the model has {num_layers}")
+    for i, kind in enumerate(kinds):
+        if kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention for layer {i} is {kind!r}; choose one of {', '.join(ATTENTION_KINDS)}")
+    return kinds
+
+
+class WanDiT(nn.Module):
+    """One Wan2.2 I2V expert. forward(x [B, 36, f, h, w], t [B] (x1000), context [B, text_len, text_dim])
+    returns the predicted velocity [B, 16, f, h, w] in fp32."""
+
+    def __init__(self, cfg: DiTConfig, attention: str | Sequence[str] = "sla") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.attention = _per_layer_attention(attention, cfg.num_layers)
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList(WanAttentionBlock(cfg, kind) for kind in self.attention)
+        self.head = Head(cfg)
+        self._rope_cache: dict[tuple[tuple[int, int, int], torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    def set_sla_topk(self, topk: float) -> None:
+        """Change the kept fraction of key blocks of every SLA layer (1.0 keeps all)."""
+        for module in self.modules():
+            if isinstance(module, SparseLinearAttention):
+                module.topk = topk
+
+    def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (grid, device)
+        if key not in self._rope_cache:
+            cos, sin = dispatch.rope_tables(grid, self.cfg.head_dim, self.cfg.rope_theta)
+            self._rope_cache[key] = (cos.to(device), sin.to(device))
+        return self._rope_cache[key]
+
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> None:
+        cfg = self.cfg
+        if x.dim() != 5 or x.shape[1] != cfg.in_dim:
+            raise ValueError(f"DiT input must be [B, {cfg.in_dim}, f, h, w], got {tuple(x.shape)}")
+        for size, patch, axis in zip(x.shape[2:], cfg.patch_size, "fhw", strict=True):
+            if size % patch:
+                raise ValueError(f"DiT input {axis}={size} is not a multiple of the patch size {patch}")
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"timestep must be [B={x.shape[0]}], got {tuple(t.shape)}")
+        if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[2] != cfg.text_dim:
+            raise ValueError(f"context must be [B={x.shape[0]}, text_len, {cfg.text_dim}], got {tuple(context.shape)}")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        self._check_inputs(x, t, context)
+        cfg = self.cfg
+        dtype = self.compute_dtype
+        batch = x.shape[0]
+        tokens = self.patch_embedding(x.to(dtype))
+        grid = (tokens.shape[2], tokens.shape[3], tokens.shape[4])
+        residual = tokens.flatten(2).transpose(1, 2).float()
+        rope_cos, rope_sin = self.rope(grid, x.device)
+
+        time_emb = _fp32_sequential(self.time_embedding, timestep_sinusoid(cfg.freq_dim, t))
+        time_mod = _fp32_sequential(self.time_projection, time_emb).unflatten(1, (6, cfg.dim))
+        text = self.text_embedding(context.to(dtype))
+
+        for block in self.blocks:
+            residual = block(residual, time_mod, text, rope_cos, rope_sin)
+
+        out = self.head(residual, time_emb)
+        return self.unpatchify(out, grid, batch)
+
+    def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int], batch: int) -> torch.Tensor:
+        """[B, L, pt*ph*pw*c] with channels last in each patch (upstream's order) -> [B, c, f*pt, h*ph, w*pw]."""
+        f, h, w = grid
+        pt, ph, pw = self.cfg.patch_size
+        c = self.cfg.out_dim
+        out = out.view(batch, f, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.reshape(batch, c, f * pt, h * ph, w * pw)
