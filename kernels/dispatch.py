@@ -2,13 +2,17 @@
 
 Backend choice: `set_backend(...)` or the env var TURBO_KERNELS:
 - "reference": always the pure-PyTorch reference;
-- "kernel": always the fast kernel (an error if the op has none on this device);
-- "auto" (default): the fast kernel where one exists for the tensors' device, else the reference.
-No fast kernels are registered yet, so "auto" is the reference everywhere.
+- "kernel": always the fast kernel (an error naming the reason if the op has none for these tensors);
+- "auto" (default): the fast kernel on CUDA tensors whose shapes it supports, else the reference.
+
+Kernels are Triton (kernels/sla_triton.py, int8_linear.py, norms_triton.py), imported on first use so this module
+imports on machines without CUDA or Triton. Under TRITON_INTERPRET=1 the "kernel" backend also runs them on CPU
+tensors (Triton's interpreter), which is how the CPU tests check them; "auto" never picks the interpreter.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +25,85 @@ BACKENDS = ("auto", "reference", "kernel")
 _ENV_VAR = "TURBO_KERNELS"
 _backend: str | None = None  # None: read the env var on each call, so tests can set it late
 
-# op name -> fast implementation with the reference's signature (to be filled by the kernels' module).
-_KERNELS: dict[str, Callable[..., Any]] = {}
+# A check returns None when the kernel can take these arguments, else the reason it cannot.
+Check = Callable[..., str | None]
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _check_sla(q, k, v, proj_l_weight, proj_l_bias, topk, block_q, block_k) -> str | None:
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        return f"q, k, v must share one (B, H, L, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+    if q.shape[-1] not in (16, 32, 64, 128):
+        return f"head_dim {q.shape[-1]} is not 16/32/64/128"
+    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"q/k/v dtype {q.dtype}/{k.dtype}/{v.dtype}: the kernel takes bf16 or fp16"
+    if not (_pow2(block_q) and _pow2(block_k) and block_q >= 16 and block_k >= 16):
+        return f"block sizes {block_q}/{block_k} must be powers of two >= 16"
+    return None
+
+
+def _check_int8_linear(x, int8_weight, scale, bias) -> str | None:
+    if int8_weight.dtype != torch.int8 or int8_weight.dim() != 2:
+        return f"weight must be 2-D int8, got {int8_weight.dtype} {tuple(int8_weight.shape)}"
+    if x.shape[-1] != int8_weight.shape[1]:
+        return f"x has {x.shape[-1]} features, weight expects {int8_weight.shape[1]}"
+    return None
+
+
+def _check_quantize(w, block=128) -> str | None:
+    if w.dim() != 2 or not _pow2(block) or block > 256:
+        return f"needs a 2-D tensor and a power-of-two block <= 256, got {tuple(w.shape)} and {block}"
+    return None
+
+
+def _check_ln(x, shift, scale, eps) -> str | None:
+    if x.dim() not in (2, 3) or x.shape[-1] > 65536:
+        return f"x must be (B, L, C) or (L, C) with C <= 65536, got {tuple(x.shape)}"
+    try:
+        torch.broadcast_shapes(shift.shape, x.shape)
+        torch.broadcast_shapes(scale.shape, x.shape)
+    except RuntimeError:
+        return f"shift {tuple(shift.shape)} / scale {tuple(scale.shape)} do not broadcast to x {tuple(x.shape)}"
+    if torch.broadcast_shapes(shift.shape, x.shape) != x.shape:
+        return "shift/scale would enlarge x"
+    return None
+
+
+def _check_rms(x, weight, eps) -> str | None:
+    if x.shape[-1] > 65536 or weight.shape != (x.shape[-1],):
+        return f"x {tuple(x.shape)} with weight {tuple(weight.shape)}: needs weight (C,) and C <= 65536"
+    return None
+
+
+def _check_rope(x, cos, sin) -> str | None:
+    if x.dim() != 4 or not _pow2(x.shape[-1] // 2) or cos.shape != (x.shape[1], x.shape[-1] // 2):
+        return f"x must be (B, L, H, D) with D/2 a power of two and cos (L, D/2); got {tuple(x.shape)}, " \
+               f"{tuple(cos.shape)}"
+    return None
+
+
+def _check_rms_rope(x, weight, eps, cos, sin, num_heads) -> str | None:
+    if x.dim() != 3 or x.shape[-1] % num_heads:
+        return f"x must be (B, L, C) with C divisible by {num_heads} heads, got {tuple(x.shape)}"
+    d = x.shape[-1] // num_heads
+    if not _pow2(d // 2) or cos.shape != (x.shape[1], d // 2):
+        return f"head_dim {d} must be 2 * power of two and cos ({x.shape[1]}, {d // 2}), got {tuple(cos.shape)}"
+    return None
+
+
+# op name -> (module under kernels/, function name, argument check).
+_KERNELS: dict[str, tuple[str, str, Check]] = {
+    "sla_attention": ("sla_triton", "sla_attention", _check_sla),
+    "int8_linear": ("int8_linear", "int8_linear", _check_int8_linear),
+    "quantize_int8_blockwise": ("int8_linear", "quantize_int8_blockwise", _check_quantize),
+    "layer_norm_modulate": ("norms_triton", "layer_norm_modulate", _check_ln),
+    "rms_norm": ("norms_triton", "rms_norm", _check_rms),
+    "apply_rope": ("norms_triton", "apply_rope", _check_rope),
+    "rms_norm_rope": ("norms_triton", "rms_norm_rope", _check_rms_rope),
+}
 
 
 def set_backend(name: str | None) -> None:
@@ -40,15 +121,42 @@ def get_backend() -> str:
     return name
 
 
-def _pick(op: str, tensor: torch.Tensor) -> Callable[..., Any]:
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _load_kernel(module: str, function: str) -> Callable[..., Any] | None:
+    try:
+        mod = importlib.import_module(f"kernels.{module}")
+    except ImportError:
+        return None
+    if not getattr(mod, "HAVE_TRITON", False):
+        return None
+    return getattr(mod, function)
+
+
+def kernel_unavailable_reason(op: str, tensor: torch.Tensor, *args: Any) -> str | None:
+    """None if the fast kernel of `op` can run these arguments (on this device), else why not."""
+    entry = _KERNELS.get(op)
+    if entry is None:
+        return f"{op} has no fast kernel"
+    if not (tensor.is_cuda or (_interpreting() and tensor.device.type == "cpu")):
+        return f"tensors are on {tensor.device}, the kernels run on CUDA (or CPU under TRITON_INTERPRET=1)"
+    if _load_kernel(entry[0], entry[1]) is None:
+        return f"kernels.{entry[0]} is unavailable (Triton missing)"
+    return entry[2](*args)
+
+
+def _pick(op: str, tensor: torch.Tensor, *args: Any) -> Callable[..., Any]:
     backend = get_backend()
     if backend == "reference":
         return getattr(reference, op)
-    kernel = _KERNELS.get(op)
-    if kernel is not None and tensor.is_cuda:
-        return kernel
+    reason = kernel_unavailable_reason(op, tensor, *args)
+    if reason is None and (tensor.is_cuda or backend == "kernel"):
+        entry = _KERNELS[op]
+        return _load_kernel(entry[0], entry[1])
     if backend == "kernel":
-        raise RuntimeError(f"no fast kernel for {op} on device {tensor.device} (backend 'kernel' was requested)")
+        raise RuntimeError(f"no fast kernel for {op}: {reason} (backend 'kernel' was requested)")
     return getattr(reference, op)
 
 
@@ -62,33 +170,72 @@ def sla_attention(
     block_q: int,
     block_k: int,
 ) -> torch.Tensor:
-    return _pick("sla_attention", q)(q, k, v, proj_l_weight, proj_l_bias, topk, block_q, block_k)
+    args = (q, k, v, proj_l_weight, proj_l_bias, topk, block_q, block_k)
+    return _pick("sla_attention", q, *args)(*args)
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return _pick("dense_attention", q)(q, k, v)
+    # The reference is PyTorch SDPA, which is already a flash-attention kernel on CUDA.
+    return reference.dense_attention(q, k, v)
 
 
 def int8_linear(
     x: torch.Tensor, int8_weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    return _pick("int8_linear", x)(x, int8_weight, scale, bias)
+    args = (x, int8_weight, scale, bias)
+    return _pick("int8_linear", x, *args)(*args)
 
 
 def quantize_int8_blockwise(w: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    return _pick("quantize_int8_blockwise", w)(w, block)
+    return _pick("quantize_int8_blockwise", w, w, block)(w, block)
 
 
-def layer_norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    return _pick("layer_norm_modulate", x)(x, shift, scale, eps)
+def layer_norm_modulate(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """As the reference; `out_dtype` (default x's dtype) lets the kernel write e.g. bf16 from an fp32 stream in
+    the same pass instead of a separate cast."""
+    args = (x, shift, scale, eps)
+    fn = _pick("layer_norm_modulate", x, *args)
+    if out_dtype is None or out_dtype == x.dtype:
+        return fn(*args)
+    if fn is reference.layer_norm_modulate:
+        return fn(*args).to(out_dtype)
+    return fn(*args, out_dtype=out_dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return _pick("rms_norm", x)(x, weight, eps)
+    args = (x, weight, eps)
+    return _pick("rms_norm", x, *args)(*args)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return _pick("apply_rope", x)(x, cos, sin)
+    args = (x, cos, sin)
+    return _pick("apply_rope", x, *args)(*args)
+
+
+def rms_norm_rope_reference(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """apply_rope(rms_norm(x).unflatten(-1, (num_heads, -1))): the q/k path of self-attention, (B, L, H, D) out."""
+    normed = reference.rms_norm(x, weight, eps)
+    return reference.apply_rope(normed.unflatten(-1, (num_heads, -1)), cos, sin)
+
+
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """RMSNorm over the full feature dim then 3-D RoPE per head, fused on GPU: x (B, L, C) -> (B, L, H, D)."""
+    args = (x, weight, eps, cos, sin, num_heads)
+    if get_backend() == "reference":
+        return rms_norm_rope_reference(*args)
+    reason = kernel_unavailable_reason("rms_norm_rope", x, *args)
+    if reason is None and (x.is_cuda or get_backend() == "kernel"):
+        entry = _KERNELS["rms_norm_rope"]
+        return _load_kernel(entry[0], entry[1])(*args)
+    if get_backend() == "kernel":
+        raise RuntimeError(f"no fast kernel for rms_norm_rope: {reason} (backend 'kernel' was requested)")
+    return rms_norm_rope_reference(*args)
 
 
 def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

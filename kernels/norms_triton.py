@@ -1,0 +1,181 @@
+"""Row-wise norms in Triton: LayerNorm (no affine) fused with modulation, RMSNorm, and RMSNorm fused with 3-D RoPE.
+
+Each is one read and one write per element, against several passes for the eager reference; statistics in fp32.
+Semantics of kernels.reference.layer_norm_modulate / rms_norm / apply_rope.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover
+    HAVE_TRITON = False
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _ln_modulate_kernel(
+        X, SHIFT, SCALE, OUT, seq_len, cols, eps,
+        sxb, sxl, sshb, sshl, sscb, sscl, sob, sol,
+        BLOCK: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        b = row // seq_len
+        pos = row % seq_len
+        offs = tl.arange(0, BLOCK)
+        mask = offs < cols
+        x = tl.load(X + b * sxb + pos * sxl + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / cols
+        diff = tl.where(mask, x - mean, 0.0)
+        var = tl.sum(diff * diff, axis=0) / cols
+        normed = diff * tl.rsqrt(var + eps)
+        shift = tl.load(SHIFT + b * sshb + pos * sshl + offs, mask=mask, other=0.0).to(tl.float32)
+        scale = tl.load(SCALE + b * sscb + pos * sscl + offs, mask=mask, other=0.0).to(tl.float32)
+        out = normed * (1.0 + scale) + shift
+        tl.store(OUT + b * sob + pos * sol + offs, out.to(OUT.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _rms_norm_kernel(X, W, OUT, cols, eps, sxr, sor, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < cols
+        x = tl.load(X + row * sxr + offs, mask=mask, other=0.0).to(tl.float32)
+        inv = tl.rsqrt(tl.sum(x * x, axis=0) / cols + eps)
+        w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(OUT + row * sor + offs, (x * inv * w).to(OUT.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _rms_norm_rope_kernel(
+        X, W, COS, SIN, OUT, seq_len, cols, eps, sxr, sor, scl,
+        HALF_D: tl.constexpr, BLOCK_PAIRS: tl.constexpr,
+    ):
+        # One token: the row is seen as (cols/2) adjacent pairs; pair p belongs to head p // HALF_D and uses
+        # angle index p % HALF_D of this token's cos/sin row.
+        row = tl.program_id(0)
+        pos = row % seq_len
+        pairs = tl.arange(0, BLOCK_PAIRS)
+        mask = pairs < cols // 2
+        even = tl.load(X + row * sxr + 2 * pairs, mask=mask, other=0.0).to(tl.float32)
+        odd = tl.load(X + row * sxr + 2 * pairs + 1, mask=mask, other=0.0).to(tl.float32)
+        inv = tl.rsqrt((tl.sum(even * even, axis=0) + tl.sum(odd * odd, axis=0)) / cols + eps)
+        w_even = tl.load(W + 2 * pairs, mask=mask, other=0.0).to(tl.float32)
+        w_odd = tl.load(W + 2 * pairs + 1, mask=mask, other=0.0).to(tl.float32)
+        # The reference rounds the norm's output to x's dtype before rotating; do the same.
+        even = (even * inv * w_even).to(OUT.dtype.element_ty).to(tl.float32)
+        odd = (odd * inv * w_odd).to(OUT.dtype.element_ty).to(tl.float32)
+        angle = pairs % HALF_D
+        c = tl.load(COS + pos * scl + angle, mask=mask, other=0.0)
+        s = tl.load(SIN + pos * scl + angle, mask=mask, other=0.0)
+        tl.store(OUT + row * sor + 2 * pairs, (even * c - odd * s).to(OUT.dtype.element_ty), mask=mask)
+        tl.store(OUT + row * sor + 2 * pairs + 1, (even * s + odd * c).to(OUT.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _rope_kernel(
+        X, COS, SIN, OUT, seq_len, n_heads, sxb, sxl, sxh, sob, sol, soh, scl,
+        HALF_D: tl.constexpr, BLOCK_H: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        b = row // seq_len
+        pos = row % seq_len
+        heads = tl.arange(0, BLOCK_H)
+        pairs = tl.arange(0, HALF_D)
+        mask = (heads < n_heads)[:, None]
+        base = X + b * sxb + pos * sxl + heads[:, None] * sxh + 2 * pairs[None, :]
+        even = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+        odd = tl.load(base + 1, mask=mask, other=0.0).to(tl.float32)
+        c = tl.load(COS + pos * scl + pairs)[None, :]
+        s = tl.load(SIN + pos * scl + pairs)[None, :]
+        obase = OUT + b * sob + pos * sol + heads[:, None] * soh + 2 * pairs[None, :]
+        tl.store(obase, (even * c - odd * s).to(OUT.dtype.element_ty), mask=mask)
+        tl.store(obase + 1, (even * s + odd * c).to(OUT.dtype.element_ty), mask=mask)
+
+
+def _warps(block: int) -> int:
+    return 4 if block <= 2048 else 8 if block <= 8192 else 16
+
+
+def layer_norm_modulate(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Drop-in for the reference: x (B, L, C) (or (L, C)); shift/scale broadcastable to x, e.g. (B, 1, C).
+    The result is written in `out_dtype` (default x's dtype)."""
+    if x.dim() == 2:
+        return layer_norm_modulate(x[None], shift, scale, eps, out_dtype)[0]
+    if x.dim() != 3:
+        raise ValueError(f"layer_norm_modulate kernel expects x of 2 or 3 dims, got shape {tuple(x.shape)}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    b, length, cols = x.shape
+    # Broadcast dims get stride 0, so one kernel serves per-sample and per-token modulation.
+    shift_e = shift.expand(b, length, cols)
+    scale_e = scale.expand(b, length, cols)
+    if shift_e.stride(-1) != 1:
+        shift_e = shift_e.contiguous()
+    if scale_e.stride(-1) != 1:
+        scale_e = scale_e.contiguous()
+    out = torch.empty(x.shape, device=x.device, dtype=out_dtype or x.dtype)
+    block = triton.next_power_of_2(cols)
+    _ln_modulate_kernel[(b * length,)](
+        x, shift_e, scale_e, out, length, cols, eps,
+        x.stride(0), x.stride(1), shift_e.stride(0), shift_e.stride(1), scale_e.stride(0), scale_e.stride(1),
+        out.stride(0), out.stride(1), BLOCK=block, num_warps=_warps(block),
+    )
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Drop-in for the reference: RMSNorm over the last dim of x (any leading shape)."""
+    cols = x.shape[-1]
+    x2 = x.reshape(-1, cols)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty((x2.shape[0], cols), device=x.device, dtype=x.dtype)
+    block = triton.next_power_of_2(cols)
+    _rms_norm_kernel[(x2.shape[0],)](x2, weight, out, cols, eps, x2.stride(0), out.stride(0), BLOCK=block,
+                                     num_warps=_warps(block))
+    return out.view(x.shape)
+
+
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """apply_rope(rms_norm(x, weight, eps).unflatten(-1, (num_heads, -1)), cos, sin) in one pass.
+
+    x (B, L, C) with C = num_heads * D; cos/sin (L, D//2) fp32. Returns (B, L, num_heads, D) in x's dtype."""
+    b, length, cols = x.shape
+    d = cols // num_heads
+    if d * num_heads != cols or tuple(cos.shape) != (length, d // 2):
+        raise ValueError(f"rms_norm_rope: x {tuple(x.shape)} with {num_heads} heads needs cos/sin of shape "
+                         f"({length}, {d // 2}), got {tuple(cos.shape)}")
+    x2 = x.reshape(b * length, cols)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    cos_c, sin_c = cos.float().contiguous(), sin.float().contiguous()
+    out = torch.empty((b * length, cols), device=x.device, dtype=x.dtype)
+    block = triton.next_power_of_2(cols // 2)
+    _rms_norm_rope_kernel[(b * length,)](
+        x2, weight, cos_c, sin_c, out, length, cols, eps, x2.stride(0), out.stride(0), cos_c.stride(0),
+        HALF_D=d // 2, BLOCK_PAIRS=block, num_warps=_warps(block),
+    )
+    return out.view(b, length, num_heads, d)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Drop-in for the reference: x (B, L, H, D), cos/sin (L, D//2)."""
+    b, length, heads, d = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    cos_c, sin_c = cos.float().contiguous(), sin.float().contiguous()
+    out = torch.empty((b, length, heads, d), device=x.device, dtype=x.dtype)
+    _rope_kernel[(b * length,)](
+        x, cos_c, sin_c, out, length, heads, x.stride(0), x.stride(1), x.stride(2),
+        out.stride(0), out.stride(1), out.stride(2), cos_c.stride(0),
+        HALF_D=d // 2, BLOCK_H=triton.next_power_of_2(heads), num_warps=4,
+    )
+    return out
