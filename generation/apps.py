@@ -5,3 +5,14 @@ class GenerationConfig(AppConfig):
     name = "generation"
     verbose_name = "Video generation"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.conf import settings
+        from django.core.signals import request_started
+
+        if not settings.REDIS_URL:
+            # Embedded default: the web process runs jobs itself; the first real request starts the worker thread
+            # (never migrate, shell or the test client: see turbosite/broker.py).
+            from turbosite.broker import start_embedded_worker_on_request
+
+            request_started.connect(start_embedded_worker_on_request, dispatch_uid="turbosite-embedded-worker")

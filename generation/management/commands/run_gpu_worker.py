@@ -1,0 +1,76 @@
+"""`manage.py run_gpu_worker`: one Dramatiq worker process with one thread on the "gpu" queue, for one GPU.
+
+Run one per GPU, each pinned to its card:
+
+    CUDA_VISIBLE_DEVICES=0 python manage.py run_gpu_worker
+    CUDA_VISIBLE_DEVICES=1 python manage.py run_gpu_worker
+
+It needs REDIS_URL (on the embedded default the web process runs jobs itself). The pipeline is loaded before the
+first message is taken (--preload, default the site's default model) and stays loaded. The process also runs the
+reaper. SIGTERM or Ctrl-C stops it: a running job is put back on the queue for another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from turbosite import broker
+
+log = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Run the GPU worker for this process's GPU (pin it with CUDA_VISIBLE_DEVICES=N): one thread, queue 'gpu'."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--preload", default=None,
+                            help="model to load before taking jobs (default: TURBO_DEFAULT_MODEL; 'none' to skip)")
+        parser.add_argument("--no-reaper", action="store_true", help="do not run the reaper thread in this process")
+        parser.add_argument("--shutdown-timeout", type=int, default=30,
+                            help="seconds to wait for the running job to hand itself back on shutdown")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.REDIS_URL:
+            raise CommandError("REDIS_URL is not set: a separate GPU worker needs the Redis broker "
+                               "(on the embedded default the web process runs jobs itself)")
+        if not broker.ping():
+            raise CommandError(f"the Redis broker at REDIS_URL does not answer ({broker.describe_broker()})")
+        from generation import worker as job_worker
+
+        preload = options["preload"] or settings.TURBO_DEFAULT_MODEL
+        if preload.lower() != "none":
+            start = time.perf_counter()
+            pipeline, _ = job_worker.get_pipeline(preload)
+            device = getattr(pipeline, "device_name", "?")
+            self.stdout.write(f"model {preload} loaded on {device} in {time.perf_counter() - start:.1f} s")
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+
+        dramatiq_worker = broker.start_worker(queues={broker.GPU_QUEUE}, threads=1)
+        reaper = None
+        if not options["no_reaper"]:
+            from generation.reaper import start_reaper_thread
+
+            reaper = start_reaper_thread()
+        gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "all visible")
+        self.stdout.write(f"worker {job_worker.worker_name()} ready: queue {broker.GPU_QUEUE!r} on "
+                          f"{broker.describe_broker()}, GPUs {gpus}")
+        self.stdout.flush()
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            self.stdout.write("shutting down")
+            self.stdout.flush()
+            if reaper is not None:
+                reaper.stop()
+            dramatiq_worker.stop(timeout=options["shutdown_timeout"] * 1000)

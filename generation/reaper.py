@@ -1,0 +1,119 @@
+"""The reaper: nothing stays RUNNING forever.
+
+A RUNNING job whose heartbeat is older than TURBO_HEARTBEAT_STALE_S lost its worker (killed, host gone). It goes back
+to QUEUED with a fresh message, or ends FAILED once it has used TURBO_MAX_ATTEMPTS attempts. Every transition is a
+conditional update, so reapers in several worker processes can run at once: only one wins each job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Q
+from django.utils import timezone
+
+from generation.models import Job
+
+log = logging.getLogger(__name__)
+
+_thread_lock = threading.Lock()
+_thread: ReaperThread | None = None
+
+
+@dataclass
+class ReapResult:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def stale_jobs(*, stale_after_s: float | None = None, now: datetime | None = None) -> list[Job]:
+    stale_after_s = settings.TURBO_HEARTBEAT_STALE_S if stale_after_s is None else stale_after_s
+    cutoff = (now or timezone.now()) - timedelta(seconds=stale_after_s)
+    silent = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    return list(Job.objects.filter(silent, status=Job.Status.RUNNING).order_by("created_at"))
+
+
+def reap_stale_jobs(*, stale_after_s: float | None = None, max_attempts: int | None = None,
+                    now: datetime | None = None) -> ReapResult:
+    """Requeue (and send again) or fail every RUNNING job whose worker went silent."""
+    from generation.queue import enqueue_job
+
+    max_attempts = settings.TURBO_MAX_ATTEMPTS if max_attempts is None else max_attempts
+    result = ReapResult()
+    for job in stale_jobs(stale_after_s=stale_after_s, now=now):
+        last = job.heartbeat_at.isoformat() if job.heartbeat_at else "never"
+        if job.attempts >= max_attempts:
+            message = (f"The worker was lost {job.attempts} times while running this job (last worker "
+                       f"{job.worker or 'unknown'}, last heartbeat {last}); it was not retried again. "
+                       "Retry it, maybe with fewer frames or a lower resolution; the operator should check the "
+                       "GPU workers' logs.")
+            if job.fail(message):
+                result.failed.append(str(job.id))
+                log.warning("job %s failed after %d lost workers", job.id, job.attempts)
+        elif job.requeue(f"worker {job.worker or 'unknown'} stopped sending heartbeats (last {last}); "
+                         f"queued again (attempt {job.attempts} of {max_attempts})"):
+            enqueue_job(job.id)
+            result.requeued.append(str(job.id))
+            log.warning("job %s requeued: worker %s silent since %s", job.id, job.worker, last)
+    return result
+
+
+def resend_queued_jobs() -> int:
+    """Send a message for every QUEUED job (after an in-process broker restarted with an empty queue).
+    Duplicates are harmless: only one delivery can claim a job."""
+    from generation.queue import enqueue_job
+
+    ids = list(Job.objects.filter(status=Job.Status.QUEUED).order_by("created_at").values_list("id", flat=True))
+    for job_id in ids:
+        enqueue_job(job_id)
+    if ids:
+        log.info("sent %d queued jobs again", len(ids))
+    return len(ids)
+
+
+class ReaperThread(threading.Thread):
+    """Runs `reap_stale_jobs` every TURBO_REAPER_INTERVAL_S inside a worker (or embedded web) process."""
+
+    def __init__(self, interval_s: float | None = None) -> None:
+        super().__init__(name="job-reaper", daemon=True)
+        self.interval_s = settings.TURBO_REAPER_INTERVAL_S if interval_s is None else interval_s
+        self.stopped = threading.Event()
+        self.rounds = 0
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                reap_stale_jobs()
+            except Exception:
+                log.exception("reaper round failed; trying again in %s s", self.interval_s)
+            finally:
+                connection.close()
+            self.rounds += 1
+            self.stopped.wait(self.interval_s)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+def start_reaper_thread(interval_s: float | None = None) -> ReaperThread:
+    """Start this process's reaper once; later calls return the running one."""
+    global _thread
+    with _thread_lock:
+        if _thread is None or not _thread.is_alive():
+            _thread = ReaperThread(interval_s)
+            _thread.start()
+        return _thread
+
+
+def stop_reaper_thread() -> None:
+    global _thread
+    with _thread_lock:
+        if _thread is not None:
+            _thread.stop()
+            _thread = None

@@ -1,0 +1,437 @@
+"""Running one job on this process's GPU: claim, generate, encode, upload, and end SUCCEEDED, FAILED or CANCELED.
+
+The pipeline stays loaded across jobs (one model per process; loading another evicts it). While a job runs, a
+heartbeat thread touches its row so the reaper can tell a slow step from a dead worker, progress is written at most
+once per TURBO_PROGRESS_WRITE_INTERVAL_MS (and on every stage change), and between steps the pipeline asks
+`should_cancel`, which reads the row: CANCELED stops the job, and a row that is no longer ours (the reaper took it
+back) makes this worker let go without writing anything.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from dramatiq.middleware.shutdown import Shutdown
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+from PIL import Image
+
+from generation.models import Job
+from inference.types import GenerationCanceled, GenerationRequest, InferenceInputError, ProgressEvent, WeightsError
+
+log = logging.getLogger(__name__)
+
+PipelineLoader = Callable[[str], Any]
+
+# Overall progress owned by the steps around the pipeline; the pipeline's own 0..1 maps into the gap.
+_PIPELINE_START = 0.03
+_PIPELINE_END = 0.90
+_STAGE_PROGRESS = {"loading_model": 0.0, "reading_input": 0.02, "encoding": 0.92, "uploading": 0.96}
+_POSTER_TYPES = {".jpg": ("JPEG", "image/jpeg"), ".jpeg": ("JPEG", "image/jpeg"), ".png": ("PNG", "image/png")}
+
+_pipelines: dict[str, Any] = {}
+_pipelines_lock = threading.Lock()
+_run_lock = threading.Lock()  # one generation at a time per process, whatever the thread count
+
+
+def _load_inference_pipeline(model: str) -> Any:
+    from inference.pipeline import I2VPipeline
+
+    return I2VPipeline.load(
+        model,
+        settings.TURBO_MODEL_DIR or None,
+        device=settings.TURBO_DEVICE or None,
+        attention=settings.TURBO_ATTENTION,
+        memory_policy=settings.TURBO_MEMORY_POLICY,
+    )
+
+
+_loader: PipelineLoader = _load_inference_pipeline
+
+
+def set_pipeline_loader(loader: PipelineLoader | None) -> None:
+    """Replace how pipelines are built (tests inject a small fake); None restores the real one. Clears the cache."""
+    global _loader
+    _loader = loader or _load_inference_pipeline
+    clear_pipelines()
+
+
+def clear_pipelines() -> None:
+    with _pipelines_lock:
+        _pipelines.clear()
+    _free_gpu_cache()
+
+
+def get_pipeline(model: str) -> tuple[Any, float | None]:
+    """The loaded pipeline for `model` and the seconds spent loading it now (None when it was already loaded)."""
+    with _pipelines_lock:
+        if model in _pipelines:
+            return _pipelines[model], None
+        if _pipelines:
+            # One GPU holds one model: let the previous one go before loading the next.
+            log.info("unloading %s to load %s", ", ".join(_pipelines), model)
+            _pipelines.clear()
+            _free_gpu_cache()
+        start = time.perf_counter()
+        pipeline = _loader(model)
+        _pipelines[model] = pipeline
+        return pipeline, time.perf_counter() - start
+
+
+def loaded_models() -> list[str]:
+    return list(_pipelines)
+
+
+def worker_name() -> str:
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus:
+        name += f":gpu{gpus}"
+    return name[:128]
+
+
+def _free_gpu_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+class _Stop(Exception):
+    """Raised by the runner's own checks between its steps (the pipeline raises GenerationCanceled instead)."""
+
+
+class StorageFailed(Exception):
+    """Reading the input or writing an output failed after the storage layer's retries."""
+
+
+@dataclass
+class _Ownership:
+    """Why a running job must stop; set by the cancel check, the heartbeat thread or the deadline."""
+
+    canceled: bool = False
+    lost: bool = False
+    timed_out: bool = False
+
+    @property
+    def stop(self) -> bool:
+        return self.canceled or self.lost or self.timed_out
+
+
+class _Heartbeat(threading.Thread):
+    """Touches the row every TURBO_HEARTBEAT_INTERVAL_S while the job runs, so long steps still beat."""
+
+    def __init__(self, job_id: Any, attempt: int, ownership: _Ownership) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.job_id = job_id
+        self.attempt = attempt
+        self.ownership = ownership
+        self.stopped = threading.Event()
+        self.beats = 0
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(settings.TURBO_HEARTBEAT_INTERVAL_S):
+                updated = Job.objects.filter(id=self.job_id, status=Job.Status.RUNNING, attempts=self.attempt).update(
+                    heartbeat_at=timezone.now())
+                self.beats += 1
+                if not updated:
+                    status = Job.objects.filter(id=self.job_id).values_list("status", flat=True).first()
+                    if status == Job.Status.CANCELED:
+                        self.ownership.canceled = True
+                    else:
+                        self.ownership.lost = True
+                    return
+        except Exception:
+            log.exception("heartbeat for job %s failed", self.job_id)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+@dataclass
+class _Run:
+    """One attempt at one job, as seen by this worker."""
+
+    job: Job
+    attempt: int
+    deadline: float
+    ownership: _Ownership = field(default_factory=_Ownership)
+    stage: str = "starting"
+    timings: dict[str, float] = field(default_factory=dict)
+    uploaded: list[str] = field(default_factory=list)
+    last_write: float = 0.0
+
+    # -- progress and cancellation ------------------------------------------------------------------------
+
+    def set_stage(self, stage: str, progress: float | None = None) -> None:
+        self.write_progress(stage, _STAGE_PROGRESS.get(stage, self.job.progress) if progress is None else progress)
+        self.check()
+
+    def write_progress(self, stage: str, progress: float, *, force: bool = False) -> None:
+        now = time.monotonic()
+        changed = stage != self.stage
+        if not (changed or force or now - self.last_write >= settings.TURBO_PROGRESS_WRITE_INTERVAL_MS / 1000):
+            return
+        self.stage = stage
+        self.last_write = now
+        if not self.job.report_progress(progress=max(progress, self.job.progress), stage=stage,
+                                        timings=dict(self.timings)):
+            self.refresh_ownership()
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        overall = _PIPELINE_START + (_PIPELINE_END - _PIPELINE_START) * event.progress
+        self.write_progress(event.stage, overall, force=event.stage == "done")
+
+    def should_cancel(self) -> bool:
+        if not self.ownership.stop:
+            self.refresh_ownership()
+        if time.monotonic() > self.deadline:
+            self.ownership.timed_out = True
+        return self.ownership.stop
+
+    def refresh_ownership(self) -> None:
+        row = Job.objects.filter(id=self.job.id).values_list("status", "attempts").first()
+        if row is None:
+            self.ownership.lost = True  # deleted while running
+        elif row[0] == Job.Status.CANCELED:
+            self.ownership.canceled = True
+        elif row[0] != Job.Status.RUNNING or row[1] != self.attempt:
+            self.ownership.lost = True
+
+    def check(self) -> None:
+        if self.should_cancel():
+            raise _Stop(self.stage)
+
+    # -- storage ----------------------------------------------------------------------------------------------
+
+    def upload(self, name: str, data: bytes, content_type: str) -> str:
+        from generation import storage
+
+        self.uploaded.append(name)  # before the call: a write that failed half-way is cleaned up as well
+        try:
+            saved = storage.save_bytes(name, data, content_type)
+        except Exception as exc:
+            raise StorageFailed(f"saving {name} failed ({type(exc).__name__}: {exc})") from exc
+        saved_name = saved if isinstance(saved, str) and saved else name
+        if saved_name != name:
+            self.uploaded.append(saved_name)
+        return saved_name
+
+    def delete_outputs(self) -> None:
+        from generation import storage
+
+        for name in dict.fromkeys(self.uploaded):
+            storage.delete_quietly(name)
+        self.uploaded.clear()
+
+
+def execute_job(job_id: str) -> str | None:
+    """Run job `job_id` to an end state. Returns that state, or None when this delivery had nothing to do
+    (unknown id, already claimed, canceled before it started, or taken back by the reaper mid-run)."""
+    job = Job.objects.filter(id=job_id).first()
+    if job is None:
+        log.warning("job %s does not exist (deleted before it ran?); message dropped", job_id)
+        return None
+    if not job.claim(worker=worker_name()):
+        log.info("job %s is %s, not QUEUED: duplicate or stale delivery skipped", job_id, job.status)
+        return None
+    run = _Run(job=job, attempt=job.attempts, deadline=time.monotonic() + settings.TURBO_JOB_TIME_LIMIT_S)
+    heartbeat = _Heartbeat(job.id, run.attempt, run.ownership)
+    heartbeat.start()
+    started = time.perf_counter()
+    log.info("job %s claimed by %s (attempt %d)", job.id, job.worker, run.attempt)
+    try:
+        with _run_lock:
+            return _run_to_end(run, started)
+    finally:
+        heartbeat.stop()
+
+
+def _run_to_end(run: _Run, started: float) -> str | None:
+    job = run.job
+    try:
+        result, names = _generate_and_store(run)
+    except (_Stop, GenerationCanceled):
+        return _stopped(run)
+    except Shutdown:
+        # The worker is stopping (deploy, SIGTERM): give the job back to the queue for another worker.
+        run.delete_outputs()
+        if job.requeue("the worker shut down while running this job; it was queued again"):
+            from generation.queue import enqueue_job
+
+            enqueue_job(job.id)
+        return Job.Status.QUEUED
+    except TimeLimitExceeded:
+        return _failed(run, _time_limit_message(run))
+    except BaseException as exc:  # every failure must end the job, whatever raised it
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            _failed(run, f"The worker was interrupted during {run.stage}. Retry the job.")
+            raise
+        log.exception("job %s failed during %s", job.id, run.stage)
+        return _failed(run, failure_message(exc, run))
+
+    run.timings["total"] = round(time.perf_counter() - started, 4)
+    if job.created_at and job.started_at:
+        run.timings["queue_wait"] = round((job.started_at - job.created_at).total_seconds(), 4)
+    mp4_name, poster_name, video_bytes = names
+    succeeded = job.succeed(
+        output_video=mp4_name,
+        poster=poster_name,
+        width=result.width,
+        height=result.height,
+        frames=result.num_frames,
+        fps=result.fps,
+        bytes=video_bytes,
+        timings=run.timings,
+        gpu_name=(result.device_name or "")[:128],
+        peak_memory_bytes=result.peak_memory_bytes,
+    )
+    if not succeeded:
+        # Canceled (or taken back) in the instant between the last check and here: keep nothing.
+        run.refresh_ownership()
+        return _stopped(run)
+    log.info("job %s succeeded in %.2f s", job.id, run.timings["total"])
+    return Job.Status.SUCCEEDED
+
+
+def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
+    from generation import storage
+
+    job = run.job
+    run.set_stage("loading_model")
+    pipeline, load_seconds = get_pipeline(job.model)
+    if load_seconds is not None:
+        run.timings["load_model"] = round(load_seconds, 4)
+    device_name = str(getattr(pipeline, "device_name", "") or "")
+    if device_name:
+        Job.objects.filter(id=job.id, status=Job.Status.RUNNING).update(gpu_name=device_name[:128])
+
+    run.set_stage("reading_input")
+    t0 = time.perf_counter()
+    image = _read_input(job)
+    run.timings["read_input"] = round(time.perf_counter() - t0, 4)
+    run.check()
+
+    request = GenerationRequest(
+        image=image,
+        prompt=job.prompt,
+        seed=int(job.seed),
+        num_steps=int(job.num_steps),
+        resolution=job.resolution or None,
+        num_frames=job.num_frames or None,
+        adaptive_resolution=bool(job.adaptive_resolution),
+        ode=bool(job.ode),
+    )
+    result = pipeline.generate(request, progress=run.on_progress, should_cancel=run.should_cancel)
+    run.timings.update({name: round(float(value), 4) for name, value in result.timings.items()})
+
+    run.set_stage("encoding")
+    t0 = time.perf_counter()
+    mp4_name = storage.output_name(job)
+    poster_name = storage.poster_name(job)
+    poster_format, poster_type = _POSTER_TYPES.get(Path(poster_name).suffix.lower(), ("JPEG", "image/jpeg"))
+    video_data, poster_data = _encode(result, poster_format)
+    run.timings["encode"] = round(time.perf_counter() - t0, 4)
+
+    run.set_stage("uploading")
+    t0 = time.perf_counter()
+    mp4_name = run.upload(mp4_name, video_data, "video/mp4")
+    poster_name = run.upload(poster_name, poster_data, poster_type)
+    run.timings["upload"] = round(time.perf_counter() - t0, 4)
+    run.check()
+    return result, (mp4_name, poster_name, len(video_data))
+
+
+def _read_input(job: Job) -> Image.Image:
+    from generation import storage
+
+    name = job.input_image.name if job.input_image else ""
+    if not name:
+        raise InferenceInputError(f"job {job.id} has no input image")
+    try:
+        data = storage.read_bytes(name)  # retries transient errors itself
+    except Exception as exc:
+        raise StorageFailed(f"reading the input image {name} failed ({type(exc).__name__}: {exc})") from exc
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:
+        raise InferenceInputError(f"the stored input image {name} cannot be decoded ({exc})") from exc
+    return image.convert("RGB")
+
+
+def _encode(result: Any, poster_format: str) -> tuple[bytes, bytes]:
+    from inference.video import write_mp4, write_poster
+
+    with tempfile.TemporaryDirectory(prefix="turbosite-job-") as folder:
+        video_path = Path(folder) / "video.mp4"
+        poster_path = Path(folder) / f"poster.{poster_format.lower()}"
+        write_mp4(result.frames, video_path, result.fps)
+        write_poster(result.frames[0], poster_path, poster_format)
+        return video_path.read_bytes(), poster_path.read_bytes()
+
+
+def _stopped(run: _Run) -> str | None:
+    """The job stopped between steps: canceled by its owner, out of time, or no longer ours."""
+    run.delete_outputs()
+    job = run.job
+    if run.ownership.canceled:
+        job.cancel()  # usually already CANCELED by the user; this covers a cancel that raced the claim
+        log.info("job %s canceled during %s", job.id, run.stage)
+        return Job.Status.CANCELED
+    if run.ownership.timed_out and not run.ownership.lost:
+        return _failed(run, _time_limit_message(run))
+    log.warning("job %s was taken from this worker during %s (reaped or deleted); letting it go", job.id, run.stage)
+    return None
+
+
+def _failed(run: _Run, message: str) -> str | None:
+    run.delete_outputs()
+    _free_gpu_cache()
+    if run.job.fail(message, timings=run.timings):
+        return Job.Status.FAILED
+    run.refresh_ownership()
+    return Job.Status.CANCELED if run.ownership.canceled else None
+
+
+def _time_limit_message(run: _Run) -> str:
+    return (f"The job exceeded the time limit of {settings.TURBO_JOB_TIME_LIMIT_S} s during {run.stage}. "
+            "Try fewer frames, fewer steps or a lower resolution.")
+
+
+def failure_message(exc: BaseException, run: _Run) -> str:
+    """A reason the job's owner (or the operator) can act on."""
+    job = run.job
+    if isinstance(exc, WeightsError):
+        return (f"The model's weights could not be loaded: {exc}. The operator must install the weight files under "
+                "TURBO_MODEL_DIR (see inference/weights.md), or choose another model.")
+    if _is_out_of_memory(exc):
+        return (f"The GPU ran out of memory generating {job.num_frames} frames at {job.resolution}. "
+                "Try a lower resolution or fewer frames.")
+    if isinstance(exc, StorageFailed):
+        return (f"Storage is unavailable: {exc}. Nothing was kept from this job; retry it when storage is back "
+                "(the operator should check the S3 server or media folder).")
+    if isinstance(exc, InferenceInputError):
+        return f"The request cannot be generated: {exc}"
+    return (f"Internal error during {run.stage}: {type(exc).__name__}: {exc}. Retry the job; if it fails again, "
+            f"give the operator the job id {job.id}.")
