@@ -216,3 +216,18 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- worker (worker helper) ---
+# Queue, GPU worker, reaper. Each job is owned by one worker thread; the reaper returns jobs whose heartbeat stopped.
+TURBO_JOB_TIME_LIMIT_S = env_int("TURBO_JOB_TIME_LIMIT_S", 1800)  # a job that runs longer ends FAILED
+TURBO_HEARTBEAT_INTERVAL_S = env_int("TURBO_HEARTBEAT_INTERVAL_S", 10)  # how often a running job's row is touched
+TURBO_HEARTBEAT_STALE_S = env_int("TURBO_HEARTBEAT_STALE_S", 120)  # silence after which the reaper takes a job back
+TURBO_MAX_ATTEMPTS = env_int("TURBO_MAX_ATTEMPTS", 3)  # lost workers tolerated per job before it is FAILED
+TURBO_REAPER_INTERVAL_S = env_int("TURBO_REAPER_INTERVAL_S", 30)
+TURBO_PROGRESS_WRITE_INTERVAL_MS = env_int("TURBO_PROGRESS_WRITE_INTERVAL_MS", 1000)  # throttle between row writes
+TURBO_DEVICE = env_str("TURBO_DEVICE")  # "" picks cuda when present; CUDA_VISIBLE_DEVICES pins one GPU per process
+TURBO_ATTENTION = env_str("TURBO_ATTENTION", "sla")
+TURBO_MEMORY_POLICY = env_str("TURBO_MEMORY_POLICY", "auto")
+# Embedded default (no REDIS_URL): the web process runs jobs in a worker thread of its own.
+TURBO_EMBEDDED_WORKER = env_bool("TURBO_EMBEDDED_WORKER", True)
+
