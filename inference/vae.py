@@ -1,0 +1,374 @@
+"""The Wan2.1 video VAE (shared by Wan2.1 and Wan2.2-A14B): causal 3-D convolutions, 4x time and 8x8 space.
+
+Module and parameter names follow the structure of the published `Wan2.1_VAE.pth` exactly, so that file loads
+strictly with no renaming (spec section 4). Sequential indices that hold no parameters (activations, padding,
+dropout) are kept as placeholders only to keep those indices.
+
+Causality is carried by a `StreamCache`: every causal convolution remembers the last input frames it saw, so a
+video can be processed in consecutive time chunks (encode: 1, 4, 4, ... frames; decode: one latent frame at a
+time) and give the same result as processing it in one piece. The first frame is special in the temporal
+resamplers: it is never mixed with frames before it, which is what lets frame 0 be an image on its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inference.configs import ModelConfig, VAEConfig
+
+# Seed of the random weights used when no checkpoint is given (tiny model, tests).
+RANDOM_WEIGHTS_SEED = 20250728
+# Frames of left context a kernel-3 causal convolution needs.
+_CAUSAL_CONTEXT = 2
+
+
+class StreamCache:
+    """State a causal network keeps between time chunks, keyed by the module that owns it.
+
+    A fresh cache means "the video starts here": causal convolutions pad with zeros and temporal resamplers
+    treat the first frame of the chunk as the video's first frame.
+    """
+
+    def __init__(self) -> None:
+        self._state: dict[int, object] = {}
+
+    def get(self, owner: nn.Module) -> object | None:
+        return self._state.get(id(owner))
+
+    def set(self, owner: nn.Module, value: object) -> None:
+        self._state[id(owner)] = value
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d padded only on the past side in time (2 * padding frames) and symmetrically in space."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int, int],
+        stride: int | tuple[int, int, int] = 1,
+        padding: int | tuple[int, int, int] = 0,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
+        pt, ph, pw = (padding,) * 3 if isinstance(padding, int) else padding
+        self.time_context = 2 * pt
+        self.spatial_pad = (pw, pw, ph, ph)
+
+    def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
+        if self.time_context > 0:
+            previous = cache.get(self) if cache is not None else None
+            if isinstance(previous, torch.Tensor):
+                x = torch.cat([previous.to(x.dtype), x], dim=2)
+            if cache is not None:
+                # Only the last frames of the stream matter to the next chunk; clone so the chunk can be freed.
+                cache.set(self, x[:, :, -self.time_context :].clone())
+            missing = self.time_context - (previous.shape[2] if isinstance(previous, torch.Tensor) else 0)
+            x = F.pad(x, (*self.spatial_pad, max(missing, 0), 0))
+        elif any(self.spatial_pad):
+            x = F.pad(x, (*self.spatial_pad, 0, 0))
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    """L2-normalise over channels, times sqrt(dim) and a learned per-channel gain (`gamma`)."""
+
+    def __init__(self, dim: int, *, spatial_dims: int) -> None:
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *([1] * spatial_dims)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) * self.scale * self.gamma
+
+
+def _per_frame(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2-D module to every frame of a [B, C, T, H, W] video."""
+    b, _, t, _, _ = x.shape
+    y = fn(x.transpose(1, 2).flatten(0, 1))
+    return y.unflatten(0, (b, t)).transpose(1, 2)
+
+
+class _Upsample2x(nn.Module):
+    """Nearest 2x spatial upsampling, written as a broadcast copy so it works in any dtype without a float copy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        # Indices 0..6 match the checkpoint: norm, act, conv, norm, act, dropout (none at inference), conv.
+        self.residual = nn.Sequential(
+            RMSNorm(in_dim, spatial_dims=3),
+            nn.SiLU(),
+            CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMSNorm(out_dim, spatial_dims=3),
+            nn.SiLU(),
+            nn.Identity(),
+            CausalConv3d(out_dim, out_dim, 3, padding=1),
+        )
+        self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
+        skip = self.shortcut(x)
+        for layer in self.residual:
+            x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+        return x + skip
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the pixels of each frame (no mixing across time)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim, spatial_dims=2)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        # The block starts as the identity, as upstream initialises it.
+        nn.init.zeros_(self.proj.weight)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        qkv = self.to_qkv(self.norm(x)).reshape(n, 3 * c, h * w).transpose(1, 2).unsqueeze(1)
+        q, k, v = qkv.chunk(3, dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.squeeze(1).transpose(1, 2).reshape(n, c, h, w))
+
+    def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
+        return x + _per_frame(self._attend, x)
+
+
+class Resample(nn.Module):
+    """Spatial 2x down/up sampling per frame, optionally with 2x temporal down/up sampling by a causal time conv.
+
+    Temporal rules (upstream's, kept so weights mean the same thing): downsampling keeps the video's first frame
+    as is and turns every later pair of frames into one, looking back one extra frame; upsampling keeps the first
+    frame as is and turns every later frame into two, looking back two frames (never at the first frame).
+    """
+
+    def __init__(self, dim: int, mode: str) -> None:
+        super().__init__()
+        if mode not in ("upsample2d", "upsample3d", "downsample2d", "downsample3d"):
+            raise ValueError(f"unknown resample mode {mode!r}")
+        self.mode = mode
+        if mode.startswith("upsample"):
+            self.resample = nn.Sequential(_Upsample2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
+        else:
+            # Pad right/bottom only, then a stride-2 conv: output pixel i sees input pixels 2i..2i+2.
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=(2, 2)))
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+        elif mode == "downsample3d":
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=(0, 0, 0))
+
+    def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
+        if self.mode == "upsample3d":
+            x = self._time_up(x, cache if cache is not None else StreamCache())
+        x = _per_frame(self.resample, x)
+        if self.mode == "downsample3d":
+            x = self._time_down(x, cache if cache is not None else StreamCache())
+        return x
+
+    def _time_up(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
+        started = cache.get(self) is not None
+        cache.set(self, True)
+        head, rest = (x[:, :, :0], x) if started else (x[:, :, :1], x[:, :, 1:])
+        if rest.shape[2] == 0:
+            return head
+        y = self.time_conv(rest, cache)  # [B, 2C, T, H, W]: channel halves are the two output frames
+        b, c2, t, h, w = y.shape
+        y = y.reshape(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)
+        return torch.cat([head, y], dim=2)
+
+    def _time_down(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
+        previous = cache.get(self)
+        if isinstance(previous, torch.Tensor):
+            head, context = x[:, :, :0], torch.cat([previous.to(x.dtype), x], dim=2)
+        else:
+            head, context = x[:, :, :1], x
+        if context.shape[2] % 2 == 0:
+            raise ValueError(
+                f"temporal downsampling needs 1 + 2k frames in the first chunk and 2k in later ones; "
+                f"got {x.shape[2]} frames"
+            )
+        cache.set(self, x[:, :, -1:].clone())
+        if context.shape[2] < 3:
+            return head
+        return torch.cat([head, self.time_conv(context)], dim=2)
+
+
+def _run(layers: nn.Module, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x, cache) if isinstance(layer, (ResidualBlock, AttentionBlock, Resample, CausalConv3d)) else layer(x)
+    return x
+
+
+class Encoder3d(nn.Module):
+    def __init__(self, cfg: VAEConfig, out_channels: int) -> None:
+        super().__init__()
+        dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
+        self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        for level, (in_dim, out_dim) in enumerate(itertools.pairwise(dims)):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResidualBlock(in_dim, out_dim))
+                in_dim = out_dim
+            if level < len(cfg.dim_mult) - 1:
+                blocks.append(Resample(out_dim, "downsample3d" if cfg.temporal_downsample[level] else "downsample2d"))
+        self.downsamples = nn.Sequential(*blocks)
+        top = dims[-1]
+        self.middle = nn.Sequential(ResidualBlock(top, top), AttentionBlock(top), ResidualBlock(top, top))
+        self.head = nn.Sequential(
+            RMSNorm(top, spatial_dims=3), nn.SiLU(), CausalConv3d(top, out_channels, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
+        x = self.conv1(x, cache)
+        x = _run(self.downsamples, x, cache)
+        x = _run(self.middle, x, cache)
+        return _run(self.head, x, cache)
+
+
+class Decoder3d(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        mults = tuple(reversed(cfg.dim_mult))
+        dims = [cfg.base_dim * m for m in (mults[0], *mults)]
+        temporal_upsample = tuple(reversed(cfg.temporal_downsample))
+        self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
+        self.middle = nn.Sequential(
+            ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]), ResidualBlock(dims[0], dims[0])
+        )
+        blocks: list[nn.Module] = []
+        for level, (in_dim, out_dim) in enumerate(itertools.pairwise(dims)):
+            # Every upsampler halves the channels, so levels after the first start from half the width.
+            if level > 0:
+                in_dim //= 2
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResidualBlock(in_dim, out_dim))
+                in_dim = out_dim
+            if level < len(cfg.dim_mult) - 1:
+                blocks.append(Resample(out_dim, "upsample3d" if temporal_upsample[level] else "upsample2d"))
+        self.upsamples = nn.Sequential(*blocks)
+        self.head = nn.Sequential(RMSNorm(dims[-1], spatial_dims=3), nn.SiLU(), CausalConv3d(dims[-1], 3, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
+        x = self.conv1(x, cache)
+        x = _run(self.middle, x, cache)
+        x = _run(self.upsamples, x, cache)
+        return _run(self.head, x, cache)
+
+
+class WanVAE(nn.Module):
+    """Wan2.1 VAE. `encode` / `decode` work on normalised latents z = (mu - mean) / std (spec section 4)."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        z = config.z_dim
+        self.encoder = Encoder3d(config, out_channels=2 * z)
+        self.conv1 = CausalConv3d(2 * z, 2 * z, 1)
+        self.conv2 = CausalConv3d(z, z, 1)
+        self.decoder = Decoder3d(config)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv1.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv1.weight.device
+
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(self.config.latent_mean, dtype=like.dtype, device=like.device).view(shape)
+        std = torch.tensor(self.config.latent_std, dtype=like.dtype, device=like.device).view(shape)
+        return mean, std
+
+    def latent_frames(self, num_frames: int) -> int:
+        stride = self.config.temporal_stride
+        if num_frames < 1 or (num_frames - 1) % stride:
+            raise ValueError(f"the VAE needs {stride}k+1 frames, got {num_frames}")
+        return 1 + (num_frames - 1) // stride
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, *, chunk_latents: int | None = 1) -> torch.Tensor:
+        """video [B, 3, F, H, W] in [-1, 1], F = 4k+1, H and W multiples of 8 -> z [B, 16, 1 + (F-1)/4, H/8, W/8].
+
+        The video goes through the encoder in causal chunks: the first frame alone, then `chunk_latents` latent
+        frames' worth (4 frames each) at a time; None runs the whole video as one chunk (same result, more memory).
+        """
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"encode expects a video [B, 3, F, H, W], got shape {tuple(video.shape)}")
+        stride, space = self.config.temporal_stride, self.config.spatial_stride
+        self.latent_frames(video.shape[2])  # validates 4k+1
+        if video.shape[3] % space or video.shape[4] % space:
+            raise ValueError(f"height and width must be multiples of {space}, got {video.shape[3]}x{video.shape[4]}")
+        video = video.to(device=self.device, dtype=self.dtype)
+        frames = video.shape[2]
+        if chunk_latents is None:
+            bounds = [0, frames]
+        else:
+            bounds = [0, *range(1, frames, stride * max(1, chunk_latents)), frames]
+        cache = StreamCache()
+        parts = [self.encoder(video[:, :, a:b], cache) for a, b in itertools.pairwise(bounds)]
+        mu = self.conv1(torch.cat(parts, dim=2)).chunk(2, dim=1)[0]
+        mean, std = self._latent_stats(mu)
+        return (mu - mean) / std
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, *, chunk_latents: int | None = 1) -> torch.Tensor:
+        """z [B, 16, T, h, w] (normalised) -> video [B, 3, 1 + 4(T-1), 8h, 8w] clamped to [-1, 1].
+
+        Decodes `chunk_latents` latent frames at a time (None: all at once), carrying the causal caches.
+        """
+        if z.ndim != 5 or z.shape[1] != self.config.z_dim:
+            raise ValueError(f"decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(z.shape)}")
+        z = z.to(device=self.device, dtype=self.dtype)
+        mean, std = self._latent_stats(z)
+        x = self.conv2(z * std + mean)
+        step = x.shape[2] if chunk_latents is None else max(1, chunk_latents)
+        cache = StreamCache()
+        parts = [self.decoder(x[:, :, i : i + step], cache) for i in range(0, x.shape[2], step)]
+        return torch.cat(parts, dim=2).clamp_(-1.0, 1.0)
+
+
+def build_vae(config: VAEConfig, *, seed: int = RANDOM_WEIGHTS_SEED) -> WanVAE:
+    """A VAE with seeded random weights on the CPU in fp32 (the same weights on every machine)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return WanVAE(config)
+
+
+def load_vae(
+    config: ModelConfig,
+    path: Path | None,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> WanVAE:
+    """The model's VAE from `Wan2.1_VAE.pth` (strict, official key names), or seeded random weights for None."""
+    if path is None:
+        vae = build_vae(config.vae)
+    else:
+        from inference.checkpoint import load_into, load_state_dict_file
+
+        # Built on meta: load_into assigns the checkpoint's tensors, so the weights exist once in memory.
+        with torch.device("meta"):
+            vae = WanVAE(config.vae)
+        load_into(vae, load_state_dict_file(Path(path)), what=f"VAE {path}", strict=True)
+    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in module.parameters())

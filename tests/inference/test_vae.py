@@ -1,0 +1,203 @@
+"""Wan2.1 VAE: official key layout, latent shapes, causality, chunked = whole, strict checkpoint loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.configs import A14B, TINY
+from inference.types import WeightsError
+from inference.vae import WanVAE, build_vae, load_vae
+
+
+def _official_vae_shapes() -> dict[str, tuple[int, ...]]:
+    """Key -> shape of `Wan2.1_VAE.pth`, written out from the published layout (base 96, z 16, mult 1,2,4,4)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def conv(prefix: str, cin: int, cout: int, kernel: tuple[int, ...]) -> None:
+        shapes[f"{prefix}.weight"] = (cout, cin, *kernel)
+        shapes[f"{prefix}.bias"] = (cout,)
+
+    def res(prefix: str, cin: int, cout: int) -> None:
+        shapes[f"{prefix}.residual.0.gamma"] = (cin, 1, 1, 1)
+        conv(f"{prefix}.residual.2", cin, cout, (3, 3, 3))
+        shapes[f"{prefix}.residual.3.gamma"] = (cout, 1, 1, 1)
+        conv(f"{prefix}.residual.6", cout, cout, (3, 3, 3))
+        if cin != cout:
+            conv(f"{prefix}.shortcut", cin, cout, (1, 1, 1))
+
+    def attn(prefix: str, c: int) -> None:
+        shapes[f"{prefix}.norm.gamma"] = (c, 1, 1)
+        conv(f"{prefix}.to_qkv", c, 3 * c, (1, 1))
+        conv(f"{prefix}.proj", c, c, (1, 1))
+
+    conv("encoder.conv1", 3, 96, (3, 3, 3))
+    encoder = [
+        ("res", 96, 96), ("res", 96, 96), ("down", 96, False),
+        ("res", 96, 192), ("res", 192, 192), ("down", 192, True),
+        ("res", 192, 384), ("res", 384, 384), ("down", 384, True),
+        ("res", 384, 384), ("res", 384, 384),
+    ]  # fmt: skip
+    for i, entry in enumerate(encoder):
+        prefix = f"encoder.downsamples.{i}"
+        if entry[0] == "res":
+            res(prefix, entry[1], entry[2])
+        else:
+            conv(f"{prefix}.resample.1", entry[1], entry[1], (3, 3))
+            if entry[2]:
+                conv(f"{prefix}.time_conv", entry[1], entry[1], (3, 1, 1))
+    for side in ("encoder", "decoder"):
+        res(f"{side}.middle.0", 384, 384)
+        attn(f"{side}.middle.1", 384)
+        res(f"{side}.middle.2", 384, 384)
+    shapes["encoder.head.0.gamma"] = (384, 1, 1, 1)
+    conv("encoder.head.2", 384, 32, (3, 3, 3))
+    conv("conv1", 32, 32, (1, 1, 1))
+    conv("conv2", 16, 16, (1, 1, 1))
+    conv("decoder.conv1", 16, 384, (3, 3, 3))
+    decoder = [
+        ("res", 384, 384), ("res", 384, 384), ("res", 384, 384), ("up", 384, True),
+        ("res", 192, 384), ("res", 384, 384), ("res", 384, 384), ("up", 384, True),
+        ("res", 192, 192), ("res", 192, 192), ("res", 192, 192), ("up", 192, False),
+        ("res", 96, 96), ("res", 96, 96), ("res", 96, 96),
+    ]  # fmt: skip
+    for i, entry in enumerate(decoder):
+        prefix = f"decoder.upsamples.{i}"
+        if entry[0] == "res":
+            res(prefix, entry[1], entry[2])
+        else:
+            conv(f"{prefix}.resample.1", entry[1], entry[1] // 2, (3, 3))
+            if entry[2]:
+                conv(f"{prefix}.time_conv", entry[1], 2 * entry[1], (3, 1, 1))
+    shapes["decoder.head.0.gamma"] = (96, 1, 1, 1)
+    conv("decoder.head.2", 96, 3, (3, 3, 3))
+    return shapes
+
+
+def test_a14b_vae_has_the_official_keys_and_shapes() -> None:
+    with torch.device("meta"):
+        vae = WanVAE(A14B.vae)
+    got = {key: tuple(t.shape) for key, t in vae.state_dict().items()}
+    expected = _official_vae_shapes()
+    assert sorted(set(got) - set(expected)) == []
+    assert sorted(set(expected) - set(got)) == []
+    assert {k: v for k, v in got.items() if expected[k] != v} == {}
+    assert len(got) == 194
+
+
+@pytest.fixture(scope="module")
+def vae() -> WanVAE:
+    """Tiny VAE with every weight randomised (incl. the zero-initialised attention output) so all paths matter."""
+    model = build_vae(TINY.vae)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("proj.weight") or name.endswith("bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def _video(frames: int, seed: int = 0, h: int = 16, w: int = 24) -> torch.Tensor:
+    return torch.rand(1, 3, frames, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("frames", [1, 5, 9])
+def test_latent_and_video_shapes(vae: WanVAE, frames: int) -> None:
+    z = vae.encode(_video(frames, h=32, w=48))
+    assert z.shape == (1, 16, 1 + (frames - 1) // 4, 4, 6)
+    video = vae.decode(z)
+    assert video.shape == (1, 3, frames, 32, 48)
+    assert torch.isfinite(video).all() and video.abs().max() <= 1
+
+
+def test_frame_counts_other_than_4k_plus_1_are_refused(vae: WanVAE) -> None:
+    with pytest.raises(ValueError, match="4k\\+1 frames, got 6"):
+        vae.encode(_video(6))
+
+
+def test_encoding_is_causal(vae: WanVAE) -> None:
+    video = _video(9)
+    later_changed = video.clone()
+    later_changed[:, :, 5:] = _video(4, seed=7)[:, :, :4]
+    first_changed = video.clone()
+    first_changed[:, :, 1:] = -video[:, :, 1:]
+    z, z_later, z_first = vae.encode(video), vae.encode(later_changed), vae.encode(first_changed)
+    # Latent frame 0 sees video frame 0 only; latent frame 1 sees frames 0..4.
+    torch.testing.assert_close(z_first[:, :, 0], z[:, :, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(z_later[:, :, :2], z[:, :, :2], atol=1e-6, rtol=0)
+    assert (z_later[:, :, 2] - z[:, :, 2]).abs().max() > 1e-3
+
+
+def test_decoding_is_causal(vae: WanVAE) -> None:
+    z = torch.randn(1, 16, 3, 2, 3, generator=torch.Generator().manual_seed(3))
+    changed = z.clone()
+    changed[:, :, 1:] = torch.randn(1, 16, 2, 2, 3, generator=torch.Generator().manual_seed(4))
+    changed_last = z.clone()
+    changed_last[:, :, 2] += 1.0
+    video, video_changed, video_last = vae.decode(z), vae.decode(changed), vae.decode(changed_last)
+    torch.testing.assert_close(video_changed[:, :, 0], video[:, :, 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(video_last[:, :, :5], video[:, :, :5], atol=1e-6, rtol=0)
+    assert (video_last[:, :, 5:] - video[:, :, 5:]).abs().max() > 1e-3
+
+
+def test_chunked_encode_equals_whole_encode(vae: WanVAE) -> None:
+    video = _video(13, seed=5)
+    streamed = vae.encode(video)  # chunks of 1, 4, 4, 4 frames
+    torch.testing.assert_close(vae.encode(video, chunk_latents=None), streamed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vae.encode(video, chunk_latents=2), streamed, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_decode_equals_whole_decode(vae: WanVAE) -> None:
+    z = torch.randn(1, 16, 4, 2, 3, generator=torch.Generator().manual_seed(6))
+    streamed = vae.decode(z)  # one latent frame at a time
+    torch.testing.assert_close(vae.decode(z, chunk_latents=None), streamed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vae.decode(z, chunk_latents=3), streamed, atol=1e-5, rtol=1e-5)
+
+
+def test_random_tiny_vae_is_seeded_and_usable() -> None:
+    a, b = load_vae(TINY, None), load_vae(TINY, None)
+    for (key, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(ta, tb), key
+    video = a.decode(torch.randn(1, 16, 2, 6, 10, generator=torch.Generator().manual_seed(0)))
+    assert video.shape == (1, 3, 5, 48, 80)
+    assert torch.isfinite(video).all() and video.abs().max() <= 1 and video.std() > 1e-3
+
+
+def test_bfloat16_matches_float32(vae: WanVAE) -> None:
+    video = _video(5, seed=9)
+    half = build_vae(TINY.vae)
+    half.load_state_dict(vae.state_dict())
+    half = half.to(torch.bfloat16)
+    z32, z16 = vae.encode(video), half.encode(video)
+    assert z16.dtype == torch.bfloat16
+    assert (z16.float() - z32).abs().mean() < 0.05 * z32.abs().mean()
+
+
+def test_checkpoint_round_trips_strictly(vae: WanVAE, tmp_path) -> None:
+    path = tmp_path / "Wan2.1_VAE.pth"
+    torch.save(vae.state_dict(), path)
+    loaded = load_vae(TINY, path, device="cpu", dtype=torch.float32)
+    for key, tensor in vae.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+    z = torch.randn(1, 16, 2, 2, 3, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(loaded.decode(z), vae.decode(z), atol=0, rtol=0)
+
+
+def test_renamed_key_raises_weights_error_naming_it(vae: WanVAE, tmp_path) -> None:
+    state = dict(vae.state_dict())
+    state["decoder.head.2.weight_renamed"] = state.pop("decoder.head.2.weight")
+    path = tmp_path / "vae.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"decoder\.head\.2\.weight"):
+        load_vae(TINY, path)
+
+
+def test_wrong_shape_raises_weights_error_naming_it(vae: WanVAE, tmp_path) -> None:
+    state = dict(vae.state_dict())
+    state["encoder.conv1.weight"] = torch.zeros(9, 3, 3, 3, 3)
+    path = tmp_path / "vae.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"encoder\.conv1\.weight"):
+        load_vae(TINY, path)
