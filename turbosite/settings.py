@@ -231,3 +231,35 @@ TURBO_MEMORY_POLICY = env_str("TURBO_MEMORY_POLICY", "auto")
 # Embedded default (no REDIS_URL): the web process runs jobs in a worker thread of its own.
 TURBO_EMBEDDED_WORKER = env_bool("TURBO_EMBEDDED_WORKER", True)
 
+# --- hardening (hardening helper) ---
+# Upload and input limits (generation/image_input.py, generation/prompt_rules.py; docs/hardening.md has the table).
+TURBO_MAX_UPLOAD_BYTES = env_int("TURBO_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
+TURBO_MAX_IMAGE_PIXELS = env_int("TURBO_MAX_IMAGE_PIXELS", 40_000_000)
+TURBO_MIN_IMAGE_SIDE = env_int("TURBO_MIN_IMAGE_SIDE", 64)
+TURBO_MAX_ASPECT_RATIO = 4.0
+TURBO_MAX_PROMPT_CHARS = env_int("TURBO_MAX_PROMPT_CHARS", 2000)
+# Pillow's own bomb guard matches ours for every decode in the process (it raises at twice this, warns above it).
+from PIL import Image as _PILImage  # noqa: E402
+
+_PILImage.MAX_IMAGE_PIXELS = TURBO_MAX_IMAGE_PIXELS
+# Non-file form fields and JSON bodies: 1 MiB is plenty for a prompt and options.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = 4
+# Files above 5 MiB go to a temporary file instead of memory; the capped handler stores at most the upload limit.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+FILE_UPLOAD_HANDLERS = [
+    "turbosite.security.CappedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# Extra origins allowed to serve images and video (a CDN in front of the bucket), comma-separated.
+TURBO_CSP_MEDIA_ORIGINS = env_list("CSP_MEDIA_ORIGINS", [])
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                  "turbosite.security.SecurityHeadersMiddleware")
+
+# --- jobs (API helper) ---
+TURBO_MAX_ACTIVE_JOBS = env_int("TURBO_MAX_ACTIVE_JOBS", 3)  # QUEUED + RUNNING per user; 0 means no limit
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    **REST_FRAMEWORK.get("DEFAULT_THROTTLE_RATES", {}),
+    "job_create": env_str("TURBO_JOB_CREATE_RATE", "30/min"),  # submissions per user, API and compat routes
+}

@@ -1,0 +1,214 @@
+"""The uploaded image: decoded for real, checked against the size, pixel and shape limits, and normalised.
+
+Every upload goes through `normalise_upload` before anything is stored or queued. What comes out is an upright,
+fully decoded 8-bit sRGB image with no metadata, so the stored `inputs/<user>/<job>.png` is the same picture the
+model sees whatever the camera, editor or client produced. Decisions (docs/hardening.md has the full table):
+
+- The decoder decides what a file is; the client's content type and file name are never trusted or used.
+- Animated GIF/WebP/PNG: the first frame is used (a still is what image-to-video needs; rejecting would only
+  make people re-export the same frame).
+- Transparency (alpha channel, palette or tRNS transparency) is composited on white, as the pipeline does.
+- 16-bit greyscale is scaled down to 8 bits (not clipped); CMYK and images with an ICC profile are converted to
+  sRGB through the profile when there is one.
+- The EXIF orientation is applied, so a phone photo comes out the way it was held.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from typing import Final
+
+import numpy as np
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+# Formats a browser or phone produces for a still photo. MPO is how Pillow names many camera JPEGs (a JPEG with
+# extra preview frames). Everything else (TIFF, PSD, ICO, EPS, ...) is refused: each extra decoder is attack surface.
+ACCEPTED_FORMATS: Final = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP"})
+
+DEFAULT_MAX_UPLOAD_BYTES: Final = 20 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS: Final = 40_000_000
+DEFAULT_MIN_IMAGE_SIDE: Final = 64
+DEFAULT_MAX_ASPECT_RATIO: Final = 4.0
+
+_WHITE = (255, 255, 255, 255)
+_ALPHA_MODES: Final = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_SIXTEEN_BIT_GREY_MODES: Final = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+class ImageRejected(ValueError):
+    """An upload that cannot be used. `message` is for the person who sent it; `code` is stable for programs."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def limits() -> dict[str, float]:
+    """The limits in force (settings with defaults), for error messages, the API schema and the pages."""
+    return {
+        "max_upload_bytes": int(getattr(settings, "TURBO_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)),
+        "max_image_pixels": int(getattr(settings, "TURBO_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)),
+        "min_image_side": int(getattr(settings, "TURBO_MIN_IMAGE_SIDE", DEFAULT_MIN_IMAGE_SIDE)),
+        "max_aspect_ratio": float(getattr(settings, "TURBO_MAX_ASPECT_RATIO", DEFAULT_MAX_ASPECT_RATIO)),
+    }
+
+
+def normalise_upload(upload: UploadedFile) -> Image.Image:
+    """Decode `upload` and return it as an upright RGB image, or raise ImageRejected saying what is wrong."""
+    limit = limits()
+    data = _read_bounded(upload, int(limit["max_upload_bytes"]))
+    return normalise_bytes(data)
+
+
+def normalise_bytes(data: bytes) -> Image.Image:
+    """`normalise_upload` for bytes already in memory (the size limit is checked here too)."""
+    limit = limits()
+    _check_byte_size(len(data), int(limit["max_upload_bytes"]))
+    image = _open(data, int(limit["max_image_pixels"]))
+    _check_dimensions(image.size, limit)
+    _decode(image)
+    image = _upright(image)
+    return _to_srgb(image)
+
+
+# -- steps ----------------------------------------------------------------------------------------------------
+
+
+def _read_bounded(upload: UploadedFile, max_bytes: int) -> bytes:
+    # `size` is what the upload handler counted; it may exceed what it kept (turbosite.security caps storage).
+    declared = getattr(upload, "size", None)
+    if declared is not None:
+        _check_byte_size(int(declared), max_bytes)
+    upload.seek(0)
+    data = upload.read(max_bytes + 1)
+    _check_byte_size(len(data), max_bytes)
+    return data
+
+
+def _check_byte_size(size: int, max_bytes: int) -> None:
+    if size == 0:
+        raise ImageRejected("The image file is empty (0 bytes).", "empty")
+    if size > max_bytes:
+        raise ImageRejected(
+            f"The image file is {_megabytes(size)}; the limit is {_megabytes(max_bytes)}.", "too_large")
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses from the header alone when it claims more than twice Image.MAX_IMAGE_PIXELS.
+        raise ImageRejected(
+            f"The image is far larger than the limit of {max_pixels / 1e6:g} megapixels ({exc}). "
+            "Downscale it and try again.", "too_many_pixels",
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(
+            "The file is not an image we can read. Upload a JPEG, PNG, WebP, GIF or BMP picture.", "not_image",
+        ) from exc
+    if image.format not in ACCEPTED_FORMATS:
+        raise ImageRejected(
+            f"{image.format} images are not accepted. Upload a JPEG, PNG, WebP, GIF or BMP picture.",
+            "unsupported_format",
+        )
+    if getattr(image, "is_animated", False):
+        # Animated: keep the first frame (see the module docstring).
+        image.seek(0)
+    return image
+
+
+def _check_dimensions(size: tuple[int, int], limit: dict[str, float]) -> None:
+    """Checked from the header alone, before a single pixel is decoded (decompression bombs stop here)."""
+    width, height = size
+    pixels = width * height
+    max_pixels = int(limit["max_image_pixels"])
+    if pixels > max_pixels:
+        raise ImageRejected(
+            f"The image is {width}x{height} ({pixels / 1e6:.1f} megapixels); the limit is "
+            f"{max_pixels / 1e6:g} megapixels. Downscale it and try again.", "too_many_pixels",
+        )
+    min_side = int(limit["min_image_side"])
+    if min(width, height) < min_side:
+        raise ImageRejected(
+            f"The image is {width}x{height}; both sides must be at least {min_side} pixels.", "too_small")
+    max_ratio = float(limit["max_aspect_ratio"])
+    ratio = max(width, height) / min(width, height)
+    if ratio > max_ratio:
+        raise ImageRejected(
+            f"The image is {width}x{height}, an aspect ratio of {ratio:.1f}:1; the most we accept is "
+            f"{max_ratio:g}:1. Crop it closer to the video's shape.", "aspect_ratio",
+        )
+
+
+def _decode(image: Image.Image) -> None:
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"The image is too large to decode safely ({exc}).", "too_many_pixels") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow says "image file is truncated" / "broken data stream" here; LOAD_TRUNCATED_IMAGES stays off.
+        raise ImageRejected(
+            "The image is damaged or incomplete (the upload may have been cut short). Save it again and retry.",
+            "truncated",
+        ) from exc
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # Broken EXIF should not cost someone their upload; the picture is used as stored.
+        logger.info("ignoring unreadable EXIF orientation: %s", exc)
+        return image
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    icc = image.info.get("icc_profile")
+    if image.mode in _SIXTEEN_BIT_GREY_MODES:
+        rgb = _sixteen_bit_grey_to_rgb(image)
+    elif image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgb = _on_white(image)
+    elif image.mode in ("RGB", "CMYK") and icc:
+        rgb = _through_profile(image, icc)
+    else:
+        rgb = image.convert("RGB")
+    # A fresh image: no EXIF, ICC profile or text chunks travel on to storage (they would be re-applied or leak).
+    clean = Image.new("RGB", rgb.size)
+    clean.paste(rgb)
+    return clean
+
+
+def _sixteen_bit_grey_to_rgb(image: Image.Image) -> Image.Image:
+    # Pillow's own convert("RGB") clips these to 255 (a white picture); scale the 16-bit range down instead.
+    values = np.asarray(image).astype(np.float64)
+    grey = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, _WHITE)
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _through_profile(image: Image.Image, icc: bytes) -> Image.Image:
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        srgb = ImageCms.createProfile("sRGB")
+        converted = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+        logger.info("ignoring unusable ICC profile: %s", exc)
+        return image.convert("RGB")
+    assert converted is not None  # inPlace=False always returns the new image
+    return converted
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB" if size >= 1024 * 1024 / 10 else f"{max(1, math.ceil(size / 1024))} KB"
