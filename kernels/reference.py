@@ -69,8 +69,9 @@ def _linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return (phi_q @ kv) / normaliser
 
 
-# Query rows handled per pass of the sparse branch, so the token-level mask stays small at long lengths.
-_SPARSE_ROWS_PER_PASS = 4096
+# Elements of the token-level mask (and score matrix) per pass of the sparse branch, so long sequences
+# (75,600 tokens x 40 heads at 720p) are handled a few query blocks at a time.
+_SPARSE_PASS_ELEMENTS = 1 << 28
 
 
 def sla_attention(
@@ -94,7 +95,8 @@ def sla_attention(
 
     # Token-level key mask: each key block expanded to its tokens, cut at L.
     key_mask = block_map.repeat_interleave(block_k, dim=-1)[..., :length]
-    rows_per_pass = max(block_q, (_SPARSE_ROWS_PER_PASS // block_q) * block_q)
+    batch_heads = q.shape[0] * q.shape[1]
+    rows_per_pass = max(block_q, (_SPARSE_PASS_ELEMENTS // (batch_heads * length * block_q)) * block_q)
     sparse = torch.empty_like(qf)
     for start in range(0, length, rows_per_pass):
         stop = min(length, start + rows_per_pass)

@@ -200,3 +200,13 @@ def test_apply_rope_rotates_adjacent_pairs_like_complex_multiplication() -> None
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.norm(dim=-1), x.norm(dim=-1))
     assert reference.apply_rope(x.bfloat16(), cos, sin).dtype == torch.bfloat16
+
+
+def test_sla_long_sequences_split_into_passes_give_the_same_result(monkeypatch) -> None:
+    q, k, v = _qkv(77, seed=3)
+    w, b = 0.3 * torch.randn(16, 16), 0.1 * torch.randn(16)
+    whole = reference.sla_attention(q, k, v, w, b, 0.4, 16, 8)
+    # 2 heads x 77 keys x 16 rows -> one query block per pass, the last one partial.
+    monkeypatch.setattr(reference, "_SPARSE_PASS_ELEMENTS", 2 * 77 * 16)
+    torch.testing.assert_close(reference.sla_attention(q, k, v, w, b, 0.4, 16, 8), whole, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(whole, _naive_sla(q, k, v, w, b, 0.4, 16, 8), atol=1e-5, rtol=1e-4)
