@@ -1,0 +1,132 @@
+"""Worker fixtures: a fake pipeline honouring inference/types.py's contract, and queued jobs with stored inputs."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from generation import storage, worker
+from generation.models import Job
+from inference.types import GenerationCanceled, GenerationRequest, GenerationResult, ProgressEvent
+
+FAKE_DEVICE = "Fake GPU 80GB"
+FAKE_SIZE = (48, 32)  # width, height of the fake frames
+
+
+@dataclass
+class FakePipeline:
+    """Walks the same stages as the real pipeline, checks cancellation before each, and returns seeded frames.
+
+    `on_step(step)` runs after each denoising step (tests cancel, requeue or sleep there); `fail_at` raises the given
+    exception when that stage starts.
+    """
+
+    model: str
+    step_delay: float = 0.0
+    on_step: Callable[[int], None] | None = None
+    fail_at: tuple[str, BaseException] | None = None
+    requests: list[GenerationRequest] = field(default_factory=list)
+    steps_run: int = 0
+    device_name: str = FAKE_DEVICE
+
+    def _stage(self, name: str, should_cancel: Callable[[], bool] | None) -> None:
+        if should_cancel is not None and should_cancel():
+            raise GenerationCanceled(f"canceled before {name}")
+        if self.fail_at is not None and self.fail_at[0] == name:
+            raise self.fail_at[1]
+
+    def generate(self, request: GenerationRequest, progress: Callable[[ProgressEvent], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> GenerationResult:
+        self.requests.append(request)
+        emit = progress or (lambda event: None)
+        self._stage("text_encode", should_cancel)
+        emit(ProgressEvent(stage="text_encode", progress=0.05))
+        self._stage("image_encode", should_cancel)
+        emit(ProgressEvent(stage="image_encode", progress=0.1))
+        for step in range(1, request.num_steps + 1):
+            self._stage("denoise", should_cancel)
+            time.sleep(self.step_delay)
+            self.steps_run += 1
+            emit(ProgressEvent(stage="denoise", progress=0.1 + 0.8 * step / request.num_steps, step=step,
+                               total_steps=request.num_steps))
+            if self.on_step is not None:
+                self.on_step(step)
+        self._stage("decode", should_cancel)
+        emit(ProgressEvent(stage="decode", progress=0.98))
+        rng = np.random.default_rng(request.seed)
+        width, height = FAKE_SIZE
+        frames = rng.integers(0, 256, size=(request.num_frames or 17, height, width, 3), dtype=np.uint8)
+        emit(ProgressEvent(stage="done", progress=1.0))
+        return GenerationResult(frames=frames, fps=16, timings={"text_encode": 0.01, "denoise": 0.02, "decode": 0.01},
+                                device_name=self.device_name)
+
+
+@dataclass
+class FakeLoader:
+    pipelines: dict[str, FakePipeline] = field(default_factory=dict)
+    loads: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, model: str) -> FakePipeline:
+        with self.lock:
+            self.loads.append(model)
+            if self.error is not None:
+                raise self.error
+            pipeline = FakePipeline(model, **self.options)
+            self.pipelines[model] = pipeline
+            return pipeline
+
+    def pipeline(self, model: str = "tiny") -> FakePipeline:
+        return self.pipelines[model]
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings) -> None:
+    """The `user` fixture hashes a password; the slow production hasher adds nothing to worker tests."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def fake_loader() -> Iterator[FakeLoader]:
+    loader = FakeLoader()
+    worker.set_pipeline_loader(loader)
+    yield loader
+    worker.set_pipeline_loader(None)
+
+
+def png_bytes(color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def make_job(user) -> Callable[..., Job]:
+    """make_job(**fields) -> a QUEUED job of `user` with its input image stored where the services put it."""
+    made: list[Job] = []
+
+    def make(*, image: bytes | None = None, **fields: Any) -> Job:
+        values: dict[str, Any] = {"owner": user, "prompt": "a red square drifts", "seed": 1234, "num_steps": 4,
+                                  "resolution": "480p", "num_frames": 5, "model": "tiny"} | fields
+        job = Job(**values)
+        name = storage.input_name(job)
+        storage.save_bytes(name, png_bytes() if image is None else image, "image/png")
+        job.input_image.name = name
+        job.save(force_insert=True)
+        made.append(job)
+        return job
+
+    yield make
+    for job in made:
+        for name in (storage.input_name(job), storage.output_name(job), storage.poster_name(job)):
+            storage.delete_quietly(name)

@@ -1,0 +1,66 @@
+"""The broker and the actor on the real Redis server: messages go to this run's namespace, a worker thread with
+one thread consumes the "gpu" queue, and a duplicate message runs the job once."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from django.db import transaction
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from generation import queue
+from generation.actors import ACTOR_TIME_LIMIT_MS, run_job
+from generation.models import Job
+from turbosite import broker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_the_suite_uses_redis_with_this_runs_namespace():
+    current = broker.ensure_broker()
+    assert isinstance(current, RedisBroker)
+    assert current.namespace == settings.QUEUE_NAMESPACE
+    assert run_job.broker is current
+    assert broker.ping() is True
+
+
+def test_without_redis_the_broker_is_in_process(settings):
+    settings.REDIS_URL = ""
+    assert isinstance(broker.build_broker(), StubBroker)
+
+
+def test_actor_options():
+    assert run_job.queue_name == "gpu"
+    assert run_job.options["max_retries"] == 0
+    assert run_job.options["time_limit"] == ACTOR_TIME_LIMIT_MS == (settings.TURBO_JOB_TIME_LIMIT_S + 60) * 1000
+    assert run_job.options["notify_shutdown"] is True
+
+
+def test_enqueue_after_commit_only(make_job):
+    current = broker.ensure_broker()
+    current.flush_all()
+    with transaction.atomic():
+        job = make_job()
+        transaction.on_commit(lambda: queue.enqueue_job(job.id))
+        assert queue.queue_depth() == 0  # nothing sent while the row is uncommitted
+    assert queue.queue_depth() == 1
+    current.flush_all()
+
+
+def test_worker_thread_runs_a_duplicated_message_once(make_job, fake_loader):
+    current = broker.ensure_broker()
+    current.flush_all()
+    job = make_job()
+    queue.enqueue_job(job.id)
+    queue.enqueue_job(job.id)  # a duplicate delivery
+    dramatiq_worker = broker.start_worker(queues={broker.GPU_QUEUE}, threads=1)
+    try:
+        current.join(broker.GPU_QUEUE, timeout=30_000)
+        dramatiq_worker.join()
+    finally:
+        dramatiq_worker.stop(timeout=5_000)
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED and job.attempts == 1
+    assert len(fake_loader.pipeline().requests) == 1
+    assert queue.queue_depth() == 0
