@@ -1,0 +1,202 @@
+"""docker/: the compose file parses and hangs together, and the images install the project the way CI does."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+IMAGES = {"web": DOCKER / "Dockerfile.web", "worker": DOCKER / "Dockerfile.worker"}
+VAR = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def env_example() -> dict[str, str]:
+    pairs = {}
+    for line in (DOCKER / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            pairs[name.strip()] = value
+    return pairs
+
+
+def settings_variables() -> set[str]:
+    """Every environment variable turbosite/settings.py reads (env_str/env_int/env_bool/env_list)."""
+    return set(re.findall(r"env_(?:str|int|bool|list)\(\s*\"(\w+)\"", (ROOT / "turbosite/settings.py").read_text()))
+
+
+def test_compose_has_every_service_with_the_right_dependencies(compose):
+    services = compose["services"]
+    assert {"postgres", "redis", "minio", "createbucket", "migrate", "web", "worker"} <= set(services)
+    for name in ("web", "worker"):
+        depends = services[name]["depends_on"]
+        assert depends["postgres"]["condition"] == "service_healthy"
+        assert depends["redis"]["condition"] == "service_healthy"
+        assert depends["createbucket"]["condition"] == "service_completed_successfully"
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+    for name in ("postgres", "redis", "minio"):
+        assert services[name]["healthcheck"]["test"], f"{name} needs a healthcheck for depends_on to wait on"
+
+
+def test_bucket_is_created_once_at_start_and_stays_private(compose):
+    job = compose["services"]["createbucket"]
+    assert job["restart"] == "no"
+    assert job["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = " ".join(job["command"])
+    assert "mc mb --ignore-existing" in script and "mc anonymous set none" in script
+    assert "$$S3_BUCKET" in script  # escaped: expanded by the container's shell, not by compose
+
+
+def test_worker_reserves_a_gpu_and_has_time_to_hand_back_its_job(compose):
+    worker = compose["services"]["worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert device.get("count") or device.get("device_ids")
+    assert worker["build"]["dockerfile"] == "docker/Dockerfile.worker"
+    grace = int(worker["stop_grace_period"].rstrip("s"))
+    assert grace >= 60
+    assert any(v.endswith(":/models:ro") for v in worker["volumes"])
+
+
+def test_web_and_worker_get_the_same_production_environment(compose):
+    web, worker = compose["services"]["web"]["environment"], compose["services"]["worker"]["environment"]
+    shared = {k: v for k, v in web.items() if k != "WEB_CONCURRENCY"}
+    assert shared == worker
+    assert web["DEBUG"] == "0" and web["REDIS_URL"].startswith("redis://redis:")
+    assert web["DATABASE_URL"].startswith("postgres://") and "@postgres:5432/" in web["DATABASE_URL"]
+    assert web["S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert web["S3_PUBLIC_ENDPOINT_URL"] != web["S3_ENDPOINT_URL"]  # browsers cannot resolve "minio"
+
+
+def test_every_app_variable_is_one_the_settings_read(compose):
+    known = settings_variables() | {"WEB_CONCURRENCY"}  # gunicorn reads WEB_CONCURRENCY itself
+    assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "S3_BUCKET"} <= known  # the parser found the settings
+    for name in ("web", "worker", "migrate"):
+        unknown = set(compose["services"][name]["environment"]) - known
+        assert unknown == set(), f"{name} sets variables that settings.py never reads: {sorted(unknown)}"
+
+
+def test_every_required_compose_variable_is_in_the_example_env_file():
+    text = COMPOSE.read_text()
+    example = env_example()
+    referenced = {m.group(1) for m in VAR.finditer(text)}
+    required = {m.group(1) for m in VAR.finditer(text) if m.group(2) in (":?", "?")}
+    without_default = {m.group(1) for m in VAR.finditer(text) if m.group(2) is None}
+    assert required, "compose.yaml should insist on its secrets with ${NAME:?message}"
+    assert (required | without_default) <= set(example), sorted((required | without_default) - set(example))
+    assert set(example) <= referenced, f".env.example has unused names: {sorted(set(example) - referenced)}"
+    for secret in ("SECRET_KEY", "POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"):
+        assert example[secret] == "", f"{secret} must not ship with a value"
+
+
+def compose_tool() -> list[str] | None:
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+def test_compose_validates_with_the_compose_tool(tmp_path):
+    """`docker compose config` needs no engine; the Debian package docker-compose does the same checks."""
+    tool = compose_tool()
+    if tool is None:
+        pytest.skip("no docker compose CLI on this machine (the YAML checks above still ran)")
+    env = tmp_path / ".env"
+    values = {**env_example(), "SECRET_KEY": "k" * 50, "SITE_HOST": "video.example.org", "POSTGRES_PASSWORD": "pw",
+              "MINIO_ROOT_PASSWORD": "minio-secret", "S3_PUBLIC_ENDPOINT_URL": "https://files.example.org"}
+    env.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    done = subprocess.run([*tool, "-f", str(COMPOSE), "--env-file", str(env), "config"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)
+    assert rendered["services"]["web"]["environment"]["ALLOWED_HOSTS"].startswith("video.example.org")
+    # An empty secret stops compose with the variable's name instead of starting a site with no key.
+    env.write_text(env.read_text().replace("SECRET_KEY=" + "k" * 50, "SECRET_KEY="))
+    failed = subprocess.run([*tool, "-f", str(COMPOSE), "--env-file", str(env), "config"], capture_output=True,
+                            text=True, timeout=60)
+    assert failed.returncode != 0 and "SECRET_KEY" in failed.stderr
+
+
+# -- images install the project exactly as CI does ------------------------------------------------------------------
+
+def makefile_install() -> tuple[str, list[str]]:
+    text = (ROOT / "Makefile").read_text()
+    torch_spec = re.search(r"^TORCH_SPEC \?= (\S+)", text, re.MULTILINE).group(1)
+    extras = re.search(r"python -m pip install (?:-q )?-e \"\.\[([\w,]+)\]\"", text).group(1).split(",")
+    assert re.search(r"python -m pip install (?:-q )?\"\$\(TORCH_SPEC\)\"", text), "Makefile installs torch first"
+    return torch_spec, extras
+
+
+def run_lines(dockerfile: Path) -> list[str]:
+    """RUN instructions with their continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    return [line[4:].strip() for line in text.splitlines() if line.startswith("RUN ")]
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_image_installs_torch_then_the_project_with_the_makefiles_commands(image):
+    torch_spec, make_extras = makefile_install()
+    dockerfile = IMAGES[image]
+    text = dockerfile.read_text()
+    assert re.search(rf"^ARG TORCH_SPEC={re.escape(torch_spec)}$", text, re.MULTILINE), \
+        f"{dockerfile.name} must pin the Makefile's {torch_spec}"
+    pip_commands = [cmd for line in run_lines(dockerfile) for cmd in line.split("&&") if "pip install" in cmd]
+    torch_at = next(i for i, c in enumerate(pip_commands) if '"${TORCH_SPEC}"' in c)
+    project = [(i, c) for i, c in enumerate(pip_commands) if re.search(r'-e "\.\[[\w,]+\]"', c)]
+    assert len(project) == 1, f"{dockerfile.name}: one editable install of the project, got {project}"
+    project_at, command = project[0]
+    assert torch_at < project_at  # like `make install`: torch first, so the extra finds it satisfied
+    assert command.strip().startswith("python -m pip install -e")
+    extras = re.search(r'-e "\.\[([\w,]+)\]"', command).group(1).split(",")
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras) <= set(declared) and "ml" in extras and "dev" not in extras
+    assert set(extras) <= set(make_extras)  # CI installs at least what the image installs
+    # Nothing is installed around pyproject.toml: every other pip install is pip itself or torch.
+    for other in pip_commands:
+        if other is not command and '"${TORCH_SPEC}"' not in other:
+            assert other.strip() == "python -m pip install --upgrade pip", other
+
+
+def test_worker_image_is_cuda_based_and_runs_the_gpu_worker():
+    text = IMAGES["worker"].read_text()
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:[\d.]+-(cudnn-)?runtime-ubuntu[\d.]+$", text, re.MULTILINE)
+    assert 'CMD ["python", "manage.py", "run_gpu_worker"]' in text
+    assert (ROOT / "generation/management/commands/run_gpu_worker.py").is_file()
+    assert "\nUSER turbosite\n" in text
+
+
+def test_web_image_serves_with_gunicorn_and_collected_static_files():
+    text = IMAGES["web"].read_text()
+    assert "manage.py collectstatic --noinput" in text
+    assert "gunicorn turbosite.wsgi:application" in text
+    assert "\nUSER turbosite\n" in text and "HEALTHCHECK" in text and "/healthz" in text
+    python = re.search(r"^ARG PYTHON_IMAGE=python:(\d+)\.(\d+)-slim", text, re.MULTILINE)
+    minimum = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    major, minor = (int(x) for x in re.search(r">=(\d+)\.(\d+)", minimum).groups())
+    assert (int(python.group(1)), int(python.group(2))) >= (major, minor)
+
+
+def test_gunicorn_and_whitenoise_are_dependencies_and_wired_in():
+    from django.conf import settings
+
+    deps = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    assert "gunicorn" in deps and "whitenoise" in deps
+    assert "whitenoise.middleware.WhiteNoiseMiddleware" in settings.MIDDLEWARE
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_build_context_leaves_out_weights_secrets_and_local_state(image):
+    ignored = IMAGES[image].with_name(IMAGES[image].name + ".dockerignore").read_text().split()
+    for entry in (".git", ".venv", "data", "*.pth", "*.safetensors", ".env"):
+        assert entry in ignored, f"{image} image would carry {entry}"
