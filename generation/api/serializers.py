@@ -1,0 +1,143 @@
+"""Request and response shapes of the v1 API. Parameter *rules* live in generation.services (one place for the
+messages); these serializers parse types and describe the shapes for the OpenAPI schema."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+from rest_framework.fields import empty
+
+from generation import services, storage
+from generation.models import Job
+
+RESOLUTIONS = ("480p", "720p")
+
+
+class FormBooleanField(serializers.BooleanField):
+    """A boolean whose absence from a multipart form means "use the default", not False (DRF's HTML rule)."""
+
+    default_empty_html = empty
+
+
+class JobCreateSerializer(serializers.Serializer):
+    image = serializers.FileField(help_text="The still image to animate (JPEG, PNG, WebP, GIF or BMP).")
+    prompt = serializers.CharField(allow_blank=True, trim_whitespace=False,
+                                   help_text="What should happen in the video. Stripped; at most "
+                                             f"{getattr(settings, 'TURBO_MAX_PROMPT_CHARS', 2000)} characters.")
+    seed = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=services.MAX_SEED,
+                                    help_text="Random seed; a random one is chosen (and returned) when absent.")
+    num_steps = serializers.IntegerField(required=False, default=4, min_value=1, max_value=4,
+                                         help_text="Sampling steps, 1 to 4.")
+    resolution = serializers.ChoiceField(choices=RESOLUTIONS, required=False, allow_null=True,
+                                         help_text="Target resolution; the model's default when absent.")
+    num_frames = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                          help_text="4k+1 frames, up to the model's max_frames (see /models/); "
+                                                    "the model's default when absent.")
+    adaptive_resolution = FormBooleanField(required=False, default=True,
+                                           help_text="Keep the image's aspect ratio at the target area.")
+    ode = FormBooleanField(required=False, default=False, help_text="Deterministic ODE sampling instead of SDE.")
+    model = serializers.CharField(required=False, allow_blank=True, allow_null=True,
+                                  help_text="Model name from /models/; the deployment's default when absent.")
+
+
+class JobParametersSerializer(serializers.Serializer):
+    prompt = serializers.CharField()
+    seed = serializers.IntegerField()
+    num_steps = serializers.IntegerField()
+    resolution = serializers.ChoiceField(choices=RESOLUTIONS)
+    num_frames = serializers.IntegerField()
+    adaptive_resolution = serializers.BooleanField()
+    ode = serializers.BooleanField()
+    model = serializers.CharField()
+
+
+def absolute_url(request, url: str) -> str:
+    # Local-folder links are site paths; S3 links are already absolute.
+    return request.build_absolute_uri(url) if request is not None and url.startswith("/") else url
+
+
+class JobSerializer(serializers.ModelSerializer):
+    """A job as its owner sees it. Links are made here, and only ever for the requester's own jobs (the views'
+    querysets are filtered by owner before an object reaches this serializer)."""
+
+    status = serializers.ChoiceField(choices=Job.Status.choices, read_only=True)
+    parameters = JobParametersSerializer(source="*", read_only=True)
+    queue_position = serializers.SerializerMethodField()
+    eta_seconds = serializers.SerializerMethodField()
+    output_url = serializers.SerializerMethodField()
+    poster_url = serializers.SerializerMethodField()
+    input_url = serializers.SerializerMethodField()
+    timings = serializers.DictField(child=serializers.FloatField(), read_only=True)
+
+    class Meta:
+        model = Job
+        fields = ["id", "status", "progress", "stage", "queue_position", "eta_seconds", "timings", "error",
+                  "parameters", "created_at", "started_at", "finished_at", "width", "height", "frames", "fps",
+                  "bytes", "retry_of", "output_url", "poster_url", "input_url"]
+        read_only_fields = fields
+
+    def _typical(self, model: str) -> float | None:
+        cache = self.context.setdefault("_typical_run_seconds", {})
+        if model not in cache:
+            cache[model] = services.typical_run_seconds(model)
+        return cache[model]
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_queue_position(self, job: Job) -> int | None:
+        return services.queue_position(job)
+
+    @extend_schema_field(OpenApiTypes.FLOAT)
+    def get_eta_seconds(self, job: Job) -> float | None:
+        if job.is_finished:
+            return None
+        return services.eta_seconds(job, typical=self._typical(job.model))
+
+    def _link(self, name: str, download_name: str | None = None) -> str | None:
+        if not name:
+            return None
+        return absolute_url(self.context.get("request"), storage.signed_url(name, download_name=download_name))
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_output_url(self, job: Job) -> str | None:
+        if job.status != Job.Status.SUCCEEDED:
+            return None
+        return self._link(job.output_video.name)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_poster_url(self, job: Job) -> str | None:
+        if job.status != Job.Status.SUCCEEDED:
+            return None
+        return self._link(job.poster.name)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_input_url(self, job: Job) -> str | None:
+        return self._link(job.input_image.name)
+
+
+class ModelSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    installed = serializers.BooleanField()
+    missing = serializers.ListField(child=serializers.CharField(), help_text="Weight files not found.")
+    default_frames = serializers.IntegerField()
+    max_frames = serializers.IntegerField()
+    fps = serializers.IntegerField()
+    resolutions = serializers.ListField(child=serializers.CharField())
+    default_resolution = serializers.CharField()
+    default = serializers.BooleanField(help_text="The model used when a request names none.")
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(style={"input_type": "password"})
+
+
+class TokenResponseSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="Send as `Authorization: Token <token>`.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField(required=False)
+    field = serializers.CharField(required=False, allow_null=True)

@@ -1,0 +1,144 @@
+"""The v1 REST API: jobs, models and tokens. Every job lookup goes through the requester's own jobs, so another
+user's job is a 404 on every route, and file links are only made for jobs that passed that filter."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from generation import models_catalog, services
+from generation.api.errors import RejectionMixin
+from generation.api.pagination import JobPagination, filter_by_status
+from generation.api.serializers import (
+    ErrorSerializer,
+    JobCreateSerializer,
+    JobSerializer,
+    ModelSerializer,
+    TokenRequestSerializer,
+    TokenResponseSerializer,
+)
+from generation.api.throttles import JobCreateThrottle
+from generation.models import Job
+
+UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+
+_ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="A parameter is invalid; the message names it."),
+    404: OpenApiResponse(ErrorSerializer, description="No such job among yours."),
+}
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="Your jobs, newest first",
+        parameters=[OpenApiParameter("status", OpenApiTypes.STR, description="Filter: one or more of "
+                                     + ", ".join(Job.Status.values) + " (comma-separated, any case).",
+                                     enum=list(Job.Status.values))],
+    ),
+    retrieve=extend_schema(summary="One of your jobs", responses={200: JobSerializer, 404: _ERRORS[404]}),
+    destroy=extend_schema(summary="Delete a job and its files (a running job is canceled first)",
+                          responses={204: None, 404: _ERRORS[404]}),
+)
+class JobViewSet(RejectionMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
+                 viewsets.GenericViewSet):
+    serializer_class = JobSerializer
+    pagination_class = JobPagination
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    lookup_value_regex = UUID_PATTERN
+
+    def get_queryset(self):
+        queryset = Job.objects.filter(owner=self.request.user).order_by("-created_at")
+        if self.action == "list":
+            queryset = filter_by_status(queryset, self.request.query_params.get("status"))
+        return queryset
+
+    def get_throttles(self):
+        if self.action in ("create", "retry"):
+            return [JobCreateThrottle()]
+        return super().get_throttles()
+
+    def _job_response(self, job: Job, status_code: int) -> Response:
+        data = JobSerializer(job, context=self.get_serializer_context()).data
+        headers = {"Location": self.request.build_absolute_uri(reverse("api:job-detail", args=[job.id]))}
+        return Response(data, status=status_code, headers=headers)
+
+    @extend_schema(
+        summary="Submit an image and a prompt",
+        request={"multipart/form-data": JobCreateSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                     description="Repeat a request safely: the same key and body return the first "
+                                                 "job (200); the same key with another body is a 422.")],
+        responses={
+            201: JobSerializer,
+            200: OpenApiResponse(JobSerializer, description="Replay of an earlier request with this Idempotency-Key."),
+            400: _ERRORS[400],
+            409: OpenApiResponse(ErrorSerializer, description="The model's weights are not installed."),
+            413: OpenApiResponse(ErrorSerializer, description="The image file is too large."),
+            422: OpenApiResponse(ErrorSerializer, description="Idempotency-Key reused with a different body."),
+            429: OpenApiResponse(ErrorSerializer, description="Too many active jobs, or too many submissions."),
+            503: OpenApiResponse(ErrorSerializer, description="Storage or queue unavailable; retry."),
+        },
+    )
+    def create(self, request: Request) -> Response:
+        serializer = JobCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        submission = services.submit_job(request.user, **serializer.validated_data,
+                                         idempotency_key=request.headers.get("Idempotency-Key"))
+        return self._job_response(submission.job, status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK)
+
+    def perform_destroy(self, instance: Job) -> None:
+        services.delete_job(instance)
+
+    @extend_schema(summary="Cancel a queued or running job", request=None,
+                   responses={200: JobSerializer, 404: _ERRORS[404],
+                              409: OpenApiResponse(ErrorSerializer, description="The job had already finished.")})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        job = self.get_object()
+        if not services.cancel_job(job):
+            job.refresh_from_db()
+            if job.status != Job.Status.CANCELED:
+                raise services.JobRejected(f"Job {job.id} already finished ({job.status}); nothing to cancel.", 409,
+                                           code="already_finished")
+        return self._job_response(job, status.HTTP_200_OK)
+
+    @extend_schema(summary="Run a job again: a new job with the same image, parameters and seed", request=None,
+                   responses={201: JobSerializer, 404: _ERRORS[404],
+                              409: OpenApiResponse(ErrorSerializer, description="The input image is gone."),
+                              429: OpenApiResponse(ErrorSerializer, description="Too many active jobs.")})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        return self._job_response(services.retry_job(self.get_object()), status.HTTP_201_CREATED)
+
+
+class ModelListView(APIView):
+    @extend_schema(summary="Models this site knows and whether their weights are installed",
+                   responses={200: ModelSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(ModelSerializer(models_catalog.list_models(), many=True).data)
+
+
+class TokenView(APIView):
+    """Username and password for an API token (the same token each time; revoke it from the account page)."""
+
+    authentication_classes: list = []  # no session, so no CSRF dance for scripts
+    permission_classes = [AllowAny]
+    parser_classes = [FormParser, MultiPartParser, JSONParser]
+
+    @extend_schema(summary="Exchange a username and password for an API token", request=TokenRequestSerializer,
+                   responses={200: TokenResponseSerializer, 400: _ERRORS[400]}, auth=[])
+    def post(self, request: Request) -> Response:
+        serializer = AuthTokenSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        return Response({"token": token.key})

@@ -1,0 +1,380 @@
+"""What the API, the compatibility routes, the pages and the admin do to jobs: create, cancel, retry, delete, and
+estimate where a job stands.
+
+Every refusal is a JobRejected with a message for a person and the HTTP status that fits it, so each front end
+only translates. The queue message is sent after the creating transaction commits (a worker never receives the
+id of a row it cannot read yet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import secrets
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import UploadedFile
+from django.db import IntegrityError, transaction
+from django.db.models import DurationField, ExpressionWrapper, F
+from django.utils import timezone
+from PIL import Image
+
+from generation import models_catalog, storage
+from generation.image_input import ImageRejected, normalise_upload
+from generation.models import Job
+from generation.prompt_rules import PromptRejected, clean_prompt_or_reject
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**63 - 1
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+ETA_SAMPLE = 20  # recent successful runs averaged for the ETA
+
+
+class JobRejected(Exception):
+    """A request the service refuses. `status_code` is the HTTP answer; `field` names the parameter at fault."""
+
+    def __init__(self, message: str, status_code: int = 400, *, field: str | None = None,
+                 code: str = "invalid") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.field = field
+        self.code = code
+
+
+@dataclass(frozen=True)
+class JobParameters:
+    """The validated, normalised parameters of one job. `seed` is None when the caller asked for a random one."""
+
+    prompt: str
+    seed: int | None
+    num_steps: int
+    resolution: str
+    num_frames: int
+    adaptive_resolution: bool
+    ode: bool
+    model: str
+
+    def fingerprint(self, image_digest: str) -> str:
+        body = json.dumps({**asdict(self), "image_sha256": image_digest}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    created: bool  # False: an earlier request with the same Idempotency-Key and body made this job
+
+
+# -- parameters -----------------------------------------------------------------------------------------------
+
+def _int(value: Any, field: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise JobRejected(f"{field} must be an integer, got a boolean", field=field)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise JobRejected(f"{field} must be an integer, got {str(value)[:40]!r}", field=field) from None
+
+
+def validate_parameters(*, prompt: Any, seed: Any = None, num_steps: Any = 4, resolution: Any = None,
+                        num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
+                        model: str | None = None) -> JobParameters:
+    """Check every parameter and fill defaults from the model's config. Raises JobRejected (400, or 409 when the
+    model's weights are not installed) naming the parameter and the allowed values."""
+    try:
+        clean_prompt = clean_prompt_or_reject(prompt)
+    except PromptRejected as exc:
+        raise JobRejected(exc.message, field="prompt", code=exc.code) from None
+
+    try:
+        facts = models_catalog.get_model(model or None)
+    except models_catalog.UnknownModel as exc:
+        raise JobRejected(str(exc), field="model", code="unknown_model") from None
+
+    seed_value = _int(seed, "seed")
+    if seed_value is not None and not 0 <= seed_value <= MAX_SEED:
+        raise JobRejected(f"seed must be between 0 and {MAX_SEED}, got {seed_value}", field="seed")
+
+    steps = _int(num_steps, "num_steps")
+    steps = 4 if steps is None else steps
+    if not 1 <= steps <= 4:
+        raise JobRejected(f"num_steps must be 1, 2, 3 or 4, got {steps}", field="num_steps")
+
+    chosen_resolution = str(resolution).strip() if resolution not in (None, "") else facts.default_resolution
+    if chosen_resolution not in facts.resolutions:
+        raise JobRejected(f"resolution must be one of {', '.join(facts.resolutions)}, got {chosen_resolution!r}",
+                          field="resolution")
+
+    frames = _int(num_frames, "num_frames")
+    frames = facts.default_frames if frames is None else frames
+    if frames < 5 or frames > facts.max_frames or (frames - 1) % 4:
+        raise JobRejected(
+            f"num_frames must be 4k+1 between 5 and {facts.max_frames} for model {facts.name} "
+            f"(e.g. 17, 33, 81), got {frames}", field="num_frames")
+
+    return JobParameters(prompt=clean_prompt, seed=seed_value, num_steps=steps, resolution=chosen_resolution,
+                         num_frames=frames, adaptive_resolution=bool(adaptive_resolution), ode=bool(ode),
+                         model=facts.name)
+
+
+def frames_for_duration(seconds: float, model: str | None = None) -> int:
+    """The valid 4k+1 frame count nearest to `seconds` of video at the model's fps (plus the first frame),
+    within 5..max_frames. Used by the compatibility route's duration_seconds."""
+    facts = models_catalog.get_model(model)
+    if not seconds > 0:
+        raise JobRejected(f"duration_seconds must be positive, got {seconds}", field="duration_seconds")
+    wanted = seconds * facts.fps + 1
+    k = max(1, round((wanted - 1) / 4))
+    largest = (facts.max_frames - 1) // 4
+    return 4 * min(k, largest) + 1
+
+
+def _check_model_installed(name: str) -> None:
+    facts = models_catalog.get_model(name)
+    if not facts.installed:
+        raise JobRejected(
+            f"model {name} cannot run here: its weights are not installed (missing: {', '.join(facts.missing)}). "
+            "An operator must put them in TURBO_MODEL_DIR.", 409, field="model", code="model_not_installed")
+
+
+def _check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    key = key.strip()
+    if not key:
+        return None
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise JobRejected(f"Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
+                          field="Idempotency-Key", code="bad_idempotency_key")
+    return key
+
+
+def _upload_digest(upload: UploadedFile) -> str:
+    digest = hashlib.sha256()
+    upload.seek(0)
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    upload.seek(0)
+    return digest.hexdigest()
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+# -- creating -------------------------------------------------------------------------------------------------
+
+def active_job_count(owner) -> int:
+    return Job.objects.filter(owner=owner, status__in=Job.ACTIVE).count()
+
+
+def _check_active_limit(owner) -> None:
+    limit = settings.TURBO_MAX_ACTIVE_JOBS
+    if limit and active_job_count(owner) >= limit:
+        raise JobRejected(
+            f"You already have {limit} jobs queued or running (the limit is {limit}). Wait for one to finish or "
+            "cancel one, then submit again.", 429, code="too_many_active_jobs")
+
+
+def _replay(owner, key: str, fingerprint: str) -> Submission | None:
+    earlier = Job.objects.filter(owner=owner, idempotency_key=key).first()
+    if earlier is None:
+        return None
+    if earlier.request_fingerprint != fingerprint:
+        raise JobRejected(
+            "This Idempotency-Key was already used with different parameters or a different image. "
+            "Use a new key for a new job.", 422, field="Idempotency-Key", code="idempotency_key_reused")
+    return Submission(job=earlier, created=False)
+
+
+def enqueue_job(job_id: uuid.UUID) -> None:
+    """Send the job to the GPU queue (generation.queue, looked up at call time so tests can patch either name)."""
+    from generation import queue
+
+    queue.enqueue_job(job_id)
+
+
+def _enqueue_after_commit(job: Job) -> None:
+    def send() -> None:
+        try:
+            enqueue_job(job.id)
+        except Exception:
+            log.exception("job %s: could not send it to the queue", job.id)
+            job.fail("The job could not be handed to the queue (the broker was unreachable). Retry it in a moment.")
+
+    transaction.on_commit(send)
+
+
+def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, fingerprint: str,
+            retry_of: Job | None = None) -> Job:
+    """Store the input, then insert the QUEUED row under a per-user lock (so the active-job limit holds under
+    concurrent requests) and send it after commit. Removes the stored input if the row is not created."""
+    job = Job(id=uuid.uuid4(), owner=owner, prompt=params.prompt,
+              seed=params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1),
+              num_steps=params.num_steps, resolution=params.resolution, num_frames=params.num_frames,
+              adaptive_resolution=params.adaptive_resolution, ode=params.ode, model=params.model,
+              idempotency_key=key, request_fingerprint=fingerprint, retry_of=retry_of, stage="queued")
+    name = storage.input_name(job)
+    try:
+        storage.save_bytes(name, png, "image/png")
+    except Exception as exc:
+        log.exception("job %s: storing the input image failed", job.id)
+        raise JobRejected("The image could not be stored (storage unavailable). Try again in a moment.", 503,
+                          code="storage_unavailable") from exc
+    job.input_image.name = name
+    try:
+        with transaction.atomic():
+            get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+            _check_active_limit(owner)
+            job.save(force_insert=True)
+            _enqueue_after_commit(job)
+    except BaseException:
+        storage.delete_quietly(name)
+        raise
+    job.refresh_from_db()
+    return job
+
+
+def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = 4,
+               resolution: Any = None, num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
+               model: str | None = None, idempotency_key: str | None = None) -> Submission:
+    """create_job, also saying whether the job is new or an idempotent replay of an earlier request."""
+    if image is None:
+        raise JobRejected("An image is required (multipart field 'image').", field="image", code="image_missing")
+    params = validate_parameters(prompt=prompt, seed=seed, num_steps=num_steps, resolution=resolution,
+                                 num_frames=num_frames, adaptive_resolution=adaptive_resolution, ode=ode, model=model)
+    key = _check_idempotency_key(idempotency_key)
+    fingerprint = params.fingerprint(_upload_digest(image))
+    if key and (earlier := _replay(owner, key, fingerprint)):
+        return earlier
+    _check_model_installed(params.model)
+    _check_active_limit(owner)  # cheap early answer; checked again under the lock
+    try:
+        png = _png_bytes(normalise_upload(image))
+    except ImageRejected as exc:
+        status = 413 if exc.code == "too_large" else 400
+        raise JobRejected(exc.message, status, field="image", code=exc.code) from None
+    try:
+        job = _insert(owner, params, png, key=key, fingerprint=fingerprint)
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced; the other one inserted first.
+        if key and (earlier := _replay(owner, key, fingerprint)):
+            return earlier
+        raise
+    return Submission(job=job, created=True)
+
+
+def create_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = 4,
+               resolution: Any = None, num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
+               model: str | None = None, idempotency_key: str | None = None) -> Job:
+    """Validate, normalise and store the image, create the QUEUED job and enqueue it after commit.
+    A repeated Idempotency-Key with the same body returns the first job; with another body, JobRejected 422."""
+    return submit_job(owner, image=image, prompt=prompt, seed=seed, num_steps=num_steps, resolution=resolution,
+                      num_frames=num_frames, adaptive_resolution=adaptive_resolution, ode=ode, model=model,
+                      idempotency_key=idempotency_key).job
+
+
+def retry_job(job: Job) -> Job:
+    """A new job with the same image, parameters and seed (retry_of set). Counts against the active-job limit."""
+    params = JobParameters(prompt=job.prompt, seed=job.seed, num_steps=job.num_steps, resolution=job.resolution,
+                           num_frames=job.num_frames, adaptive_resolution=job.adaptive_resolution, ode=job.ode,
+                           model=job.model)
+    _check_model_installed(job.model)
+    _check_active_limit(job.owner)
+    try:
+        png = storage.read_bytes(job.input_image.name)
+    except Exception as exc:
+        raise JobRejected(f"The input image of job {job.id} is no longer stored, so it cannot be run again.", 409,
+                          code="input_missing") from exc
+    return _insert(job.owner, params, png, key=None,
+                   fingerprint=params.fingerprint(hashlib.sha256(png).hexdigest()), retry_of=job)
+
+
+# -- changing ------------------------------------------------------------------------------------------------
+
+def cancel_job(job: Job) -> bool:
+    """QUEUED/RUNNING -> CANCELED. A running worker sees it between steps and stops. False if already finished."""
+    return job.cancel()
+
+
+def delete_job(job: Job) -> None:
+    """Cancel the job if it is still active, then delete its files and its row."""
+    if job.status in Job.ACTIVE:
+        job.cancel()
+    names = {job.input_image.name, job.output_video.name, job.poster.name,
+             storage.input_name(job), storage.output_name(job), storage.poster_name(job)}
+    job.delete()
+    for name in sorted(n for n in names if n):
+        storage.delete_quietly(name)
+
+
+def requeue_job(job: Job) -> bool:
+    """Operator action: put a RUNNING job (worker lost) back in the queue, or send a QUEUED job's message again.
+    A duplicate message is harmless because the worker's claim is conditional. False for finished jobs."""
+    if job.status == Job.Status.RUNNING and not job.requeue("requeued by an operator"):
+        return False
+    if job.status != Job.Status.QUEUED:
+        return False
+    transaction.on_commit(lambda: enqueue_job(job.id))
+    return True
+
+
+# -- where it stands -----------------------------------------------------------------------------------------
+
+def queue_position(job: Job) -> int | None:
+    """1 for the next job a free worker takes; None unless the job is QUEUED. One FIFO queue serves everyone."""
+    if job.status != Job.Status.QUEUED:
+        return None
+    return Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=job.created_at).count() + 1
+
+
+def typical_run_seconds(model: str) -> float | None:
+    """Mean wall time of the model's recent successful runs, None before the first one."""
+    recent = (Job.objects.filter(model=model, status=Job.Status.SUCCEEDED, started_at__isnull=False,
+                                 finished_at__isnull=False)
+              .order_by("-finished_at")[:ETA_SAMPLE]
+              .annotate(run=ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())))
+    values = [row.run for row in recent]
+    if not values:
+        return None
+    return sum(values, timedelta()).total_seconds() / len(values)
+
+
+def _busy_workers() -> int:
+    return max(1, Job.objects.filter(status=Job.Status.RUNNING).exclude(worker="").values("worker").distinct().count())
+
+
+def eta_seconds(job: Job, *, typical: float | None = None) -> float | None:
+    """Seconds until the job should finish, from recent run times; None when there is nothing to go on."""
+    if job.status in Job.FINISHED:
+        return None
+    typical = typical if typical is not None else typical_run_seconds(job.model)
+    if typical is None:
+        return None
+    if job.status == Job.Status.RUNNING:
+        elapsed = (timezone.now() - job.started_at).total_seconds() if job.started_at else 0.0
+        if job.progress > 0.05:
+            return round(max(0.0, elapsed / job.progress - elapsed), 1)
+        return round(max(0.0, typical - elapsed), 1)
+    ahead = (queue_position(job) or 1) - 1
+    return round(typical * (ahead // _busy_workers() + 1), 1)
+
+
+__all__ = [
+    "JobParameters", "JobRejected", "Submission", "active_job_count", "cancel_job", "create_job",
+    "delete_job", "enqueue_job", "eta_seconds", "frames_for_duration", "queue_position", "requeue_job", "retry_job",
+    "submit_job", "typical_run_seconds", "validate_parameters",
+]
