@@ -263,3 +263,8 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
     **REST_FRAMEWORK.get("DEFAULT_THROTTLE_RATES", {}),
     "job_create": env_str("TURBO_JOB_CREATE_RATE", "30/min"),  # submissions per user, API and compat routes
 }
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    **SPECTACULAR_SETTINGS.get("ENUM_NAME_OVERRIDES", {}),
+    "JobStatusEnum": "generation.models.Job.Status",
+    "CompatStatusEnum": "generation.compat.views.COMPAT_STATUSES",
+}
