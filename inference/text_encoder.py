@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import functools
 import html
+import math
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from inference.types import WeightsError
 
 # Seed of the random weights used when no checkpoint is given (tiny model, tests).
 RANDOM_WEIGHTS_SEED = 20250729
+# Below this many parameters random weights are drawn on the CPU (identical on every device).
+_SMALL_MODEL_PARAMS = 200_000_000
 
 # Wan key inside `blocks.N.` -> Hugging Face key inside `encoder.block.N.`.
 _BLOCK_KEYS = {
@@ -129,11 +133,51 @@ def load_wan_weights(model: UMT5EncoderModel, sd: dict[str, torch.Tensor], *, so
     model.encoder.set_input_embeddings(model.shared)  # keep the two names on one tensor
 
 
-def build_umt5(cfg: TextEncoderConfig, *, seed: int = RANDOM_WEIGHTS_SEED) -> UMT5EncoderModel:
-    """The encoder with seeded random weights on the CPU in fp32."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return UMT5EncoderModel(umt5_config(cfg)).eval()
+def random_wan_state_dict(
+    cfg: TextEncoderConfig,
+    *,
+    seed: int = RANDOM_WEIGHTS_SEED,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """Seeded random weights under Wan's key names, scaled so activations stay O(1) through the layers.
+
+    Small models draw on the CPU so every device sees the same numbers; umT5-XXL draws on `device` in `dtype`
+    tensor by tensor, so it never exists in fp32 or on the host.
+    """
+    with torch.device("meta"):
+        shapes = wan_shapes(UMT5EncoderModel(umt5_config(cfg)))
+    total = sum(math.prod(shape) for shape in shapes.values())
+    draw_device = torch.device("cpu") if total < _SMALL_MODEL_PARAMS else torch.device(device)
+    generator = torch.Generator(device=draw_device)
+    state: dict[str, torch.Tensor] = {}
+    for key, shape in shapes.items():
+        # One stream per key: a tensor's values do not depend on the order or number of the others.
+        generator.manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+        value = torch.randn(shape, generator=generator, device=draw_device)
+        if key.endswith("norm1.weight") or key.endswith("norm2.weight") or key == "norm.weight":
+            value = 1.0 + 0.1 * value
+        elif key.endswith("pos_embedding.embedding.weight"):
+            value = 0.5 * value
+        elif key != "token_embedding.weight":
+            value = value / math.sqrt(shape[1])  # [out, in] linears
+        state[key] = value.to(device=device, dtype=dtype)
+    return state
+
+
+def build_umt5(
+    cfg: TextEncoderConfig,
+    *,
+    seed: int = RANDOM_WEIGHTS_SEED,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> UMT5EncoderModel:
+    """The encoder with seeded random weights (the same numbers on every machine for small configs)."""
+    with torch.device("meta"):
+        model = UMT5EncoderModel(umt5_config(cfg))
+    state = random_wan_state_dict(cfg, seed=seed, device=device, dtype=dtype)
+    load_wan_weights(model, state, source=f"random text encoder (seed {seed})")
+    return model.eval()
 
 
 # ---- tokenizers ---------------------------------------------------------------------------------------------
@@ -271,7 +315,7 @@ def load_text_encoder(
     """The umT5 encoder from `<weights_dir>/<text_encoder_file>` (Wan keys), or seeded random weights for None."""
     tokenizer = load_tokenizer(config, weights_dir)
     if weights_dir is None:
-        model = build_umt5(config.text).to(device=device, dtype=dtype)
+        model = build_umt5(config.text, device=device, dtype=dtype)
     else:
         path = Path(weights_dir) / config.text_encoder_file
         from inference.checkpoint import load_state_dict_file
