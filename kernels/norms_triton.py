@@ -51,49 +51,33 @@ if HAVE_TRITON:
         tl.store(OUT + row * sor + offs, (x * inv * w).to(OUT.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rms_norm_rope_kernel(
-        X, W, COS, SIN, OUT, seq_len, cols, eps, sxr, sor, scl,
-        HALF_D: tl.constexpr, BLOCK_PAIRS: tl.constexpr,
+    def _rope_rows_kernel(
+        X, W, COS, SIN, OUT, seq_len, cols, eps, sxb, sxl, sob, sol, scl,
+        HALF_D: tl.constexpr, BLOCK_PAIRS: tl.constexpr, APPLY_NORM: tl.constexpr,
     ):
-        # One token: the row is seen as (cols/2) adjacent pairs; pair p belongs to head p // HALF_D and uses
-        # angle index p % HALF_D of this token's cos/sin row.
-        row = tl.program_id(0)
-        pos = row % seq_len
-        pairs = tl.arange(0, BLOCK_PAIRS)
-        mask = pairs < cols // 2
-        even = tl.load(X + row * sxr + 2 * pairs, mask=mask, other=0.0).to(tl.float32)
-        odd = tl.load(X + row * sxr + 2 * pairs + 1, mask=mask, other=0.0).to(tl.float32)
-        inv = tl.rsqrt((tl.sum(even * even, axis=0) + tl.sum(odd * odd, axis=0)) / cols + eps)
-        w_even = tl.load(W + 2 * pairs, mask=mask, other=0.0).to(tl.float32)
-        w_odd = tl.load(W + 2 * pairs + 1, mask=mask, other=0.0).to(tl.float32)
-        # The reference rounds the norm's output to x's dtype before rotating; do the same.
-        even = (even * inv * w_even).to(OUT.dtype.element_ty).to(tl.float32)
-        odd = (odd * inv * w_odd).to(OUT.dtype.element_ty).to(tl.float32)
-        angle = pairs % HALF_D
-        c = tl.load(COS + pos * scl + angle, mask=mask, other=0.0)
-        s = tl.load(SIN + pos * scl + angle, mask=mask, other=0.0)
-        tl.store(OUT + row * sor + 2 * pairs, (even * c - odd * s).to(OUT.dtype.element_ty), mask=mask)
-        tl.store(OUT + row * sor + 2 * pairs + 1, (even * s + odd * c).to(OUT.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _rope_kernel(
-        X, COS, SIN, OUT, seq_len, n_heads, sxb, sxl, sxh, sob, sol, soh, scl,
-        HALF_D: tl.constexpr, BLOCK_H: tl.constexpr,
-    ):
+        # One token: its heads side by side form a row of cols = H * D values, seen as cols/2 adjacent pairs;
+        # pair p belongs to head p // HALF_D and takes angle p % HALF_D of this token's cos/sin row.
         row = tl.program_id(0)
         b = row // seq_len
         pos = row % seq_len
-        heads = tl.arange(0, BLOCK_H)
-        pairs = tl.arange(0, HALF_D)
-        mask = (heads < n_heads)[:, None]
-        base = X + b * sxb + pos * sxl + heads[:, None] * sxh + 2 * pairs[None, :]
-        even = tl.load(base, mask=mask, other=0.0).to(tl.float32)
-        odd = tl.load(base + 1, mask=mask, other=0.0).to(tl.float32)
-        c = tl.load(COS + pos * scl + pairs)[None, :]
-        s = tl.load(SIN + pos * scl + pairs)[None, :]
-        obase = OUT + b * sob + pos * sol + heads[:, None] * soh + 2 * pairs[None, :]
-        tl.store(obase, (even * c - odd * s).to(OUT.dtype.element_ty), mask=mask)
-        tl.store(obase + 1, (even * s + odd * c).to(OUT.dtype.element_ty), mask=mask)
+        pairs = tl.arange(0, BLOCK_PAIRS)
+        mask = pairs < cols // 2
+        x_row = X + b * sxb + pos * sxl
+        even = tl.load(x_row + 2 * pairs, mask=mask, other=0.0).to(tl.float32)
+        odd = tl.load(x_row + 2 * pairs + 1, mask=mask, other=0.0).to(tl.float32)
+        if APPLY_NORM:
+            inv = tl.rsqrt((tl.sum(even * even, axis=0) + tl.sum(odd * odd, axis=0)) / cols + eps)
+            w_even = tl.load(W + 2 * pairs, mask=mask, other=0.0).to(tl.float32)
+            w_odd = tl.load(W + 2 * pairs + 1, mask=mask, other=0.0).to(tl.float32)
+            # The reference rounds the norm's output to x's dtype before rotating; do the same.
+            even = (even * inv * w_even).to(OUT.dtype.element_ty).to(tl.float32)
+            odd = (odd * inv * w_odd).to(OUT.dtype.element_ty).to(tl.float32)
+        angle = pairs % HALF_D
+        c = tl.load(COS + pos * scl + angle, mask=mask, other=0.0)
+        s = tl.load(SIN + pos * scl + angle, mask=mask, other=0.0)
+        o_row = OUT + b * sob + pos * sol
+        tl.store(o_row + 2 * pairs, (even * c - odd * s).to(OUT.dtype.element_ty), mask=mask)
+        tl.store(o_row + 2 * pairs + 1, (even * s + odd * c).to(OUT.dtype.element_ty), mask=mask)
 
 
 def _warps(block: int) -> int:
@@ -142,40 +126,38 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return out.view(x.shape)
 
 
+def _rope_rows(x, weight, eps, cos, sin, num_heads, apply_norm):
+    b, length, cols = x.shape
+    d = cols // num_heads
+    if d * num_heads != cols or tuple(cos.shape) != (length, d // 2):
+        raise ValueError(f"RoPE kernel: x {tuple(x.shape)} with {num_heads} heads needs cos/sin of shape "
+                         f"({length}, {d // 2}), got {tuple(cos.shape)}")
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    cos_c, sin_c = cos.float().contiguous(), sin.float().contiguous()
+    out = torch.empty((b, length, cols), device=x.device, dtype=x.dtype)
+    block = triton.next_power_of_2(cols // 2)
+    _rope_rows_kernel[(b * length,)](
+        x, weight if weight is not None else cos_c, cos_c, sin_c, out, length, cols, eps,
+        x.stride(0), x.stride(1), out.stride(0), out.stride(1), cos_c.stride(0),
+        HALF_D=d // 2, BLOCK_PAIRS=block, APPLY_NORM=apply_norm, num_warps=_warps(block),
+    )
+    return out.view(b, length, num_heads, d)
+
+
 def rms_norm_rope(
     x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
 ) -> torch.Tensor:
     """apply_rope(rms_norm(x, weight, eps).unflatten(-1, (num_heads, -1)), cos, sin) in one pass.
 
     x (B, L, C) with C = num_heads * D; cos/sin (L, D//2) fp32. Returns (B, L, num_heads, D) in x's dtype."""
-    b, length, cols = x.shape
-    d = cols // num_heads
-    if d * num_heads != cols or tuple(cos.shape) != (length, d // 2):
-        raise ValueError(f"rms_norm_rope: x {tuple(x.shape)} with {num_heads} heads needs cos/sin of shape "
-                         f"({length}, {d // 2}), got {tuple(cos.shape)}")
-    x2 = x.reshape(b * length, cols)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    cos_c, sin_c = cos.float().contiguous(), sin.float().contiguous()
-    out = torch.empty((b * length, cols), device=x.device, dtype=x.dtype)
-    block = triton.next_power_of_2(cols // 2)
-    _rms_norm_rope_kernel[(b * length,)](
-        x2, weight, cos_c, sin_c, out, length, cols, eps, x2.stride(0), out.stride(0), cos_c.stride(0),
-        HALF_D=d // 2, BLOCK_PAIRS=block, num_warps=_warps(block),
-    )
-    return out.view(b, length, num_heads, d)
+    return _rope_rows(x, weight, eps, cos, sin, num_heads, True)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Drop-in for the reference: x (B, L, H, D), cos/sin (L, D//2)."""
     b, length, heads, d = x.shape
-    if x.stride(-1) != 1:
+    if x.stride(3) != 1 or x.stride(2) != d:  # heads must sit side by side in each token's row
         x = x.contiguous()
-    cos_c, sin_c = cos.float().contiguous(), sin.float().contiguous()
-    out = torch.empty((b, length, heads, d), device=x.device, dtype=x.dtype)
-    _rope_kernel[(b * length,)](
-        x, cos_c, sin_c, out, length, heads, x.stride(0), x.stride(1), x.stride(2),
-        out.stride(0), out.stride(1), out.stride(2), cos_c.stride(0),
-        HALF_D=d // 2, BLOCK_H=triton.next_power_of_2(heads), num_warps=4,
-    )
-    return out
+    rows = x.as_strided((b, length, heads * d), (x.stride(0), x.stride(1), 1))
+    return _rope_rows(rows, None, 0.0, cos, sin, heads, False)

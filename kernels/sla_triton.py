@@ -82,22 +82,25 @@ if HAVE_TRITON:
 
     @triton.jit
     def _sla_sparse_kernel(
-        Q, K, V, O, LUT, KV, KSUM, W, BIAS,
+        Q, K, V, Out, LUT, KV, KSUM, W, BIAS,
         L, n_heads, n_sel, qk_scale,
         sqb, sqh, sql, sqd,
         skb, skh, skl, skd,
         svb, svh, svl, svd,
         sob, soh, sol, sod,
         slut_bh, slut_q,
-        BLOCK_M: tl.constexpr, BLOCK_KB: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_QB: tl.constexpr, BLOCK_KB: tl.constexpr, BLOCKS_PER_ITER: tl.constexpr,
         HEAD_DIM: tl.constexpr, FUSE_LINEAR: tl.constexpr,
     ):
+        # A program takes BLOCK_M query rows (BLOCK_M divides the query block BLOCK_QB) and the key blocks that
+        # its query block chose.
         BLOCK_N: tl.constexpr = BLOCK_KB * BLOCKS_PER_ITER
-        qb = tl.program_id(0)
+        pid_m = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // n_heads
         h = bh % n_heads
-        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+        qb = (pid_m * BLOCK_M) // BLOCK_QB
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         offs_n = tl.arange(0, BLOCK_N)
         row_ok = offs_m < L
@@ -140,8 +143,8 @@ if HAVE_TRITON:
             w_t = tl.load(W + offs_d[None, :] * HEAD_DIM + offs_d[:, None])
             out += tl.dot(lin, w_t) + tl.load(BIAS + offs_d)[None, :]
 
-        tl.store(O + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :] * sod,
-                 out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :] * sod,
+                 out.to(Out.dtype.element_ty), mask=row_ok[:, None])
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -206,8 +209,9 @@ def sla_attention(
     block_k: int,
     *,
     blocks_per_iter: int = 2,
+    block_m: int | None = None,
     num_warps: int = 8,
-    num_stages: int = 3,
+    num_stages: int = 2,
     fuse_linear: bool = True,
 ) -> torch.Tensor:
     """Drop-in for kernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype)."""
@@ -218,13 +222,16 @@ def sla_attention(
     w = proj_l_weight.to(device=q.device, dtype=torch.float32).contiguous()
     bias = proj_l_bias.to(device=q.device, dtype=torch.float32).contiguous()
     out = torch.empty_like(q)
-    n_qb, n_sel = lut.shape[-2], lut.shape[-1]
-    _sla_sparse_kernel[(n_qb, b * h)](
+    n_sel = lut.shape[-1]
+    block_m = min(block_q, block_m or block_q)
+    if block_q % block_m:
+        raise ValueError(f"SLA kernel: block_m {block_m} must divide block_q {block_q}")
+    _sla_sparse_kernel[(triton.cdiv(length, block_m), b * h)](
         q, k, v, out, lut, kv, ksum, w, bias,
         length, h, n_sel, (1.0 / math.sqrt(d)) * 1.4426950408889634,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         lut.stride(1), lut.stride(2),
-        BLOCK_M=block_q, BLOCK_KB=block_k, BLOCKS_PER_ITER=blocks_per_iter, HEAD_DIM=d,
+        BLOCK_M=block_m, BLOCK_QB=block_q, BLOCK_KB=block_k, BLOCKS_PER_ITER=blocks_per_iter, HEAD_DIM=d,
         FUSE_LINEAR=fuse_linear, num_warps=num_warps, num_stages=num_stages,
     )
     if not fuse_linear:

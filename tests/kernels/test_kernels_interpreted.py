@@ -124,7 +124,7 @@ def test_dispatch_kernel_backend_runs_kernels(interpreted_kernels, kernel_backen
     assert dispatch._pick("rms_norm", x, x, w, 1e-6).__module__ == "kernels.norms_triton"
     assert _rel(dispatch.rms_norm(x, w, 1e-6), reference.rms_norm(x, w, 1e-6)) < 1e-6
     q = torch.randn(1, 1, 40, 16, generator=gen)  # fp32: the SLA kernel takes bf16/fp16 only
-    with pytest.raises(RuntimeError, match="sla_attention.*dtype"):
+    with pytest.raises(RuntimeError, match=r"sla_attention.*dtype"):
         dispatch.sla_attention(q, q, q, torch.eye(16), torch.zeros(16), 0.5, 16, 16)
 
 
@@ -139,3 +139,12 @@ def test_dispatch_auto_uses_reference_on_cpu(interpreted_kernels):
             dispatch.set_backend("fast")
     finally:
         dispatch.set_backend(None)
+
+
+def test_sla_with_programs_smaller_than_a_query_block(interpreted_kernels):
+    sla = interpreted_kernels["sla_triton"]
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 1, 100, 16, generator=gen) for _ in range(3))
+    w, b = torch.eye(16) * 0.5, torch.zeros(16)
+    out = sla.sla_attention(q, k, v, w, b, 0.4, 32, 16, block_m=16)
+    assert _rel(out, reference.sla_attention(q, k, v, w, b, 0.4, 32, 16)) < 1e-5

@@ -1,0 +1,137 @@
+"""One denoising step (one forward) of the full-size A14B DiT with random weights, on one GPU.
+
+Modes, run in this order on one model (each later mode changes the model in place):
+- dense_bf16:   the baseline: bf16 linears, dense PyTorch SDPA self-attention, reference norms/RoPE;
+- sla_bf16:     SLA Triton kernel + Triton norms (dispatch "auto"), bf16 linears;
+- sla_fp8:      as sla_bf16 with the block linears converted to fp8 (kernels.fp8_linear);
+- sla_fp8_compile: as sla_fp8 with torch.compile over each block (optional, --compile).
+
+    python -m bench.dit_step [--res 480p 720p] [--layers 40] [--modes ...] [--compile]
+
+Prints a table and writes dit_step.json ($OUT or bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from bench.common import GRIDS, environment, print_table, rel_err, wall_s, write_json
+from inference.configs import A14B
+from inference.dit import SelfAttention, WanDiT
+from kernels import dispatch
+from kernels.fp8_linear import convert_linears_to_fp8
+
+MODES = ("dense_bf16", "sla_bf16", "sla_fp8", "sla_fp8_compile")
+
+
+def build_dit(layers: int) -> WanDiT:
+    """Random full-size expert, created directly on the GPU in bf16 (proj_l stays fp32 as in the model)."""
+    cfg = A14B.dit
+    if layers != cfg.num_layers:
+        from dataclasses import replace
+
+        cfg = replace(cfg, num_layers=layers)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            dit = WanDiT(cfg, attention="sla")
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():
+        for block in dit.blocks:  # non-zero modulation, so gates and shifts are exercised
+            block.modulation.normal_(std=0.1)
+    return dit.eval().requires_grad_(False)
+
+
+def set_dense(dit: WanDiT, dense: bool, saved: dict[int, Any]) -> None:
+    for i, module in enumerate(m for m in dit.modules() if isinstance(m, SelfAttention)):
+        if dense:
+            saved[i] = module.attn_op
+            module.attn_op = None
+        elif i in saved:
+            module.attn_op = saved[i]
+
+
+def inputs(res: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    f, h, w = GRIDS[res]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(1, 36, f, 2 * h, 2 * w, device="cuda", generator=gen)
+    t = torch.tensor([993.78], device="cuda")
+    context = torch.randn(1, 512, 4096, device="cuda", generator=gen, dtype=torch.bfloat16)
+    return x, t, context
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--res", nargs="+", default=["480p", "720p"], choices=sorted(GRIDS))
+    parser.add_argument("--layers", type=int, default=A14B.dit.num_layers)
+    parser.add_argument("--modes", nargs="+", default=list(MODES[:3]), choices=MODES)
+    parser.add_argument("--compile", action="store_true", help="add the sla_fp8_compile mode")
+    parser.add_argument("--iters", type=int, default=2)
+    args = parser.parse_args()
+    modes = list(args.modes) + (["sla_fp8_compile"] if args.compile and "sla_fp8_compile" not in args.modes else [])
+    results: dict[str, Any] = {"environment": environment(), "layers": args.layers, "rows": []}
+    print(results["environment"])
+    t0 = time.perf_counter()
+    dit = build_dit(args.layers)
+    results["build_s"] = time.perf_counter() - t0
+    results["weights_gib_bf16"] = sum(p.numel() * p.element_size() for p in dit.parameters()) / 2**30
+    saved: dict[int, Any] = {}
+    outputs: dict[tuple[str, str], torch.Tensor] = {}
+    for mode in modes:
+        try:
+            if mode == "dense_bf16":
+                dispatch.set_backend("reference")
+                set_dense(dit, True, saved)
+            else:
+                dispatch.set_backend("auto")
+                set_dense(dit, False, saved)
+            if mode == "sla_fp8" or (mode == "sla_fp8_compile" and "sla_fp8" not in modes):
+                results["fp8_converted"] = convert_linears_to_fp8(dit)
+                torch.cuda.empty_cache()
+            if mode == "sla_fp8_compile":
+                for block in dit.blocks:
+                    block.compile(dynamic=False)
+            weights = sum(b.numel() * b.element_size() for b in list(dit.parameters()) + list(dit.buffers()))
+            for res in args.res:
+                x, t, context = inputs(res)
+                torch.cuda.reset_peak_memory_stats()
+                with torch.inference_mode():
+                    first = wall_s(lambda x=x, t=t, context=context: dit(x, t, context))
+                    times = []
+                    for _ in range(args.iters):
+                        times.append(wall_s(lambda x=x, t=t, context=context: dit(x, t, context)))
+                    out = dit(x, t, context)
+                row = {"mode": mode, "res": res, "tokens": x.shape[2] * x.shape[3] * x.shape[4] // 4,
+                       "step_s": min(times), "first_call_s": first,
+                       "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "weights_gib": weights / 2**30}
+                base = outputs.get(("dense_bf16", res))
+                if base is not None:
+                    row["rel_err_vs_dense"] = rel_err(out, base)
+                    dense_row = next(r for r in results["rows"] if r["mode"] == "dense_bf16" and r["res"] == res)
+                    row["speedup"] = dense_row["step_s"] / row["step_s"]
+                outputs[(mode, res)] = out.float()
+                results["rows"].append(row)
+                print(row, flush=True)
+                write_json("dit_step.json", results)
+                del x, context, out
+        except Exception:
+            results[f"{mode}_error"] = traceback.format_exc()
+            print(f"!! {mode} failed:\n{traceback.format_exc()}", flush=True)
+        finally:
+            dispatch.set_backend(None)
+    print()
+    print_table(results["rows"], ["mode", "res", "tokens", "step_s", "first_call_s", "speedup", "rel_err_vs_dense",
+                                  "peak_gib", "weights_gib"])
+    print("wrote", write_json("dit_step.json", results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Micro benchmarks at A14B shapes (81 frames, 480p and 720p): SLA vs dense SDPA (with accuracy vs the reference),
+the eight block linears (bf16 cuBLAS vs int8 W8A8 Triton vs fp8 row-scaled cuBLASLt), norms and RoPE.
+
+    python -m bench.kernels_micro [--res 480p 720p] [--sections sla linears norms] [--no-compile]
+
+Prints tables and writes kernels_micro.json ($OUT or bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import traceback
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import GRIDS, bench_ms, cosine, environment, print_table, rel_err, write_json
+from kernels import fp8_linear, int8_linear, norms_triton, reference, sla_triton
+
+HEADS, HEAD_DIM, DIM, FFN = 40, 128, 5120, 13824
+# (name, out_features, in_features, count): self q,k,v,o and cross q,o at dim x dim, the FFN pair.
+LINEARS = [("dim x dim (x6)", DIM, DIM, 6), ("ffn up", FFN, DIM, 1), ("ffn down", DIM, FFN, 1)]
+SLA_VARIANTS = [  # (block_m, blocks_per_iter, num_warps, num_stages); H100 run 1: (128, 2, 8, 2) best of 6
+    (128, 2, 8, 2), (128, 2, 8, 3), (128, 2, 8, 1), (64, 2, 4, 2), (64, 2, 4, 3), (64, 1, 4, 3), (128, 4, 8, 2),
+]
+
+
+def sla_section(res: str, results: dict[str, Any]) -> None:
+    length = math.prod(GRIDS[res])
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
+               for _ in range(3))
+    w = torch.randn(HEAD_DIM, HEAD_DIM, device="cuda", generator=gen) * 0.05
+    b = torch.randn(HEAD_DIM, device="cuda", generator=gen) * 0.05
+    topk, bq, bk = 0.1, 128, 64
+    out = sla_triton.sla_attention(q, k, v, w, b, topk, bq, bk)
+    # The reference keeps a token-level mask; on a few heads (the block map is per head, so this is exact).
+    heads = [0, 17, 39]
+    ref = reference.sla_attention(q[:, heads], k[:, heads], v[:, heads], w, b, topk, bq, bk)
+    acc = {"heads_checked": heads, "cosine": cosine(out[:, heads], ref), "rel_err": rel_err(out[:, heads], ref),
+           "max_abs_err": (out[:, heads].float() - ref.float()).abs().max().item(),
+           "ref_max_abs": ref.float().abs().max().item()}
+    unfused = sla_triton.sla_attention(q, k, v, w, b, topk, bq, bk, fuse_linear=False)
+    acc["fused_vs_unfused_rel"] = rel_err(out, unfused)
+    del ref, unfused
+    rows = []
+    dense_ms = bench_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+    rows.append({"op": "dense SDPA bf16", "ms": dense_ms})
+    for bm, bpi, warps, stages in SLA_VARIANTS:
+        label = f"SLA m={bm} bpi={bpi} w={warps} s={stages}"
+        try:
+            ms = bench_ms(lambda bm=bm, bpi=bpi, warps=warps, stages=stages: sla_triton.sla_attention(
+                q, k, v, w, b, topk, bq, bk, block_m=bm, blocks_per_iter=bpi, num_warps=warps, num_stages=stages))
+            rows.append({"op": label, "ms": ms, "speedup": dense_ms / ms})
+        except Exception as exc:  # a config that does not compile must not stop the rest
+            rows.append({"op": label, "error": repr(exc)[:200]})
+    rows.append({"op": "  part: block map (pool+score+topk+sort)",
+                 "ms": bench_ms(lambda: sla_triton.block_lut(q, k, topk, bq, bk))})
+    rows.append({"op": "  part: linear kv reduction", "ms": bench_ms(lambda: sla_triton.linear_kv(k, v))})
+    n_sel = int(topk * math.ceil(length / bk))
+    flops = 4 * HEADS * length * n_sel * bk * HEAD_DIM
+    results[f"sla_{res}"] = {"length": length, "accuracy": acc, "timings": rows, "sparse_flops": flops}
+    print(f"\n== SLA {res} (L={length}, topk {topk}): cosine {acc['cosine']:.6f}, rel {acc['rel_err']:.2e}, "
+          f"max abs {acc['max_abs_err']:.3e} (ref max {acc['ref_max_abs']:.2f}); sparse GFLOP {flops / 1e9:.0f}")
+    print_table(rows, ["op", "ms", "speedup", "error"])
+
+
+def linears_section(res: str, results: dict[str, Any]) -> None:
+    m = math.prod(GRIDS[res])
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    rows = []
+    totals = {"bf16": 0.0, "int8": 0.0, "fp8": 0.0, "int8 gemm only": 0.0, "fp8 gemm only": 0.0}
+    for name, n, k_in, count in LINEARS:
+        x = torch.randn(m, k_in, device="cuda", dtype=torch.bfloat16, generator=gen)
+        lin = torch.nn.Linear(k_in, n, device="cuda", dtype=torch.bfloat16)
+        torch.nn.init.normal_(lin.weight, std=k_in**-0.5, generator=gen)
+        exact = torch.addmm(lin.bias.float(), x.float(), lin.weight.float().t())
+        qw, sw = int8_linear.quantize_int8_blockwise(lin.weight)
+        fp8 = fp8_linear.Fp8Linear.from_linear(lin)
+        qx, sx = int8_linear.quantize_int8_blockwise(x)
+        fx, fsx = fp8_linear.quantize_rows_fp8(x)
+        cand = {
+            "bf16": lambda x=x, lin=lin: lin(x),
+            "int8": lambda x=x, qw=qw, sw=sw, lin=lin: int8_linear.int8_linear(x, qw, sw, lin.bias),
+            "fp8": lambda x=x, fp8=fp8: fp8(x),
+            "int8 gemm only": lambda qx=qx, sx=sx, qw=qw, sw=sw, lin=lin: int8_linear.int8_gemm(
+                qx, sx, qw, sw, lin.bias, torch.bfloat16),
+            "fp8 gemm only": lambda fx=fx, fsx=fsx, fp8=fp8: torch._scaled_mm(
+                fx, fp8.weight_fp8.t(), scale_a=fsx, scale_b=fp8.weight_scale, bias=fp8.bias,
+                out_dtype=torch.bfloat16),
+        }
+        for label, fn in cand.items():
+            ms = bench_ms(fn)
+            err = rel_err(fn(), exact) if label in ("bf16", "int8", "fp8") else None
+            tflops = 2 * m * n * k_in / ms / 1e9
+            rows.append({"linear": name, "kind": label, "ms": ms, "TFLOP/s": tflops, "rel_err_vs_fp32": err})
+            totals[label] += ms * count
+        if name.startswith("dim x dim") and res == "720p":
+            for i, cfg in enumerate(int8_linear.GEMM_CONFIGS):
+                try:
+                    ms = bench_ms(lambda qx=qx, sx=sx, qw=qw, sw=sw, cfg=cfg: int8_linear.int8_gemm(
+                        qx, sx, qw, sw, None, torch.bfloat16, cfg))
+                    rows.append({"linear": name, "kind": f"int8 gemm cfg{i}", "ms": ms,
+                                 "TFLOP/s": 2 * m * n * k_in / ms / 1e9})
+                except Exception as exc:
+                    rows.append({"linear": name, "kind": f"int8 gemm cfg{i}", "error": repr(exc)[:200]})
+        del x, lin, exact, qw, sw, fp8, qx, sx, fx, fsx
+        torch.cuda.empty_cache()
+    for label, total in totals.items():
+        rows.append({"linear": "EIGHT LINEARS", "kind": label, "ms": total, "speedup": totals["bf16"] / total})
+    results[f"linears_{res}"] = {"tokens": m, "rows": rows}
+    print(f"\n== eight block linears {res} (M={m})")
+    print_table(rows, ["linear", "kind", "ms", "TFLOP/s", "rel_err_vs_fp32", "speedup", "error"])
+
+
+def norms_section(res: str, results: dict[str, Any], use_compile: bool) -> None:
+    length = math.prod(GRIDS[res])
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(1, length, DIM, device="cuda", generator=gen)
+    shift = torch.randn(1, 1, DIM, device="cuda", generator=gen)
+    scale = torch.randn(1, 1, DIM, device="cuda", generator=gen) * 0.1
+    xb = torch.randn(1, length, DIM, device="cuda", generator=gen, dtype=torch.bfloat16)
+    w = torch.rand(DIM, device="cuda", generator=gen) + 0.5
+    cos, sin = (t.cuda() for t in reference.rope_tables(GRIDS[res], HEAD_DIM, 10000.0))
+    xh = xb.view(1, length, HEADS, HEAD_DIM)
+
+    def ln_ref() -> torch.Tensor:
+        return reference.layer_norm_modulate(x, shift, scale, 1e-6).to(torch.bfloat16)
+
+    def rms_rope_ref() -> torch.Tensor:
+        return reference.apply_rope(reference.rms_norm(xb, w, 1e-6).view(1, length, HEADS, HEAD_DIM), cos, sin)
+
+    cases = {
+        "ln+modulate fp32->bf16": (ln_ref, lambda: norms_triton.layer_norm_modulate(
+            x, shift, scale, 1e-6, out_dtype=torch.bfloat16)),
+        "rms_norm bf16": (lambda: reference.rms_norm(xb, w, 1e-6), lambda: norms_triton.rms_norm(xb, w, 1e-6)),
+        "rope bf16": (lambda: reference.apply_rope(xh, cos, sin), lambda: norms_triton.apply_rope(xh, cos, sin)),
+        "rms_norm+rope bf16": (rms_rope_ref, lambda: norms_triton.rms_norm_rope(xb, w, 1e-6, cos, sin, HEADS)),
+    }
+    rows = []
+    for name, (ref_fn, ours_fn) in cases.items():
+        ref_ms = bench_ms(ref_fn)
+        ours_ms = bench_ms(ours_fn)
+        row = {"op": name, "reference_ms": ref_ms, "ours_ms": ours_ms, "speedup": ref_ms / ours_ms,
+               "rel_err": rel_err(ours_fn(), ref_fn())}
+        if use_compile and name in ("ln+modulate fp32->bf16", "rms_norm+rope bf16"):
+            try:
+                compiled = torch.compile(ref_fn, dynamic=False)
+                row["compile_ms"] = bench_ms(compiled)
+            except Exception as exc:
+                row["error"] = repr(exc)[:200]
+        rows.append(row)
+    results[f"norms_{res}"] = {"tokens": length, "rows": rows}
+    print(f"\n== norms / RoPE {res} (L={length})")
+    print_table(rows, ["op", "reference_ms", "compile_ms", "ours_ms", "speedup", "rel_err", "error"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--res", nargs="+", default=["480p", "720p"], choices=sorted(GRIDS))
+    parser.add_argument("--sections", nargs="+", default=["sla", "linears", "norms"])
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"environment": environment()}
+    print(results["environment"])
+    for res in args.res:
+        for section in args.sections:
+            try:
+                if section == "sla":
+                    sla_section(res, results)
+                elif section == "linears":
+                    linears_section(res, results)
+                elif section == "norms":
+                    norms_section(res, results, not args.no_compile)
+            except Exception:
+                results[f"{section}_{res}_error"] = traceback.format_exc()
+                print(f"!! {section} {res} failed:\n{traceback.format_exc()}")
+            torch.cuda.empty_cache()
+            write_json("kernels_micro.json", results)
+    print("\nwrote", write_json("kernels_micro.json", results))
+
+
+if __name__ == "__main__":
+    main()

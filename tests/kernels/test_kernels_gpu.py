@@ -1,0 +1,110 @@
+"""The Triton kernels on a CUDA device against the references (run through the device tool: pytest -m gpu)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import reference
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item()
+
+
+@pytest.fixture(autouse=True)
+def _compiled_kernels():
+    import os
+
+    if os.environ.get("TRITON_INTERPRET", "0") != "0":
+        pytest.fail("GPU kernel tests must run without TRITON_INTERPRET (run them in their own pytest process)")
+
+
+@pytest.mark.parametrize("length", [4000, 8192])
+def test_sla_kernel_matches_reference(length):
+    from kernels import sla_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(length)
+    q, k, v = (torch.randn(1, 4, length, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3))
+    w = torch.randn(128, 128, device="cuda", generator=gen) * 0.05
+    b = torch.randn(128, device="cuda", generator=gen) * 0.05
+    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    for variant in ({"blocks_per_iter": 1}, {"blocks_per_iter": 2}, {"block_m": 64, "num_warps": 4}):
+        out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, **variant)
+        assert torch.isfinite(out).all()
+        assert _cos(out, ref) > 0.9995
+        assert _rel(out, ref) < 2e-2
+
+
+def test_int8_linear_kernel_matches_reference():
+    from kernels import int8_linear
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(3000, 1024, device="cuda", generator=gen, dtype=torch.bfloat16)
+    w = torch.randn(1536, 1024, device="cuda", generator=gen) * 0.02
+    bias = torch.randn(1536, device="cuda", generator=gen, dtype=torch.bfloat16)
+    qw, sw = int8_linear.quantize_int8_blockwise(w)
+    qw_ref, sw_ref = reference.quantize_int8_blockwise(w)
+    assert torch.equal(qw, qw_ref)
+    assert torch.equal(sw, sw_ref)
+    ref = reference.int8_linear(x, qw, sw, bias)
+    for cfg in int8_linear.GEMM_CONFIGS:
+        out = int8_linear.int8_gemm(*int8_linear.quantize_int8_blockwise(x), qw, sw, bias, torch.bfloat16, cfg)
+        assert _rel(out, ref) < 5e-3, cfg
+
+
+def test_norm_kernels_match_reference():
+    from kernels import norms_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(1, 3000, 5120, device="cuda", generator=gen) * 2 + 0.5
+    shift = torch.randn(1, 1, 5120, device="cuda", generator=gen)
+    scale = torch.randn(1, 1, 5120, device="cuda", generator=gen) * 0.2
+    out = norms_triton.layer_norm_modulate(x, shift, scale, 1e-6, out_dtype=torch.bfloat16)
+    assert _rel(out, reference.layer_norm_modulate(x, shift, scale, 1e-6)) < 5e-3
+    xb = x.bfloat16()
+    w = torch.rand(5120, device="cuda", generator=gen) + 0.5
+    assert _rel(norms_triton.rms_norm(xb, w, 1e-6), reference.rms_norm(xb, w, 1e-6)) < 5e-3
+    cos, sin = reference.rope_tables((3, 20, 50), 128, 10000.0)
+    cos, sin = cos.cuda(), sin.cuda()
+    xh = xb.view(1, 3000, 40, 128)
+    assert _rel(norms_triton.apply_rope(xh, cos, sin), reference.apply_rope(xh, cos, sin)) < 5e-3
+    fused = norms_triton.rms_norm_rope(xb, w, 1e-6, cos, sin, 40)
+    composed = reference.apply_rope(reference.rms_norm(xb, w, 1e-6).view(1, 3000, 40, 128), cos, sin)
+    assert _rel(fused, composed) < 5e-3
+
+
+def test_fp8_linear_error_and_quantizer():
+    from kernels import fp8_linear
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(2, 1000, 2048, device="cuda", generator=gen, dtype=torch.bfloat16)
+    q, s = fp8_linear.quantize_rows_fp8(x.view(-1, 2048))
+    q_ref, s_ref = fp8_linear.quantize_rows_fp8_reference(x.view(-1, 2048))
+    assert torch.allclose(s, s_ref)
+    assert _rel(q.float() * s, q_ref.float() * s_ref) < 1e-3
+    lin = torch.nn.Linear(2048, 3072, device="cuda", dtype=torch.bfloat16)
+    fp8 = fp8_linear.Fp8Linear.from_linear(lin)
+    assert _rel(fp8(x), lin(x)) < 0.05
+
+
+def test_dispatch_auto_routes_cuda_to_kernels():
+    from kernels import dispatch
+
+    dispatch.set_backend("auto")
+    try:
+        x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
+        assert dispatch._pick("rms_norm", x, x, torch.ones(256, device="cuda"), 1e-6).__module__ == "kernels.norms_triton"
+        q = torch.randn(1, 2, 300, 128, device="cuda", dtype=torch.bfloat16)
+        w = torch.eye(128, device="cuda")
+        args = (q, q, q, w, torch.zeros(128, device="cuda"), 0.1, 128, 64)
+        assert dispatch._pick("sla_attention", q, *args).__module__ == "kernels.sla_triton"
+        assert _cos(dispatch.sla_attention(*args), reference.sla_attention(*args)) > 0.999
+    finally:
+        dispatch.set_backend(None)
