@@ -1,0 +1,511 @@
+"""The Wan2.2 image-to-video pipeline: image + prompt -> uint8 frames, with both experts loaded once per process.
+
+Stages: text encode (umT5) -> image encode (VAE on the image followed by black frames) -> rCM denoising over the
+high- and low-noise experts -> VAE decode. Every stage and step reports progress and may be canceled in between.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from inference.checkpoint import load_dit, weights_status
+from inference.configs import ModelConfig, get_config
+from inference.image import load_image, preprocess_image, target_size, validate_num_frames
+from inference.sampler import check_num_steps, sample
+from inference.text_encoder import load_text_encoder
+from inference.types import (
+    CancelHook,
+    GenerationCanceled,
+    GenerationRequest,
+    GenerationResult,
+    InferenceInputError,
+    ProgressCallback,
+    ProgressEvent,
+    WeightsError,
+)
+from inference.vae import load_vae
+from inference.video import frames_to_uint8
+
+ATTENTION_MODES = ("sla", "dense", "auto")  # auto: SLA where the checkpoint carries its weights
+MEMORY_POLICIES = ("auto", "resident", "offload")
+MASK_CHANNELS = 4
+SEED_LIMIT = 2**64
+
+# Share of the overall progress bar that each stage owns; the remainder after decode is the uint8 conversion.
+# Denoising dominates on a GPU, so it owns most of the bar.
+_STAGE_SHARE = {"text_encode": 0.04, "image_encode": 0.04, "denoise": 0.80, "decode": 0.10}
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A request's knobs after defaults and validation; computed before any weights are touched."""
+
+    resolution: str
+    num_frames: int
+    num_steps: int
+    seed: int
+
+
+def resolve_request(
+    config: ModelConfig,
+    *,
+    seed: int,
+    num_steps: int,
+    resolution: str | None,
+    num_frames: int | None,
+) -> ResolvedRequest:
+    """Apply the model's defaults and reject what it cannot serve, naming the offending value."""
+    check_num_steps(num_steps, config.sampler.max_steps)
+    name = config.default_resolution if resolution is None else resolution
+    if name not in config.resolutions:
+        known = ", ".join(config.resolutions)
+        raise InferenceInputError(f"unknown resolution {name!r} for model {config.name}; choose one of {known}")
+    frames = config.default_frames if num_frames is None else num_frames
+    validate_num_frames(frames, config.max_frames)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise InferenceInputError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
+    return ResolvedRequest(resolution=name, num_frames=frames, num_steps=num_steps, seed=seed)
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise InferenceInputError(f"unknown device {device!r}: {exc}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceInputError(f"device {device!r} requested but CUDA is not available")
+    return chosen
+
+
+def module_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in _module_tensors(module))
+
+
+def activation_headroom_bytes(config: ModelConfig) -> int:
+    """A generous bound on working memory beyond the weights at the largest resolution and default length.
+
+    DiT: per token a handful of hidden-size tensors plus the FFN intermediate, in 2-byte precision.
+    VAE decode: about sixteen full-resolution feature maps of 4 frames at the base width (measured 10.5 GB at 720p).
+    """
+    width, height = max(config.resolutions.values(), key=lambda wh: wh[0] * wh[1])
+    latent_frames = (config.default_frames - 1) // config.vae.temporal_stride + 1
+    pt, ph, pw = config.dit.patch_size
+    stride = config.vae.spatial_stride
+    tokens = (latent_frames // pt) * (height // stride // ph) * (width // stride // pw)
+    dit = tokens * (6 * config.dit.dim + 2 * config.dit.ffn_dim) * 2
+    vae = 16 * width * height * 4 * config.vae.base_dim * 2
+    return max(dit, vae)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    experts_resident: bool
+    text_encoder_resident: bool
+
+
+def plan_memory(
+    policy: str,
+    *,
+    on_cuda: bool,
+    free_bytes: int,
+    expert_bytes: int,
+    text_encoder_bytes: int,
+    vae_bytes: int,
+    headroom_bytes: int,
+) -> MemoryPlan:
+    """Decide what stays on the GPU between uses.
+
+    "auto": everything resident when it all fits in free memory; else both experts resident and the text encoder
+    parked after use; else only the expert in use on the GPU and the idle one parked in pinned host memory.
+    """
+    if policy not in MEMORY_POLICIES:
+        raise InferenceInputError(f"unknown memory_policy {policy!r}; choose one of {', '.join(MEMORY_POLICIES)}")
+    if policy == "resident" or (policy == "auto" and not on_cuda):
+        return MemoryPlan(experts_resident=True, text_encoder_resident=True)
+    if policy == "offload":
+        return MemoryPlan(experts_resident=False, text_encoder_resident=False)
+    core = 2 * expert_bytes + vae_bytes + headroom_bytes
+    if core + text_encoder_bytes <= free_bytes:
+        return MemoryPlan(experts_resident=True, text_encoder_resident=True)
+    return MemoryPlan(experts_resident=core <= free_bytes, text_encoder_resident=False)
+
+
+def _module_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    yield from module.parameters()
+    yield from module.buffers()
+
+
+class HostParking:
+    """Keeps one module's weights in (pinned) host memory so it can leave the GPU at no cost and return by one copy.
+
+    Weights never change at inference, so parking just points every parameter back at its host copy and lets the
+    GPU storage go; fetching allocates on the compute stream and copies on a side stream so the transfer can
+    overlap other work (the compute stream waits for it only when the module is next used).
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device) -> None:
+        self.module = module
+        self.device = device
+        pin = device.type == "cuda"
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for tensor in _module_tensors(module):
+            host = tensor.detach().to("cpu", copy=True)
+            self._pairs.append((tensor, host.pin_memory() if pin else host))
+        self._stream = torch.cuda.Stream(device) if pin else None
+        self._ready: torch.cuda.Event | None = None
+        self.on_device = False
+        self.park()
+
+    def fetch(self) -> None:
+        """Start moving the weights to the device (asynchronous on CUDA); `ready()` before use."""
+        if self.on_device:
+            return
+        if self._stream is None:
+            for tensor, host in self._pairs:
+                tensor.data = host.to(self.device, copy=True)
+        else:
+            # Reused blocks may still be read by queued compute work: order the copies after it.
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            for tensor, host in self._pairs:
+                target = torch.empty_like(host, device=self.device)
+                with torch.cuda.stream(self._stream):
+                    target.copy_(host, non_blocking=True)
+                tensor.data = target
+            self._ready = self._stream.record_event()
+        self.on_device = True
+
+    def ready(self) -> None:
+        """Make sure the weights are on the device and the compute stream will see the finished copy."""
+        self.fetch()
+        if self._ready is not None:
+            torch.cuda.current_stream(self.device).wait_event(self._ready)
+            self._ready = None
+
+    def park(self) -> None:
+        if self._ready is not None:
+            # Never drop device storage that an in-flight copy is still writing.
+            self._ready.synchronize()
+            self._ready = None
+        for tensor, host in self._pairs:
+            tensor.data = host
+        self.on_device = False
+
+
+class _Placement:
+    """One module either resident on the device or parked on the host between uses."""
+
+    def __init__(self, module: nn.Module, device: torch.device, resident: bool) -> None:
+        self.module = module
+        self.parking = None if resident else HostParking(module, device)
+        if resident:
+            module.to(device)
+
+    def fetch(self) -> None:
+        if self.parking is not None:
+            self.parking.fetch()
+
+    def ready(self) -> nn.Module:
+        if self.parking is not None:
+            self.parking.ready()
+        return self.module
+
+    def park(self) -> None:
+        if self.parking is not None:
+            self.parking.park()
+
+
+class _Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.timings[name] = time.perf_counter() - start
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class _Progress:
+    def __init__(self, callback: ProgressCallback | None, should_cancel: CancelHook | None) -> None:
+        self.callback = callback
+        self.should_cancel = should_cancel
+        self.done = 0.0
+
+    def check_cancel(self, before: str) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise GenerationCanceled(f"canceled before {before}")
+
+    def stage_finished(self, stage: str) -> None:
+        self.done += _STAGE_SHARE[stage]
+        self._emit(ProgressEvent(stage=stage, progress=round(self.done, 6)))
+
+    def step_finished(self, step: int, total: int) -> None:
+        progress = self.done + _STAGE_SHARE["denoise"] * step / total
+        self._emit(ProgressEvent(stage="denoise", progress=round(progress, 6), step=step, total_steps=total))
+        if step == total:
+            self.done += _STAGE_SHARE["denoise"]
+
+    def finished(self) -> None:
+        self.done = 1.0
+        self._emit(ProgressEvent(stage="done", progress=1.0))
+
+    def _emit(self, event: ProgressEvent) -> None:
+        if self.callback is not None:
+            self.callback(event)
+
+
+def _weight_paths(config: ModelConfig, weights_dir: str | Path | None) -> tuple[Path | None, dict[str, Path | None]]:
+    """Where each weight file lives; random-weight models need none. Raises WeightsError naming missing files."""
+    if config.random_weights:
+        return None, dict.fromkeys(("high", "low", "vae", "text"))
+    folder = weights_dir if weights_dir is not None else os.environ.get("TURBO_MODEL_DIR")
+    if not folder:
+        needed = (config.high_noise_file, config.low_noise_file, config.vae_file, config.text_encoder_file)
+        raise WeightsError(
+            f"model {config.name} needs weight files ({', '.join(needed)}, tokenizer {config.tokenizer_dir}/); "
+            "pass a weights folder or set TURBO_MODEL_DIR"
+        )
+    folder = Path(folder)
+    status = weights_status(config, folder)
+    missing = [str(name) for name in status["missing"]]  # type: ignore[attr-defined]
+    if missing:
+        raise WeightsError(f"model {config.name}: missing weight files in {folder}: {', '.join(missing)}")
+    return folder, dict(status["paths"])  # type: ignore[call-overload]
+
+
+def _as_module(component: Any) -> nn.Module | None:
+    """The nn.Module that holds a component's weights (the component itself, or its wrapped model)."""
+    if isinstance(component, nn.Module):
+        return component
+    for attr in ("model", "encoder", "module"):
+        inner = getattr(component, attr, None)
+        if isinstance(inner, nn.Module):
+            return inner
+    return None
+
+
+class I2VPipeline:
+    """Loaded once per process; `generate` may be called any number of times."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        high_noise: nn.Module,
+        low_noise: nn.Module,
+        vae: Any,
+        text_encoder: Any,
+        memory_policy: str = "auto",
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+        on_cuda = device.type == "cuda"
+        text_module = _as_module(text_encoder)
+        self.memory_plan = plan_memory(
+            memory_policy,
+            on_cuda=on_cuda,
+            free_bytes=torch.cuda.mem_get_info(device)[0] if on_cuda else 0,
+            expert_bytes=max(module_bytes(high_noise), module_bytes(low_noise)),
+            text_encoder_bytes=module_bytes(text_module) if text_module is not None else 0,
+            vae_bytes=module_bytes(_as_module(vae)) if _as_module(vae) is not None else 0,
+            headroom_bytes=activation_headroom_bytes(config),
+        )
+        self._experts = {
+            "high": _Placement(high_noise, device, self.memory_plan.experts_resident),
+            "low": _Placement(low_noise, device, self.memory_plan.experts_resident),
+        }
+        # The first step of every job uses the high-noise expert: have it on the device between jobs.
+        self._experts["high"].fetch()
+        self._text = (
+            _Placement(text_module, device, self.memory_plan.text_encoder_resident) if text_module is not None else None
+        )
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        weights_dir: str | Path | None = None,
+        *,
+        device: str | None = None,
+        attention: str = "sla",
+        memory_policy: str = "auto",
+    ) -> I2VPipeline:
+        """Build the pipeline for a model name from `configs.MODELS`; weights come from `weights_dir`
+        (default: $TURBO_MODEL_DIR) unless the model uses seeded random weights."""
+        try:
+            config = get_config(model)
+        except ValueError as exc:
+            raise InferenceInputError(str(exc)) from None
+        if attention not in ATTENTION_MODES:
+            raise InferenceInputError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
+        if memory_policy not in MEMORY_POLICIES:
+            raise InferenceInputError(
+                f"unknown memory_policy {memory_policy!r}; choose one of {', '.join(MEMORY_POLICIES)}"
+            )
+        chosen = pick_device(device)
+        dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
+        folder, paths = _weight_paths(config, weights_dir)
+
+        # Experts load on the host first so that the memory plan, not the load order, decides what sits on the GPU.
+        staging = torch.device("cpu") if chosen.type == "cuda" else chosen
+        high = load_dit(config, paths["high"], device=staging, dtype=dtype, attention=attention, expert="high")
+        low = load_dit(config, paths["low"], device=staging, dtype=dtype, attention=attention, expert="low")
+        vae = load_vae(config, paths["vae"], device=chosen, dtype=dtype)
+        text_encoder = load_text_encoder(config, folder, device=staging, dtype=dtype)
+        for module in (high, low):
+            module.eval().requires_grad_(False)
+        return cls(
+            config,
+            device=chosen,
+            dtype=dtype,
+            high_noise=high,
+            low_noise=low,
+            vae=vae,
+            text_encoder=text_encoder,
+            memory_policy=memory_policy,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelHook | None = None,
+    ) -> GenerationResult:
+        """Run one job. Progress events report each stage (and denoising step) just finished, with a
+        non-decreasing overall fraction ending at 1.0 with stage "done"."""
+        resolved = resolve_request(
+            self.config,
+            seed=request.seed,
+            num_steps=request.num_steps,
+            resolution=request.resolution,
+            num_frames=request.num_frames,
+        )
+        image = load_image(request.image)
+        width, height = target_size(self.config, image.size, resolved.resolution, request.adaptive_resolution)
+        pixels = preprocess_image(image, width, height)
+
+        tracker = _Progress(progress, should_cancel)
+        timer = _Timer(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        tracker.check_cancel("text encoding")
+        with timer.stage("text_encode"):
+            context = self._encode_text(request.prompt)
+        tracker.stage_finished("text_encode")
+
+        tracker.check_cancel("image encoding")
+        with timer.stage("image_encode"):
+            condition = self._encode_image(pixels, resolved.num_frames)
+        tracker.stage_finished("image_encode")
+
+        tracker.check_cancel("denoising")
+        with timer.stage("denoise"):
+            latent = self._denoise(condition, context, resolved, ode=request.ode, tracker=tracker)
+
+        tracker.check_cancel("decoding")
+        with timer.stage("decode"):
+            video = self.vae.decode(latent.to(self.dtype))
+        tracker.stage_finished("decode")
+
+        frames = frames_to_uint8(video[0])
+        frames = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+        peak = int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None
+        tracker.finished()
+        return GenerationResult(
+            frames=frames,
+            fps=self.config.fps,
+            timings=timer.timings,
+            peak_memory_bytes=peak,
+            device_name=self.device_name,
+        )
+
+    def _encode_text(self, prompt: str) -> torch.Tensor:
+        if self._text is not None:
+            self._text.ready()
+        try:
+            context = self.text_encoder.encode([prompt])  # cleans the prompt itself
+        finally:
+            if self._text is not None:
+                self._text.park()
+        return context.to(device=self.device, dtype=self.dtype)
+
+    def _encode_image(self, pixels: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Image latent of [image, then num_frames - 1 black frames], preceded by the 4-channel first-frame mask."""
+        channels, height, width = pixels.shape
+        video = torch.zeros(1, channels, num_frames, height, width, device=self.device, dtype=self.dtype)
+        video[0, :, 0] = pixels.to(device=self.device, dtype=self.dtype)
+        image_latent = self.vae.encode(video)
+        mask = torch.zeros(1, MASK_CHANNELS, *image_latent.shape[2:], device=self.device, dtype=image_latent.dtype)
+        mask[:, :, 0] = 1.0
+        return torch.cat([mask, image_latent], dim=1).to(self.dtype)
+
+    def _denoise(
+        self,
+        condition: torch.Tensor,
+        context: torch.Tensor,
+        resolved: ResolvedRequest,
+        *,
+        ode: bool,
+        tracker: _Progress,
+    ) -> torch.Tensor:
+        latent_shape = (1, self.config.dit.out_dim, *condition.shape[2:])
+
+        def denoiser(which: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+            other = "low" if which == "high" else "high"
+
+            def velocity(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+                # Offloaded experts: the idle one leaves before the needed one arrives, so only one is on the GPU.
+                self._experts[other].park()
+                network = self._experts[which].ready()
+                return network(torch.cat([x, condition], dim=1), timestep, context)
+
+            return velocity
+
+        try:
+            latent = sample(
+                denoiser("high"),
+                denoiser("low"),
+                latent_shape,
+                seed=resolved.seed,
+                num_steps=resolved.num_steps,
+                sigma_max=self.config.sampler.sigma_max,
+                boundary=self.config.sampler.boundary,
+                ode=ode,
+                device=self.device,
+                dtype=self.dtype,
+                on_step=tracker.step_finished,
+                should_cancel=tracker.should_cancel,
+            )
+        finally:
+            # The next job starts with the high-noise expert: bring it back while this one decodes.
+            self._experts["low"].park()
+            self._experts["high"].fetch()
+        return latent

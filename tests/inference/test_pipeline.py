@@ -1,0 +1,244 @@
+"""The I2V pipeline end to end with the tiny model on CPU, plus its memory planning and weight checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inference.configs import A14B, TINY
+from inference.image import preprocess_image, target_size
+from inference.pipeline import HostParking, I2VPipeline, MemoryPlan, plan_memory, resolve_request
+from inference.types import (
+    GenerationCanceled,
+    GenerationRequest,
+    GenerationResult,
+    InferenceInputError,
+    ProgressEvent,
+    WeightsError,
+)
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
+GiB = 2**30
+
+
+def sample_image() -> Image.Image:
+    path = SAMPLES / "i2v_input_0.jpg"
+    if path.is_file():
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    # A smooth gradient with a bright square, so the image latent is not constant.
+    y, x = np.mgrid[0:120, 0:200]
+    pixels = np.stack([x * 255 // 199, y * 255 // 119, np.full_like(x, 90)], axis=-1).astype(np.uint8)
+    pixels[40:80, 80:120] = 250
+    return Image.fromarray(pixels, "RGB")
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> I2VPipeline:
+    return I2VPipeline.load("tiny", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    return sample_image()
+
+
+def _request(image: Image.Image, **overrides: object) -> GenerationRequest:
+    fields: dict[str, object] = {"image": image, "prompt": "a red fox runs through fresh snow", "seed": 7}
+    fields.update(overrides)
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
+
+
+def test_tiny_generates_default_frames_and_size(pipeline: I2VPipeline, image: Image.Image) -> None:
+    width, height = target_size(TINY, image.size, "480p", True)
+    result = pipeline.generate(_request(image))
+    assert isinstance(result, GenerationResult)
+    assert result.frames.dtype == np.uint8
+    assert result.frames.shape == (17, height, width, 3)  # 17 frames: the tiny model's default
+    assert (result.num_frames, result.width, result.height) == (17, width, height)
+    assert result.fps == TINY.fps
+    assert result.device_name == "cpu" == pipeline.device_name
+    assert result.peak_memory_bytes is None
+    assert set(result.timings) == {"text_encode", "image_encode", "denoise", "decode"}
+    assert all(seconds >= 0 for seconds in result.timings.values())
+    assert result.frames.std() > 0  # not a blank video
+
+
+def test_fixed_and_adaptive_sizes_follow_image_shape(pipeline: I2VPipeline) -> None:
+    wide = Image.new("RGB", (320, 180), (200, 40, 40))
+    tall = Image.new("RGB", (180, 320), (40, 200, 40))
+    assert pipeline.generate(_request(wide, num_frames=1, num_steps=1, adaptive_resolution=False)).frames.shape == (
+        1, 96, 160, 3,
+    )  # fmt: skip
+    assert pipeline.generate(_request(tall, num_frames=1, num_steps=1, adaptive_resolution=False)).frames.shape == (
+        1, 160, 96, 3,
+    )  # fmt: skip
+    result = pipeline.generate(_request(tall, num_frames=1, num_steps=1))
+    width, height = target_size(TINY, tall.size, "480p", True)
+    assert result.frames.shape == (1, height, width, 3)
+    assert height > width
+
+
+def test_progress_reports_every_stage_and_step_monotonically(pipeline: I2VPipeline, image: Image.Image) -> None:
+    events: list[ProgressEvent] = []
+    pipeline.generate(_request(image, num_steps=3, num_frames=1), progress=events.append)
+    stages = [e.stage for e in events]
+    assert stages == ["text_encode", "image_encode", "denoise", "denoise", "denoise", "decode", "done"]
+    assert [(e.step, e.total_steps) for e in events if e.stage == "denoise"] == [(1, 3), (2, 3), (3, 3)]
+    progress = [e.progress for e in events]
+    assert progress == sorted(progress)
+    assert len(set(progress)) == len(progress)
+    assert progress[0] > 0 and progress[-1] == 1.0
+
+
+def test_same_seed_same_frames_different_seed_different_frames(pipeline: I2VPipeline, image: Image.Image) -> None:
+    first = pipeline.generate(_request(image, seed=123, num_frames=1, num_steps=2)).frames
+    again = pipeline.generate(_request(image, seed=123, num_frames=1, num_steps=2)).frames
+    other = pipeline.generate(_request(image, seed=124, num_frames=1, num_steps=2)).frames
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_ode_and_sde_give_different_videos(pipeline: I2VPipeline, image: Image.Image) -> None:
+    sde = pipeline.generate(_request(image, num_frames=1, num_steps=2)).frames
+    ode = pipeline.generate(_request(image, num_frames=1, num_steps=2, ode=True)).frames
+    assert not np.array_equal(sde, ode)
+
+
+def test_network_input_is_noise_mask_then_image_latent(pipeline: I2VPipeline, image: Image.Image) -> None:
+    seen: list[torch.Tensor] = []
+    high = pipeline._experts["high"].module
+    handle = high.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        pipeline.generate(_request(image, num_frames=5, num_steps=1))
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    x = seen[0]
+    width, height = target_size(TINY, image.size, "480p", True)
+    assert x.shape == (1, 36, 2, height // 8, width // 8)  # 5 frames -> 2 latent frames
+    mask = x[:, 16:20]
+    assert torch.all(mask[:, :, 0] == 1) and torch.all(mask[:, :, 1:] == 0)
+
+    pixels = preprocess_image(image, width, height)
+    video = torch.zeros(1, 3, 5, height, width)
+    video[0, :, 0] = pixels
+    torch.testing.assert_close(x[:, 20:], pipeline.vae.encode(video).to(x.dtype))
+
+
+def test_cancellation_between_steps_and_pipeline_survives(pipeline: I2VPipeline, image: Image.Image) -> None:
+    events: list[ProgressEvent] = []
+
+    def cancel_after_first_step() -> bool:
+        return any(e.stage == "denoise" for e in events)
+
+    with pytest.raises(GenerationCanceled):
+        pipeline.generate(_request(image, num_frames=1), progress=events.append, should_cancel=cancel_after_first_step)
+    assert [e.step for e in events if e.stage == "denoise"] == [1]
+    assert "decode" not in [e.stage for e in events]
+    assert pipeline.generate(_request(image, num_frames=1, num_steps=1)).num_frames == 1
+
+
+def test_cancel_before_anything_runs(pipeline: I2VPipeline, image: Image.Image) -> None:
+    events: list[ProgressEvent] = []
+    with pytest.raises(GenerationCanceled, match="text encoding"):
+        pipeline.generate(_request(image), progress=events.append, should_cancel=lambda: True)
+    assert events == []
+
+
+@pytest.mark.parametrize(("field", "value"), [("num_frames", 18), ("num_frames", 0), ("num_frames", 165)])
+def test_bad_frame_counts_are_named(pipeline: I2VPipeline, image: Image.Image, field: str, value: int) -> None:
+    with pytest.raises(InferenceInputError, match=str(value)):
+        pipeline.generate(_request(image, **{field: value}))
+
+
+def test_unknown_resolution_is_named(pipeline: I2VPipeline, image: Image.Image) -> None:
+    with pytest.raises(InferenceInputError, match="1080p"):
+        pipeline.generate(_request(image, resolution="1080p"))
+
+
+@pytest.mark.parametrize("steps", [0, 5])
+def test_bad_step_count_is_named(pipeline: I2VPipeline, image: Image.Image, steps: int) -> None:
+    with pytest.raises(InferenceInputError, match=f"got {steps}"):
+        pipeline.generate(_request(image, num_steps=steps))
+
+
+def test_resolve_request_applies_defaults() -> None:
+    resolved = resolve_request(TINY, seed=3, num_steps=2, resolution=None, num_frames=None)
+    assert (resolved.resolution, resolved.num_frames, resolved.num_steps, resolved.seed) == ("480p", 17, 2, 3)
+    with pytest.raises(InferenceInputError, match="-1"):
+        resolve_request(TINY, seed=-1, num_steps=2, resolution=None, num_frames=None)
+
+
+def test_offload_policy_matches_resident_output(pipeline: I2VPipeline, image: Image.Image) -> None:
+    offloaded = I2VPipeline.load("tiny", device="cpu", memory_policy="offload")
+    assert offloaded.memory_plan == MemoryPlan(experts_resident=False, text_encoder_resident=False)
+    request = _request(image, num_frames=1, num_steps=4)
+    assert np.array_equal(offloaded.generate(request).frames, pipeline.generate(request).frames)
+
+
+def test_unknown_model_attention_and_policy_are_named() -> None:
+    with pytest.raises(InferenceInputError, match="nope"):
+        I2VPipeline.load("nope")
+    with pytest.raises(InferenceInputError, match="flash3"):
+        I2VPipeline.load("tiny", device="cpu", attention="flash3")
+    with pytest.raises(InferenceInputError, match="sometimes"):
+        I2VPipeline.load("tiny", device="cpu", memory_policy="sometimes")
+
+
+def test_full_model_without_weights_names_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError) as caught:
+        I2VPipeline.load(A14B.name, tmp_path, device="cpu")
+    message = str(caught.value)
+    for name in (A14B.high_noise_file, A14B.low_noise_file, A14B.vae_file, A14B.text_encoder_file):
+        assert name in message
+
+
+def test_full_model_without_weights_folder_says_how_to_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TURBO_MODEL_DIR", raising=False)
+    with pytest.raises(WeightsError, match="TURBO_MODEL_DIR"):
+        I2VPipeline.load(A14B.name, device="cpu")
+
+
+def test_host_parking_swaps_storage_and_keeps_values() -> None:
+    module = torch.nn.Linear(4, 3)
+    original = module.weight.detach().clone()
+    parking = HostParking(module, torch.device("cpu"))
+    host_ptr = module.weight.data_ptr()
+    parking.ready()
+    assert module.weight.data_ptr() != host_ptr
+    assert torch.equal(module.weight, original)
+    parking.park()
+    assert module.weight.data_ptr() == host_ptr
+    assert torch.equal(module(torch.ones(1, 4)), torch.nn.functional.linear(torch.ones(1, 4), original, module.bias))
+
+
+EXPERT, TEXT, VAE, HEADROOM = 28 * GiB, 11 * GiB, GiB // 4, 10 * GiB
+
+
+@pytest.mark.parametrize(
+    ("policy", "on_cuda", "free", "expected"),
+    [
+        ("auto", True, 140 * GiB, MemoryPlan(experts_resident=True, text_encoder_resident=True)),
+        ("auto", True, 75 * GiB, MemoryPlan(experts_resident=True, text_encoder_resident=False)),
+        ("auto", True, 60 * GiB, MemoryPlan(experts_resident=False, text_encoder_resident=False)),
+        ("auto", False, 0, MemoryPlan(experts_resident=True, text_encoder_resident=True)),
+        ("resident", True, 1 * GiB, MemoryPlan(experts_resident=True, text_encoder_resident=True)),
+        ("offload", True, 500 * GiB, MemoryPlan(experts_resident=False, text_encoder_resident=False)),
+    ],
+)
+def test_memory_plan(policy: str, on_cuda: bool, free: int, expected: MemoryPlan) -> None:
+    plan = plan_memory(
+        policy,
+        on_cuda=on_cuda,
+        free_bytes=free,
+        expert_bytes=EXPERT,
+        text_encoder_bytes=TEXT,
+        vae_bytes=VAE,
+        headroom_bytes=HEADROOM,
+    )
+    assert plan == expected
