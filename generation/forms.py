@@ -1,0 +1,69 @@
+"""The "new video" form. It only parses types; every rule (frame counts, limits, image checks) is enforced by
+generation.services so the pages, the API and the compatibility routes answer the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+
+from generation import models_catalog
+from generation.services import MAX_SEED
+
+STEP_CHOICES = [(4, "4 steps (best quality)"), (3, "3 steps"), (2, "2 steps"), (1, "1 step (fastest)")]
+
+
+def model_choices() -> list[tuple[str, str]]:
+    choices = []
+    for facts in models_catalog.list_models():
+        label = str(facts["name"])
+        if facts["default"]:
+            label += " (default)"
+        if not facts["installed"]:
+            label += " (weights not installed)"
+        choices.append((str(facts["name"]), label))
+    return choices
+
+
+class NewVideoForm(forms.Form):
+    image = forms.FileField(
+        help_text="JPEG, PNG or WebP. The video starts from this picture.",
+        widget=forms.ClearableFileInput(attrs={"accept": "image/*", "data-preview": "image-preview"}),
+    )
+    prompt = forms.CharField(
+        strip=True,
+        max_length=getattr(settings, "TURBO_MAX_PROMPT_CHARS", 2000),
+        help_text="What should happen: motion, camera, mood.",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "The waves roll in slowly while the camera pans left"}),
+    )
+    seed = forms.IntegerField(required=False, min_value=0, max_value=MAX_SEED,
+                              help_text="Leave empty for a random seed; the same seed and settings repeat a video.")
+    num_steps = forms.TypedChoiceField(choices=STEP_CHOICES, coerce=int, initial=4, label="Steps")
+    resolution = forms.ChoiceField(choices=[("", "Model default"), ("480p", "480p"), ("720p", "720p")],
+                                   required=False)
+    num_frames = forms.IntegerField(required=False, min_value=1, label="Frames",
+                                    help_text="4k+1 frames (17, 33, 49, 81 …); empty for the model's default.")
+    adaptive_resolution = forms.BooleanField(required=False, initial=True, label="Keep the image's aspect ratio")
+    ode = forms.BooleanField(required=False, label="Deterministic sampling (ODE)")
+    model = forms.ChoiceField(choices=(), required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = model_choices()
+        self.fields["model"].initial = settings.TURBO_DEFAULT_MODEL
+
+    def service_arguments(self) -> dict[str, Any]:
+        """The cleaned values as generation.services.create_job keywords."""
+        data = self.cleaned_data
+        return {
+            "image": data["image"],
+            "prompt": data["prompt"],
+            "seed": data.get("seed"),
+            "num_steps": data["num_steps"],
+            "resolution": data.get("resolution") or None,
+            "num_frames": data.get("num_frames"),
+            "adaptive_resolution": bool(data.get("adaptive_resolution")),
+            "ode": bool(data.get("ode")),
+            "model": data.get("model") or None,
+        }

@@ -1,0 +1,144 @@
+"""Server-rendered pages. Thin: parsing is in generation.forms, every rule and state change in generation.services,
+and links to stored files are signed only after the job was fetched with owner=request.user."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from generation import services, storage
+from generation.forms import NewVideoForm
+from generation.models import Job
+
+HISTORY_PAGE_SIZE = 24
+# What a person reads for each stage the worker writes (static/js/job_progress.js receives the same table).
+STAGE_LABELS = {
+    "queued": "Waiting in the queue",
+    "starting": "Starting",
+    "loading_model": "Loading the model",
+    "reading_input": "Reading your image",
+    "text_encode": "Reading the prompt",
+    "image_encode": "Encoding the image",
+    "denoise": "Generating frames",
+    "decode": "Decoding frames",
+    "encoding": "Encoding the video",
+    "uploading": "Saving the video",
+    "done": "Done",
+    "canceled": "Canceled",
+}
+
+
+def _owned_job(request: HttpRequest, job_id: Any) -> Job:
+    # Another user's job is a 404, never a 403: its existence is not revealed.
+    return get_object_or_404(Job, id=job_id, owner=request.user)
+
+
+def _link(name: str, download_name: str | None = None) -> str | None:
+    return storage.signed_url(name, download_name=download_name) if name else None
+
+
+def _card(job: Job) -> dict[str, Any]:
+    """What the gallery shows for one (already ownership-checked) job."""
+    succeeded = job.status == Job.Status.SUCCEEDED
+    return {
+        "job": job,
+        "picture": _link(job.poster.name) if succeeded and job.poster else _link(job.input_image.name),
+        "stage_label": STAGE_LABELS.get(job.stage, job.stage),
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def new_video(request: HttpRequest) -> HttpResponse:
+    form = NewVideoForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = services.create_job(request.user, **form.service_arguments())
+        except services.JobRejected as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            messages.success(request, "Your video is queued. This page follows it until it is ready.")
+            return redirect("job", job_id=job.id)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "generation/new_video.html", {"form": form}, status=status)
+
+
+@login_required
+def history(request: HttpRequest) -> HttpResponse:
+    jobs = Job.objects.filter(owner=request.user).order_by("-created_at")
+    status = request.GET.get("status", "").upper()
+    if status in Job.Status.values:
+        jobs = jobs.filter(status=status)
+    else:
+        status = ""
+    page = Paginator(jobs, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "generation/history.html", {
+        "page": page,
+        "cards": [_card(job) for job in page.object_list],
+        "status_filter": status,
+        "statuses": Job.Status.choices,
+        "stage_labels": STAGE_LABELS,
+    })
+
+
+@login_required
+def job_detail(request: HttpRequest, job_id: Any) -> HttpResponse:
+    job = _owned_job(request, job_id)
+    succeeded = job.status == Job.Status.SUCCEEDED
+    context = {
+        "job": job,
+        "active": job.status in Job.ACTIVE,
+        "video_url": _link(job.output_video.name) if succeeded else None,
+        "poster_url": _link(job.poster.name) if succeeded else None,
+        "download_url": _link(job.output_video.name, f"turbosite-{job.id}.mp4") if succeeded else None,
+        "input_url": _link(job.input_image.name),
+        "stage_label": STAGE_LABELS.get(job.stage, job.stage),
+        "stage_labels": STAGE_LABELS,
+        "queue_position": services.queue_position(job),
+        "eta_seconds": services.eta_seconds(job),
+        "timings": sorted(job.timings.items(), key=lambda item: -float(item[1])) if job.timings else [],
+        "api_url": reverse("api:job-detail", kwargs={"pk": job.id}),
+        "poll_ms": getattr(settings, "TURBO_PAGE_POLL_MS", 1500),
+    }
+    return render(request, "generation/job_detail.html", context)
+
+
+@login_required
+@require_POST
+def job_cancel(request: HttpRequest, job_id: Any) -> HttpResponse:
+    job = _owned_job(request, job_id)
+    if services.cancel_job(job):
+        messages.success(request, "Canceled. A running job stops after its current step.")
+    else:
+        messages.warning(request, f"This job already ended ({job.get_status_display().lower()}); nothing to cancel.")
+    return redirect("job", job_id=job.id)
+
+
+@login_required
+@require_POST
+def job_rerun(request: HttpRequest, job_id: Any) -> HttpResponse:
+    job = _owned_job(request, job_id)
+    try:
+        new_job = services.retry_job(job)
+    except services.JobRejected as exc:
+        messages.error(request, exc.message)
+        return redirect("job", job_id=job.id)
+    messages.success(request, f"Queued again with the same settings and seed {new_job.seed}.")
+    return redirect("job", job_id=new_job.id)
+
+
+@login_required
+@require_POST
+def job_delete(request: HttpRequest, job_id: Any) -> HttpResponse:
+    job = _owned_job(request, job_id)
+    services.delete_job(job)
+    messages.success(request, "The job and its files were deleted.")
+    return redirect("history")
