@@ -59,3 +59,10 @@ def token_client(db) -> Callable[..., APIClient]:
         return client
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    """Tests create and log in many users; the production hasher costs a quarter second each time on these CPUs.
+    What is tested is the flow, not the hash, so tests use Django's fastest hasher."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
