@@ -132,6 +132,8 @@ def quantize_int8_blockwise(w: torch.Tensor, block: int = INT8_TILE) -> tuple[to
     """Symmetric int8 per block x block tile: returns (int8 [rows, cols], fp32 scale [ceil(rows/b), ceil(cols/b)]).
 
     scale = absmax / 128 (the checkpoints' convention); dequantized value = int8 * scale of its tile.
+    Upstream's CUDA quantizer multiplies by 128 / max(absmax, 1e-8) instead of dividing by the scale: the same
+    int8 values except for rare last-bit ties, and a zero tile stores scale 1e-8/128 there instead of 0.
     """
     if w.dim() != 2:
         raise ValueError(f"quantize_int8_blockwise expects a 2-D tensor, got shape {tuple(w.shape)}")
