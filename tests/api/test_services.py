@@ -1,0 +1,103 @@
+"""generation.services and generation.models_catalog below the HTTP layer: defaults, limits, queue hand-off."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from generation import models_catalog, services
+from generation.models import Job
+from generation.services import JobRejected
+
+
+def test_defaults_come_from_the_model_config():
+    params = services.validate_parameters(prompt="  a cat  \r\n", model=None)
+    assert params == services.JobParameters(prompt="a cat", seed=None, num_steps=4, resolution="480p",
+                                            num_frames=17, adaptive_resolution=True, ode=False, model="tiny")
+
+
+@pytest.mark.parametrize(("kwargs", "field", "fragment"), [
+    ({"seed": 2**63}, "seed", "between 0 and"),
+    ({"num_steps": 0}, "num_steps", "1, 2, 3 or 4"),
+    ({"num_frames": 1}, "num_frames", "4k+1"),
+    ({"resolution": "1080p"}, "resolution", "480p, 720p"),
+    ({"model": "nope"}, "model", "known models: tiny, wan2.2-i2v-a14b"),
+    ({"seed": "abc"}, "seed", "must be an integer"),
+])
+def test_parameter_errors_name_the_field_and_allowed_values(kwargs, field, fragment):
+    with pytest.raises(JobRejected) as caught:
+        services.validate_parameters(prompt="p", **kwargs)
+    assert caught.value.status_code == 400 and caught.value.field == field and fragment in caught.value.message
+
+
+def test_fingerprint_depends_on_parameters_and_image():
+    params = services.validate_parameters(prompt="p", seed=1)
+    same = services.validate_parameters(prompt=" p ", seed="1")
+    other = services.validate_parameters(prompt="p", seed=2)
+    assert params.fingerprint("aa") == same.fingerprint("aa")
+    assert params.fingerprint("aa") != other.fingerprint("aa") != params.fingerprint("bb")
+
+
+def test_frames_for_duration_is_capped_and_positive():
+    assert services.frames_for_duration(5) == 81
+    assert services.frames_for_duration(60) == 161
+    with pytest.raises(JobRejected):
+        services.frames_for_duration(0)
+
+
+def test_catalog_reports_installed_weights(tmp_path, settings):
+    settings.TURBO_MODEL_DIR = str(tmp_path)
+    facts = models_catalog.get_model("wan2.2-i2v-a14b")
+    assert not facts.installed and "Wan2.1_VAE.pth" in facts.missing
+    for name in (facts.missing):
+        target = tmp_path / name
+        if name.endswith(".pth"):
+            target.write_bytes(b"x")
+        else:
+            target.mkdir(parents=True)
+            (target / "spiece.model").write_bytes(b"x")
+    assert models_catalog.get_model("wan2.2-i2v-a14b").installed
+    assert models_catalog.get_model(None).name == settings.TURBO_DEFAULT_MODEL == "tiny"
+
+
+def test_a_broker_failure_fails_the_job_with_a_reason(user, image_upload, monkeypatch,
+                                                      django_capture_on_commit_callbacks):
+    def unreachable(job_id):
+        raise ConnectionError("redis down")
+
+    monkeypatch.setattr("generation.services.enqueue_job", unreachable)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = services.create_job(user, image=image_upload(), prompt="p")
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED and "queue" in job.error
+
+
+def test_enqueue_goes_through_generation_queue(user, image_upload, monkeypatch, django_capture_on_commit_callbacks):
+    from generation import queue
+
+    monkeypatch.undo()  # drop the recorder: the real services.enqueue_job must call queue.enqueue_job
+    sent = []
+    monkeypatch.setattr(queue, "enqueue_job", sent.append)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = services.create_job(user, image=image_upload(), prompt="p")
+    assert sent == [job.id]
+
+
+def test_eta_of_a_running_job_follows_its_progress(user, make_job):
+    job = make_job(user, Job.Status.RUNNING, progress=0.5)
+    Job.objects.filter(id=job.id).update(started_at=timezone.now() - timedelta(seconds=30))
+    job.refresh_from_db()
+    assert services.eta_seconds(job, typical=100.0) == pytest.approx(30.0, abs=1.0)
+    assert services.queue_position(job) is None
+
+
+def test_retry_needs_the_stored_input(user, make_job):
+    from generation import storage
+
+    job = make_job(user, Job.Status.FAILED)
+    storage.delete_quietly(job.input_image.name)
+    with pytest.raises(JobRejected) as caught:
+        services.retry_job(job)
+    assert caught.value.status_code == 409 and "no longer stored" in caught.value.message
