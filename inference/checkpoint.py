@@ -134,6 +134,18 @@ def strip_checkpoint_wrapper(state: StateDict, expected: Mapping[str, torch.Size
     return {key.replace(_WRAPPER_PREFIX, ""): value for key, value in state.items()}
 
 
+def strip_training_prefix(state: StateDict, expected: Mapping[str, torch.Size]) -> StateDict:
+    """TurboDiffusion training checkpoints prefix every key with `net.`; drop it when all keys carry it and the
+    module's own keys do not."""
+    prefix = "net."
+    if not state or not all(key.startswith(prefix) for key in state):
+        return state
+    if expected and any(key.startswith(prefix) for key in expected):
+        return state
+    log.info("stripping the training prefix %r from all %d checkpoint keys", prefix, len(state))
+    return {key[len(prefix) :]: value for key, value in state.items()}
+
+
 def unflatten_conv_weights(state: StateDict, expected: Mapping[str, torch.Size]) -> StateDict:
     """Reshape convolution weights stored flattened as [out, in * kernel...] (TurboDiffusion's patch embedding is
     [5120, 144] for [5120, 36, 1, 2, 2], in (c, kt, kh, kw) order, which is exactly the Conv3d memory order)."""
@@ -154,7 +166,7 @@ def unflatten_conv_weights(state: StateDict, expected: Mapping[str, torch.Size])
     return out
 
 
-DEFAULT_KEY_FIXUPS: tuple[KeyFixup, ...] = (strip_checkpoint_wrapper, unflatten_conv_weights)
+DEFAULT_KEY_FIXUPS: tuple[KeyFixup, ...] = (strip_training_prefix, strip_checkpoint_wrapper, unflatten_conv_weights)
 
 
 def _names(items: Sequence[str], limit: int = _LIST_LIMIT) -> str:
@@ -309,7 +321,7 @@ def load_dit(
     else:
         path = Path(path_or_none)
         what = f"DiT {expert}-noise expert {path}"
-        state = strip_checkpoint_wrapper(load_state_dict_file(path), {})
+        state = strip_checkpoint_wrapper(strip_training_prefix(load_state_dict_file(path), {}), {})
         attention = _select_attention(attention, state, dit_cfg.num_layers)
         model = build_on_meta(lambda: WanDiT(dit_cfg, attention))
         int8_layers = sorted(key[: -len(_INT8_SUFFIX)] for key in state if key.endswith(_INT8_SUFFIX))

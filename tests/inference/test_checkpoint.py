@@ -73,11 +73,14 @@ def test_all_float_layouts_load_strictly_and_agree(tmp_path, float_state, inputs
     assert flat[PATCH].shape == (64, 144)
     wrapped = {k.replace("self_attn.", "self_attn._checkpoint_wrapped_module."): v for k, v in float_state.items()}
     bf16 = {k: v.bfloat16() for k, v in float_state.items()}
+    # A training checkpoint: keys under `net.`, nested in {"state_dict": ...}.
+    training = {"state_dict": {f"net.{k}": v for k, v in float_state.items()}}
 
     files = {
         "plain.pth": float_state,
         "flat_patch.pth": flat,
         "wrapped.pth": wrapped,
+        "training.pth": training,
         "single.safetensors": float_state,
     }
     for name, state in files.items():
@@ -99,6 +102,7 @@ def test_all_float_layouts_load_strictly_and_agree(tmp_path, float_state, inputs
                 torch.testing.assert_close(model(*inputs), reference_output, atol=1e-5, rtol=1e-5, msg=str(path))
     assert "_checkpoint_wrapped_module." in caplog.text
     assert "reshaping flattened patch_embedding.weight" in caplog.text
+    assert "training prefix 'net.'" in caplog.text
 
     # A bf16 file (how the checkpoints ship) loads too and gives nearly the same numbers.
     torch.save(bf16, tmp_path / "bf16.pth")
