@@ -327,3 +327,11 @@ def test_schema_describes_the_multipart_create_and_enums(alice):
     status_enum = next(v["enum"] for v in components.values() if set(v.get("enum", [])) >= {"QUEUED", "SUCCEEDED"})
     assert set(status_enum) == set(Job.Status.values)
     assert "/v1/turbodiffusion/wan22-i2v/jobs" in schema["paths"]
+
+
+def test_docs_page_serves_swagger_ui_from_our_own_origin(client):
+    page = client.get("/api/docs/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
+    assert "cdn.jsdelivr.net" not in html
