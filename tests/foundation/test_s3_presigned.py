@@ -6,24 +6,13 @@ from __future__ import annotations
 import uuid
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-import boto3
 import pytest
 import requests
-from botocore.config import Config
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-
-def _presigned_for(endpoint: str, key: str) -> str:
-    options = settings.STORAGES["default"]["OPTIONS"]
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=options["access_key"],
-        aws_secret_access_key=options["secret_key"], region_name=options["region_name"],
-        config=Config(signature_version="s3v4", s3={"addressing_style": options["addressing_style"]}),
-    )
-    return client.generate_presigned_url("get_object", Params={"Bucket": options["bucket_name"], "Key": key},
-                                         ExpiresIn=settings.SIGNED_URL_MAX_AGE)
+from generation.storage import signed_url
 
 
 @pytest.fixture
@@ -40,7 +29,7 @@ def test_presigned_url_for_public_endpoint_serves_the_file(stored_file):
     internal = urlsplit(settings.S3_ENDPOINT_URL)
     assert public.netloc != internal.netloc, "the test needs different public and internal addresses"
 
-    url = _presigned_for(settings.S3_PUBLIC_ENDPOINT_URL, name)
+    url = signed_url(name)
 
     assert urlsplit(url).netloc == public.netloc
     assert int(parse_qs(urlsplit(url).query)["X-Amz-Expires"][0]) == settings.SIGNED_URL_MAX_AGE
@@ -49,10 +38,19 @@ def test_presigned_url_for_public_endpoint_serves_the_file(stored_file):
     assert response.content == body
 
 
+def test_presigned_download_name_sets_attachment(stored_file):
+    name, body = stored_file
+
+    response = requests.get(signed_url(name, download_name="my video.mp4"), timeout=10)
+
+    assert response.status_code == 200
+    assert response.content == body
+    assert response.headers["Content-Disposition"].startswith("attachment")
+
+
 def test_presigned_url_is_bound_to_its_host_and_signature(stored_file):
     name, _ = stored_file
-    url = _presigned_for(settings.S3_PUBLIC_ENDPOINT_URL, name)
-    parts = urlsplit(url)
+    parts = urlsplit(signed_url(name))
 
     # A URL signed for the public name does not work when sent to another host name: the host is signed.
     internal = urlsplit(settings.S3_ENDPOINT_URL)
