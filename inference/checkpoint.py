@@ -221,8 +221,9 @@ def load_into(
 
 _INT8_SUFFIX = ".int8_weight"
 _PROJ_L_MARKER = ".attn_op.local_attn.proj_l."
-# Kept in fp32 whatever the compute dtype: added or multiplied in fp32 upstream (bf16 -> fp32 is exact).
-_FP32_SUFFIXES = ("modulation", ".scale")
+# Kept in fp32 whatever the compute dtype: added or multiplied in fp32 upstream (bf16 -> fp32 is exact; the
+# "-quant" checkpoints store the norm weights in fp32, so casting them down would lose bits).
+_FP32_SUFFIXES = ("modulation", ".scale", "norm_q.weight", "norm_k.weight", "norm3.weight", "norm3.bias")
 
 
 def _target_dtype(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
@@ -309,7 +310,8 @@ def load_dit(
     "-quant"; flattened or Conv3d patch embedding), or None for seeded random weights (one seed per `expert`).
     attention: "sla", "dense", "auto" (SLA when the checkpoint has its weights) or one kind per layer.
     quantize: also turn the remaining float block linears into int8 (the "-quant" layout) after loading.
-    Float tensors are cast to `dtype` except those upstream keeps in fp32 (modulations, SLA's proj_l, int8 scales).
+    Float tensors are cast to `dtype` except those upstream keeps in fp32 (modulations, norm weights, SLA's proj_l,
+    int8 scales).
     """
     dit_cfg = config.dit
     device = torch.device(device)

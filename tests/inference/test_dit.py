@@ -167,6 +167,9 @@ def test_bf16_compute_stays_close_to_fp32(tiny: WanDiT) -> None:
     half = load_dit(TINY, None, device="cpu", dtype=torch.bfloat16)
     assert half.patch_embedding.weight.dtype == torch.bfloat16
     assert half.blocks[0].modulation.dtype == torch.float32
+    assert half.blocks[0].self_attn.norm_q.weight.dtype == torch.float32
+    assert half.blocks[0].norm3.bias.dtype == torch.float32
+    assert half.blocks[0].ffn[0].weight.dtype == torch.bfloat16
     assert half.blocks[0].self_attn.attn_op.local_attn.proj_l.weight.dtype == torch.float32
     x, t, context = _inputs()
     with torch.no_grad():
