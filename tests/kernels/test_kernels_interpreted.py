@@ -72,7 +72,7 @@ def test_int8_round_half_to_even(interpreted_kernels):
     assert torch.equal(q, q_ref)
 
 
-@pytest.mark.parametrize("config_index", [0, 2])
+@pytest.mark.parametrize("config_index", [0, 2, 3, 5])
 def test_int8_linear_matches_reference(interpreted_kernels, config_index):
     int8 = interpreted_kernels["int8_linear"]
     gen = torch.Generator().manual_seed(6 + config_index)
