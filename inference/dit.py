@@ -99,10 +99,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
         b, length, dim = x.shape
-        heads = (b, length, self.num_heads, self.head_dim)
-        q = dispatch.apply_rope(self.norm_q(self.q(x)).view(heads), rope_cos, rope_sin).transpose(1, 2)
-        k = dispatch.apply_rope(self.norm_k(self.k(x)).view(heads), rope_cos, rope_sin).transpose(1, 2)
-        v = self.v(x).view(heads).transpose(1, 2)
+        # RMSNorm over all heads' features, then RoPE per head: one fused pass on GPU.
+        q = dispatch.rms_norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, rope_cos, rope_sin, self.num_heads)
+        k = dispatch.rms_norm_rope(self.k(x), self.norm_k.weight, self.norm_k.eps, rope_cos, rope_sin, self.num_heads)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = self.v(x).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
         out = dispatch.dense_attention(q, k, v) if self.attn_op is None else self.attn_op(q, k, v)
         return self.o(out.transpose(1, 2).reshape(b, length, dim))
 
