@@ -1,0 +1,117 @@
+"""A whole image-to-video job on one GPU at full A14B size with random weights, through inference.pipeline:
+umT5-XXL text encode, VAE encode, 4 rCM steps over both experts (fp8 block linears, SLA), VAE decode, mp4.
+
+    python -m bench.whole_job [--res 720p 480p] [--jobs 2] [--linears fp8|bf16]
+
+Both experts, the text encoder and the VAE stay resident. The first job of a size includes Triton/cuDNN warm-up;
+the reported numbers are from the last job. Writes whole_job.json ($OUT or bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.common import environment, print_table, write_json
+from bench.dit_step import build_dit
+from inference.configs import A14B
+from inference.pipeline import I2VPipeline
+from inference.text_encoder import TextEncoder, build_umt5, toy_tokenizer
+from inference.types import GenerationRequest
+from inference.vae import build_vae
+from kernels.fp8_linear import convert_linears_to_fp8
+
+PROMPT = (
+    "A golden retriever runs along a wide sandy beach at sunset, waves rolling in behind it, its fur lifting in "
+    "the wind; the camera tracks beside the dog at its height, warm light, long shadows, gentle film grain, "
+    "cinematic, realistic, detailed, high quality video with smooth natural motion and a calm ocean background"
+)
+
+
+def build_pipeline(linears: str) -> tuple[I2VPipeline, dict[str, float]]:
+    sizes: dict[str, float] = {}
+    experts = []
+    for _ in ("high", "low"):
+        dit = build_dit(A14B.dit.num_layers)
+        if linears == "fp8":
+            convert_linears_to_fp8(dit)
+        torch.cuda.empty_cache()
+        experts.append(dit)
+    sizes["expert_gib"] = sum(t.numel() * t.element_size() for t in experts[0].state_dict().values()) / 2**30
+    text = TextEncoder(
+        model=build_umt5(A14B.text, device="cuda", dtype=torch.bfloat16).requires_grad_(False),
+        tokenizer=toy_tokenizer(A14B.text.vocab_size),
+        config=A14B.text,
+    )
+    sizes["text_encoder_gib"] = sum(p.numel() * p.element_size() for p in text.model.parameters()) / 2**30
+    vae = build_vae(A14B.vae).to(device="cuda", dtype=torch.bfloat16).eval().requires_grad_(False)
+    sizes["resident_after_load_gib"] = torch.cuda.memory_allocated() / 2**30
+    pipe = I2VPipeline(A14B, device=torch.device("cuda"), dtype=torch.bfloat16, high_noise=experts[0],
+                       low_noise=experts[1], vae=vae, text_encoder=text, memory_policy="resident")
+    return pipe, sizes
+
+
+def run_job(pipe: I2VPipeline, res: str) -> dict[str, Any]:
+    width, height = A14B.resolutions[res]
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    request = GenerationRequest(image=image, prompt=PROMPT, seed=1, num_steps=4, resolution=res, num_frames=81)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    result = pipe.generate(request)
+    torch.cuda.synchronize()
+    generate_s = time.perf_counter() - started
+    row: dict[str, Any] = {"res": res, **{k: round(v, 3) for k, v in result.timings.items()},
+                           "generate_s": generate_s, "peak_gib": (result.peak_memory_bytes or 0) / 2**30,
+                           "frames": result.num_frames, "size": f"{result.width}x{result.height}"}
+    try:
+        from inference.video import write_mp4
+
+        with tempfile.TemporaryDirectory() as folder:
+            mp4_start = time.perf_counter()
+            write_mp4(result.frames, Path(folder) / "out.mp4", result.fps)
+            row["mp4_s"] = time.perf_counter() - mp4_start
+    except Exception as exc:  # the encoder may be missing on the device image
+        row["mp4_error"] = repr(exc)[:160]
+    row["job_s"] = generate_s + row.get("mp4_s", 0.0)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--res", nargs="+", default=["720p", "480p"])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--linears", default="fp8", choices=["fp8", "bf16"])
+    args = parser.parse_args()
+    results: dict[str, Any] = {"environment": environment(), "linears": args.linears, "rows": []}
+    print(results["environment"], flush=True)
+    started = time.perf_counter()
+    pipe, sizes = build_pipeline(args.linears)
+    results.update(sizes, build_s=time.perf_counter() - started)
+    print(sizes, flush=True)
+    for res in args.res:
+        for job in range(args.jobs):
+            try:
+                row = {"job": job, **run_job(pipe, res)}
+            except Exception:
+                results.setdefault("errors", []).append(traceback.format_exc())
+                print(traceback.format_exc(), flush=True)
+                break
+            results["rows"].append(row)
+            print(row, flush=True)
+            write_json("whole_job.json", results)
+    print_table(results["rows"], ["res", "job", "text_encode", "image_encode", "denoise", "decode", "mp4_s",
+                                  "job_s", "peak_gib"])
+    print("wrote", write_json("whole_job.json", results))
+
+
+if __name__ == "__main__":
+    main()
