@@ -25,6 +25,7 @@ from inference.configs import A14B
 from inference.dit import SelfAttention, WanDiT
 from kernels import dispatch
 from kernels.fp8_linear import convert_linears_to_fp8
+from kernels.graphs import compile_blocks
 
 MODES = ("dense_bf16", "sla_bf16", "sla_fp8", "sla_fp8_compile")
 
@@ -97,8 +98,7 @@ def main() -> None:
                 results["fp8_converted"] = convert_linears_to_fp8(dit)
                 torch.cuda.empty_cache()
             if mode == "sla_fp8_compile":
-                for block in dit.blocks:
-                    block.compile(dynamic=False)
+                compile_blocks(dit)
             weights = sum(b.numel() * b.element_size() for b in list(dit.parameters()) + list(dit.buffers()))
             for res in args.res:
                 x, t, context = inputs(res)

@@ -119,11 +119,12 @@ if HAVE_TRITON:
             kpos = blk * BLOCK_KB + offs_n % BLOCK_KB
             key_ok = (blk >= 0) & (kpos < L)
             k = tl.load(k_base + kpos[:, None] * skl + offs_d[None, :] * skd, mask=key_ok[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
+            s = tl.dot(q, tl.trans(k))
             s = tl.where(key_ok[None, :], s, float("-inf"))
             # Every chunk holds at least one real key (its first slot is a chosen block), so m_new stays finite.
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            p = tl.exp2(s - m_new[:, None])
+            # m is kept in scaled (log2) units so the scale folds into one FMA per score.
+            m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+            p = tl.exp2(s * qk_scale - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_base + kpos[:, None] * svl + offs_d[None, :] * svd, mask=key_ok[:, None], other=0.0)
