@@ -101,3 +101,43 @@ def test_retry_needs_the_stored_input(user, make_job):
     with pytest.raises(JobRejected) as caught:
         services.retry_job(job)
     assert caught.value.status_code == 409 and "no longer stored" in caught.value.message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_active_limit_holds_for_concurrent_submissions(user, image_upload, settings, monkeypatch, enqueued):
+    import contextlib
+    import threading
+
+    from django.db import connection
+
+    settings.TURBO_MAX_ACTIVE_JOBS = 1
+    real_check = services._check_active_limit
+    # Between counting and inserting, each submission waits (up to 2 s) for the other to have counted too. Without
+    # the per-user lock both count 0 and both insert; with it the second one cannot count until the first commits.
+    both_counted = threading.Barrier(2, timeout=2)
+
+    def slow_check(owner) -> None:
+        real_check(owner)
+        if connection.in_atomic_block:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_counted.wait()
+
+    monkeypatch.setattr(services, "_check_active_limit", slow_check)
+    outcomes: list[object] = []
+    uploads = [image_upload(), image_upload()]
+
+    def submit(upload) -> None:
+        try:
+            outcomes.append(services.create_job(user, image=upload, prompt="p"))
+        except JobRejected as exc:
+            outcomes.append(exc.status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=submit, args=(u,)) for u in uploads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(outcomes) == 2 and 429 in outcomes, outcomes
+    assert Job.objects.filter(owner=user).count() == 1 and len(enqueued) == 1
