@@ -98,6 +98,13 @@ def test_create_rejects_a_non_image_and_stores_nothing(alice):
     assert not Job.objects.exists()
 
 
+def test_oversized_image_is_413(alice, image_upload, settings):
+    settings.TURBO_MAX_UPLOAD_BYTES = 200
+    response = post_job(alice, image_upload(width=256, height=256))
+    assert response.status_code == 413 and response.json()["code"] == "too_large"
+    assert not Job.objects.exists()
+
+
 def test_model_without_weights_is_refused_with_409(alice, image_upload, settings, tmp_path):
     settings.TURBO_MODEL_DIR = str(tmp_path)
     response = post_job(alice, image_upload(), model="wan2.2-i2v-a14b")
