@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dramatiq
 import pytest
+from django.utils import timezone
 from dramatiq.brokers.redis import RedisBroker
 from PIL import Image
 
@@ -41,6 +42,44 @@ def queued_job(user) -> Iterator[Callable[..., Job]]:
     for job in made:
         for name in (storage.input_name(job), storage.output_name(job), storage.poster_name(job)):
             storage.delete_quietly(name)
+
+
+@pytest.fixture
+def finished_job(user):
+    """A SUCCEEDED job of alice with an input, an output and a poster in storage."""
+    made = []
+
+    def make(owner=None) -> Job:
+        job = Job(owner=owner or user, prompt="done", seed=1, num_frames=5, model="tiny",
+                  status=Job.Status.SUCCEEDED, progress=1.0, finished_at=timezone.now())
+        for name, data, kind in ((storage.input_name(job), png_bytes(), "image/png"),
+                                 (storage.output_name(job), b"\0\0\0\x18ftypmp42" + b"\0" * 64, "video/mp4"),
+                                 (storage.poster_name(job), b"\xff\xd8\xff\xd9", "image/jpeg")):
+            storage.save_bytes(name, data, kind)
+        job.input_image.name, job.output_video.name = storage.input_name(job), storage.output_name(job)
+        job.poster.name = storage.poster_name(job)
+        job.save(force_insert=True)
+        made.append(job)
+        return job
+
+    yield make
+    for job in made:
+        for name in (storage.input_name(job), storage.output_name(job), storage.poster_name(job)):
+            storage.delete_quietly(name)
+
+
+@pytest.fixture
+def signed_names(monkeypatch) -> list[str]:
+    """Every file name a link is signed for, in order."""
+    names: list[str] = []
+    real = storage.signed_url
+
+    def spy(name: str, **kwargs) -> str:
+        names.append(name)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(storage, "signed_url", spy)
+    return names
 
 
 @pytest.fixture
