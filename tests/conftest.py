@@ -6,11 +6,15 @@ fixtures live in tests/browser.py and are loaded here as a plugin so any suite c
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -25,20 +29,36 @@ USER_PASSWORD = "violet-harbour-7319"
 OTHER_USER_PASSWORD = "amber-lantern-2846"
 
 
+def password_hash(password: str) -> str:
+    """The production hasher costs a quarter second per call on these CPUs; a salted hash can be reused across
+    test users, so each known password is hashed once per run and hasher. Subprocess servers verify it as usual."""
+    return _cached_hash(password, settings.PASSWORD_HASHERS[0])
+
+
+@functools.cache
+def _cached_hash(password: str, hasher: str) -> str:
+    return make_password(password)
+
+
+def make_user(username: str, password: str, **fields):
+    """A saved user whose `plain_password` attribute holds the password that logs it in."""
+    new_user = get_user_model().objects.create_user(username, f"{username}@example.com", None, **fields)
+    new_user.password = password_hash(password)
+    new_user.save(update_fields=["password"])
+    new_user.plain_password = password
+    return new_user
+
+
 @pytest.fixture
-def user(db, django_user_model):
+def user(db):
     """alice, an ordinary user; `user.plain_password` holds her password."""
-    alice = django_user_model.objects.create_user("alice", "alice@example.com", USER_PASSWORD)
-    alice.plain_password = USER_PASSWORD
-    return alice
+    return make_user("alice", USER_PASSWORD)
 
 
 @pytest.fixture
-def other_user(db, django_user_model):
+def other_user(db):
     """bob, a second ordinary user for isolation tests; `other_user.plain_password` holds his password."""
-    bob = django_user_model.objects.create_user("bob", "bob@example.com", OTHER_USER_PASSWORD)
-    bob.plain_password = OTHER_USER_PASSWORD
-    return bob
+    return make_user("bob", OTHER_USER_PASSWORD)
 
 
 @pytest.fixture
@@ -60,9 +80,3 @@ def token_client(db) -> Callable[..., APIClient]:
 
     return make
 
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings) -> None:
-    """Tests create and log in many users; the production hasher costs a quarter second each time on these CPUs.
-    What is tested is the flow, not the hash, so tests use Django's fastest hasher."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
