@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import requests
 from django.test import override_settings
 
 from tests.bootstrap import s3_server
@@ -156,3 +157,13 @@ def test_readyz_database_down_alone(tmp_path):
     assert result["body"]["failing"] == ["database"]
     assert result["body"]["checks"]["storage"]["kind"] == "local"
     assert result["body"]["checks"]["broker"]["kind"] == "in-process"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_live_server_reaches_postgresql_redis_and_s3(live_server):
+    # The browser tests' server thread runs on the same real services as the rest of the suite.
+    response = requests.get(f"{live_server.url}/readyz", timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert {name: part["kind"] for name, part in response.json()["checks"].items()} == {
+        "database": "postgresql", "broker": "redis", "storage": "s3"}
