@@ -1,0 +1,35 @@
+"""A worker killed mid-job: another worker's reaper sees the heartbeat stop, requeues the job, and runs it."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from generation.models import Job
+from tests.e2e.conftest import start_worker
+from tests.e2e.test_worker_process import api, poll, submit  # noqa: F401  (api is a fixture)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_job_of_a_killed_worker_is_requeued_and_finished_by_another(api):  # noqa: F811
+    first = start_worker({"TURBO_REAPER_INTERVAL_S": "3600"})
+    second = None
+    try:
+        created = submit(api, num_frames=17, num_steps=2)
+        running = poll(api, created["id"], {"RUNNING", "SUCCEEDED", "FAILED", "CANCELED"}, interval=0.05)
+        assert running["status"] == "RUNNING", running
+        first.process.send_signal(signal.SIGKILL)  # no goodbye: only the missing heartbeat tells
+        first.process.wait(timeout=10)
+        lost_worker = Job.objects.get(id=created["id"]).worker
+
+        second = start_worker({"TURBO_HEARTBEAT_STALE_S": "3", "TURBO_REAPER_INTERVAL_S": "1"})
+        done = poll(api, created["id"], {"SUCCEEDED", "FAILED", "CANCELED"})
+        assert done["status"] == "SUCCEEDED", f"{done}\n{second.log()}"
+        job = Job.objects.get(id=created["id"])
+        assert job.attempts == 2 and job.worker != lost_worker
+    finally:
+        first.stop()
+        if second is not None:
+            assert second.stop() == 0, second.log()
