@@ -76,6 +76,9 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("(no rows)")
+        return
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:

@@ -27,6 +27,12 @@ _MIN_AMAX = 1e-12
 DEFAULT_SKIP = ("proj_l",)
 
 
+
+def _opaque_to_compile(fn):
+    """torch.compile treats the kernel launch as one opaque call (a graph break) and fuses what lies around it;
+    tracing into the launch made Inductor re-type the kernel's float arguments."""
+    return torch.compiler.disable(fn, recursive=True)
+
 if HAVE_TRITON:
 
     @triton.jit
@@ -52,6 +58,7 @@ def quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return (xf / scale).to(FP8_DTYPE), scale
 
 
+@_opaque_to_compile
 def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row fp8 quantization of a 2-D tensor: the Triton kernel where it can run, else the reference."""
     if x.dim() != 2:

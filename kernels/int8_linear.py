@@ -36,6 +36,12 @@ GEMM_CONFIGS: tuple[dict[str, int], ...] = (
 )
 
 
+
+def _opaque_to_compile(fn):
+    """torch.compile treats the kernel launch as one opaque call (a graph break) and fuses what lies around it;
+    tracing into the launch made Inductor re-type the kernel's float arguments."""
+    return torch.compiler.disable(fn, recursive=True)
+
 if HAVE_TRITON:
 
     @triton.jit
@@ -116,6 +122,7 @@ if HAVE_TRITON:
                  mask=m_ok[:, None] & n_ok[None, :])
 
 
+@_opaque_to_compile
 def quantize_int8_blockwise(w: torch.Tensor, block: int = TILE) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 [rows, cols], fp32 scale [ceil(rows/block), ceil(cols/block)]) of a 2-D tensor; see the reference."""
     if w.dim() != 2:
@@ -164,6 +171,7 @@ def int8_gemm(
     return out
 
 
+@_opaque_to_compile
 def int8_linear(
     x: torch.Tensor, int8_weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:

@@ -25,6 +25,12 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
     HAVE_TRITON = False
 
 
+
+def _opaque_to_compile(fn):
+    """torch.compile treats the kernel launch as one opaque call (a graph break) and fuses what lies around it;
+    tracing into the launch made Inductor re-type the kernel's float arguments."""
+    return torch.compiler.disable(fn, recursive=True)
+
 if HAVE_TRITON:
 
     @triton.jit
@@ -123,8 +129,8 @@ if HAVE_TRITON:
             s = tl.where(key_ok[None, :], s, float("-inf"))
             # Every chunk holds at least one real key (its first slot is a chosen block), so m_new stays finite.
             # m is kept in scaled (log2) units so the scale folds into one FMA per score.
-            m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
-            p = tl.exp2(s * qk_scale - m_new[:, None])
+            m_new = tl.maximum(m_i, (tl.max(s, axis=1) * qk_scale).to(tl.float32))
+            p = tl.exp2((s * qk_scale).to(tl.float32) - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_base + kpos[:, None] * svl + offs_d[None, :] * svd, mask=key_ok[:, None], other=0.0)
@@ -199,6 +205,7 @@ def linear_kv(k: torch.Tensor, v: torch.Tensor, rows_per_split: int = 2048) -> t
     return kv_part.sum(dim=1), ksum_part.sum(dim=1)
 
 
+@_opaque_to_compile
 def sla_attention(
     q: torch.Tensor,
     k: torch.Tensor,

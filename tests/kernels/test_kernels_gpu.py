@@ -54,9 +54,12 @@ def test_int8_linear_kernel_matches_reference():
     assert torch.equal(qw, qw_ref)
     assert torch.equal(sw, sw_ref)
     ref = reference.int8_linear(x, qw, sw, bias)
-    for cfg in int8_linear.GEMM_CONFIGS:
+    errors = {}
+    for i, cfg in enumerate(int8_linear.GEMM_CONFIGS):
         out = int8_linear.int8_gemm(*int8_linear.quantize_int8_blockwise(x), qw, sw, bias, torch.bfloat16, cfg)
-        assert _rel(out, ref) < 5e-3, cfg
+        errors[i] = _rel(out, ref)
+    print("int8 GEMM rel err per config:", errors)
+    assert all(e < 5e-3 for e in errors.values()), errors
 
 
 def test_norm_kernels_match_reference():
