@@ -118,8 +118,16 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Requeue selected jobs (running: back to the queue; queued: send again)")
     def requeue_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done = sum(services.requeue_job(job) for job in queryset)
-        skipped = queryset.count() - done
+        done = skipped = 0
+        for job in queryset:
+            try:
+                if services.requeue_job(job):
+                    done += 1
+                else:
+                    skipped += 1
+            except Exception as exc:  # the broker refused the message; the row is QUEUED, so it can be retried
+                self.message_user(request, f"{job.id}: could not reach the queue ({type(exc).__name__}: {exc}); "
+                                           "requeue it again when the broker is back.", messages.ERROR)
         self.message_user(request, f"Requeued {done} job(s); {skipped} finished job(s) left alone (use retry).",
                           messages.SUCCESS if done else messages.WARNING)
 

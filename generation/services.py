@@ -207,13 +207,29 @@ def enqueue_job(job_id: uuid.UUID) -> None:
     queue.enqueue_job(job_id)
 
 
-def _enqueue_after_commit(job: Job) -> None:
+def broker_available() -> bool:
+    """Whether the queue's broker answers (always true for the in-process broker)."""
+    from generation import queue
+
+    return queue.broker_ok()
+
+
+def _check_broker() -> None:
+    if not broker_available():
+        raise JobRejected("The job queue is unavailable right now, so nothing was created. Try again in a moment.",
+                          503, code="queue_unavailable")
+
+
+def _enqueue_after_commit(job: Job, failures: list[BaseException]) -> None:
     def send() -> None:
         try:
             enqueue_job(job.id)
-        except Exception:
+        except Exception as exc:
             log.exception("job %s: could not send it to the queue", job.id)
-            job.fail("The job could not be handed to the queue (the broker was unreachable). Retry it in a moment.")
+            failures.append(exc)
+            # Whoever committed may not be waiting for the answer (an outer transaction): never leave it QUEUED
+            # without a message.
+            job.fail("The job could not be handed to the queue (the broker was unreachable). Submit it again.")
 
     transaction.on_commit(send)
 
@@ -235,15 +251,22 @@ def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, finger
         raise JobRejected("The image could not be stored (storage unavailable). Try again in a moment.", 503,
                           code="storage_unavailable") from exc
     job.input_image.name = name
+    send_failures: list[BaseException] = []
     try:
         with transaction.atomic():
             get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
             _check_active_limit(owner)
             job.save(force_insert=True)
-            _enqueue_after_commit(job)
+            _enqueue_after_commit(job, send_failures)
     except BaseException:
         storage.delete_quietly(name)
         raise
+    if send_failures:
+        # Committed, but its message never left: the request fails as a whole and leaves nothing behind.
+        Job.objects.filter(id=job.id).delete()
+        storage.delete_quietly(name)
+        raise JobRejected("The job queue is unavailable right now, so the job was not created. Try again in a "
+                          "moment.", 503, code="queue_unavailable") from send_failures[0]
     job.refresh_from_db()
     return job
 
@@ -262,6 +285,7 @@ def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num
         return earlier
     _check_model_installed(params.model)
     _check_active_limit(owner)  # cheap early answer; checked again under the lock
+    _check_broker()
     try:
         png = _png_bytes(normalise_upload(image))
     except ImageRejected as exc:
@@ -294,6 +318,7 @@ def retry_job(job: Job) -> Job:
                            model=job.model)
     _check_model_installed(job.model)
     _check_active_limit(job.owner)
+    _check_broker()
     try:
         png = storage.read_bytes(job.input_image.name)
     except Exception as exc:
@@ -328,6 +353,7 @@ def requeue_job(job: Job) -> bool:
         return False
     if job.status != Job.Status.QUEUED:
         return False
+    # Outside a transaction this sends at once, so a broker failure reaches the caller (the admin says so).
     transaction.on_commit(lambda: enqueue_job(job.id))
     return True
 
@@ -374,7 +400,7 @@ def eta_seconds(job: Job, *, typical: float | None = None) -> float | None:
 
 
 __all__ = [
-    "JobParameters", "JobRejected", "Submission", "active_job_count", "cancel_job", "create_job",
+    "JobParameters", "JobRejected", "Submission", "active_job_count", "broker_available", "cancel_job", "create_job",
     "delete_job", "enqueue_job", "eta_seconds", "frames_for_duration", "queue_position", "requeue_job", "retry_job",
     "submit_job", "typical_run_seconds", "validate_parameters",
 ]

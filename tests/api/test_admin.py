@@ -101,3 +101,14 @@ def test_admin_pages_need_staff(client, user):
     client.force_login(user)
     assert client.get(f"{CHANGELIST}queue/").status_code == 302
     assert client.get(CHANGELIST).status_code == 302
+
+
+@pytest.mark.django_db(transaction=True)  # the send happens at commit, which only a real transaction has
+def test_requeue_reports_an_unreachable_queue(admin_client, jobs, monkeypatch):
+    def unreachable(job_id):
+        raise ConnectionError("redis down")
+
+    monkeypatch.setattr("generation.services.enqueue_job", unreachable)
+    page = act(admin_client, "requeue_jobs", jobs["running"]).content.decode()
+    assert "could not reach the queue" in page and "redis down" in page
+    assert Job.objects.get(id=jobs["running"].id).status == Job.Status.QUEUED

@@ -62,16 +62,35 @@ def test_catalog_reports_installed_weights(tmp_path, settings):
     assert models_catalog.get_model(None).name == settings.TURBO_DEFAULT_MODEL == "tiny"
 
 
-def test_a_broker_failure_fails_the_job_with_a_reason(user, image_upload, monkeypatch,
-                                                      django_capture_on_commit_callbacks):
+@pytest.mark.django_db(transaction=True)
+def test_a_send_that_fails_after_commit_is_a_503_that_leaves_nothing(user, image_upload, monkeypatch):
+    from django.core.files.storage import default_storage
+
     def unreachable(job_id):
         raise ConnectionError("redis down")
 
     monkeypatch.setattr("generation.services.enqueue_job", unreachable)
-    with django_capture_on_commit_callbacks(execute=True):
-        job = services.create_job(user, image=image_upload(), prompt="p")
-    job.refresh_from_db()
-    assert job.status == Job.Status.FAILED and "queue" in job.error
+    saved: list[str] = []
+    real_save = services.storage.save_bytes
+    monkeypatch.setattr(services.storage, "save_bytes", lambda name, *a: saved.append(name) or real_save(name, *a))
+    with pytest.raises(JobRejected) as caught:
+        services.create_job(user, image=image_upload(), prompt="p")
+    assert caught.value.status_code == 503 and "queue" in caught.value.message
+    assert not Job.objects.exists()
+    assert len(saved) == 1 and not default_storage.exists(saved[0])
+
+
+def test_an_unreachable_broker_refuses_before_storing_anything(alice_client, image_upload, monkeypatch):
+    monkeypatch.setattr(services, "broker_available", lambda: False)
+    monkeypatch.setattr(services.storage, "save_bytes", lambda *a: pytest.fail("nothing may be stored"))
+    response = alice_client.post("/api/v1/jobs/", {"prompt": "p", "image": image_upload()}, format="multipart")
+    assert response.status_code == 503 and response["Retry-After"]
+    assert "queue is unavailable" in response.json()["detail"] and not Job.objects.exists()
+
+
+@pytest.fixture
+def alice_client(user, token_client):
+    return token_client(user)
 
 
 def test_enqueue_goes_through_generation_queue(user, image_upload, monkeypatch, django_capture_on_commit_callbacks):
