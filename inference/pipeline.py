@@ -161,8 +161,9 @@ class HostParking:
         pin = device.type == "cuda"
         self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         for tensor in _module_tensors(module):
-            host = tensor.detach().to("cpu", copy=True)
-            self._pairs.append((tensor, host.pin_memory() if pin else host))
+            host = torch.empty_like(tensor, device="cpu", pin_memory=pin)
+            host.copy_(tensor.detach())
+            self._pairs.append((tensor, host))
         self._stream = torch.cuda.Stream(device) if pin else None
         self._ready: torch.cuda.Event | None = None
         self.on_device = False
