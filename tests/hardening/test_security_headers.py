@@ -100,3 +100,10 @@ def test_templates_carry_no_inline_script_or_event_handlers():
         if re.search(r"href\s*=\s*[\"']\s*javascript:", text, re.IGNORECASE):
             offenders.append(f"{template}: javascript: URL")
     assert offenders == []
+
+
+def test_only_the_api_docs_page_may_use_inline_styles_and_no_page_inline_script(client):
+    docs = directives(client.get("/api/docs/")["Content-Security-Policy"])
+    assert docs["style-src"] == ["'self'", "'unsafe-inline'"] and docs["script-src"] == ["'self'"]
+    for path in ("/accounts/login/", "/api/schema/", "/healthz"):
+        assert directives(client.get(path)["Content-Security-Policy"])["style-src"] == ["'self'"], path
