@@ -200,3 +200,37 @@ def test_build_context_leaves_out_weights_secrets_and_local_state(image):
     ignored = IMAGES[image].with_name(IMAGES[image].name + ".dockerignore").read_text().split()
     for entry in (".git", ".venv", "data", "*.pth", "*.safetensors", ".env"):
         assert entry in ignored, f"{image} image would carry {entry}"
+
+
+def production_env(tmp_path: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("S3_", "DATABASE_", "REDIS_", "QUEUE_", "SECRET_", "DEBUG", "ALLOWED_"))}
+    env.update({"DEBUG": "0", "SECRET_KEY": "collectstatic-only", "TURBO_DATA_DIR": str(tmp_path), "PORT": "8000"})
+    return env
+
+
+def test_the_web_images_build_and_start_commands_work_here(tmp_path):
+    """The RUN collectstatic line and the gunicorn CMD of Dockerfile.web, run as written with DEBUG off."""
+    import json
+    import shlex
+    import sys
+
+    env = production_env(tmp_path)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = f"{bindir}:{env.get('PATH', '')}"
+    text = IMAGES["web"].read_text()
+    collect = next(line for line in run_lines(IMAGES["web"]) if "collectstatic" in line).split("&&")[0]
+    done = subprocess.run(collect, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "staticfiles" / "staticfiles.json").read_text())
+    assert any(name.startswith("css/") for name in manifest["paths"])  # hashed names for WhiteNoise's forever cache
+
+    command = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
+    assert command[:2] == ["sh", "-c"]
+    gunicorn = shlex.split(command[2].replace("exec ", "", 1).replace("${PORT}", "8000")
+                           .replace("${WEB_CONCURRENCY:-3}", "3"))
+    checked = subprocess.run([*gunicorn, "--check-config"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
