@@ -273,11 +273,7 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "JobStatusEnum": "generation.models.Job.Status",
     "CompatStatusEnum": "generation.compat.views.COMPAT_STATUSES",
 }
-# API docs without a CDN (the CSP allows scripts from our own origin only): Swagger UI from drf-spectacular-sidecar
-# when it is installed; /api/docs/ must be SpectacularSwaggerSplitView so its start-up script is not inline.
-import importlib.util  # noqa: E402
-
-if importlib.util.find_spec("drf_spectacular_sidecar") is not None:
-    INSTALLED_APPS.append("drf_spectacular_sidecar")
-    SPECTACULAR_SETTINGS.update({"SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-                                 "REDOC_DIST": "SIDECAR"})
+# API docs without a CDN (the CSP allows scripts from our own origin only): Swagger UI from drf-spectacular-sidecar;
+# /api/docs/ is SpectacularSwaggerSplitView so its start-up script is not inline.
+INSTALLED_APPS.append("drf_spectacular_sidecar")
+SPECTACULAR_SETTINGS.update({"SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR"})
