@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import UMT5EncoderModel
 
 from inference.checkpoint import load_dit, weights_status
 from inference.configs import ModelConfig, get_config
+from inference.dit import WanDiT
 from inference.image import load_image, preprocess_image, target_size, validate_num_frames
 from inference.sampler import check_num_steps, sample
-from inference.text_encoder import load_text_encoder
+from inference.text_encoder import load_text_encoder, umt5_config
 from inference.types import (
     CancelHook,
     GenerationCanceled,
@@ -33,7 +35,7 @@ from inference.types import (
     ProgressEvent,
     WeightsError,
 )
-from inference.vae import load_vae
+from inference.vae import WanVAE, load_vae
 from inference.video import frames_to_uint8
 
 ATTENTION_MODES = ("sla", "dense", "auto")  # auto: SLA where the checkpoint carries its weights
@@ -91,6 +93,34 @@ def pick_device(device: str | None) -> torch.device:
 
 def module_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in _module_tensors(module))
+
+
+def _meta_module_bytes(factory: Callable[[], nn.Module], dtype: torch.dtype) -> int:
+    with torch.device("meta"):
+        module = factory()
+    return sum(t.numel() for t in _module_tensors(module)) * dtype.itemsize
+
+
+def _file_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def estimate_weight_bytes(config: ModelConfig, paths: dict[str, Path | None], dtype: torch.dtype) -> dict[str, int]:
+    """Device bytes of one expert, the text encoder and the VAE, before loading any of them: checkpoint file sizes
+    (int8 files count as int8), or the parameter count at `dtype` for seeded random weights."""
+    experts = [
+        _file_bytes(path) if path is not None else _meta_module_bytes(lambda: WanDiT(config.dit, "sla"), dtype)
+        for path in (paths["high"], paths["low"])
+    ]
+    text_path = paths["text"]
+    text = (
+        _file_bytes(text_path)
+        if text_path is not None
+        else _meta_module_bytes(lambda: UMT5EncoderModel(umt5_config(config.text)), dtype)
+    )
+    return {"expert": max(experts), "text": text, "vae": _meta_module_bytes(lambda: WanVAE(config.vae), dtype)}
 
 
 def activation_headroom_bytes(config: ModelConfig) -> int:
@@ -318,7 +348,9 @@ class I2VPipeline:
         vae: Any,
         text_encoder: Any,
         memory_policy: str = "auto",
+        memory_plan: MemoryPlan | None = None,
     ) -> None:
+        """Wrap loaded components; `memory_plan` (from `load`) wins over planning from the modules' sizes here."""
         self.config = config
         self.device = device
         self.dtype = dtype
@@ -328,13 +360,14 @@ class I2VPipeline:
 
         on_cuda = device.type == "cuda"
         text_module = _as_module(text_encoder)
-        self.memory_plan = plan_memory(
+        vae_module = _as_module(vae)
+        self.memory_plan = memory_plan or plan_memory(
             memory_policy,
             on_cuda=on_cuda,
             free_bytes=torch.cuda.mem_get_info(device)[0] if on_cuda else 0,
             expert_bytes=max(module_bytes(high_noise), module_bytes(low_noise)),
             text_encoder_bytes=module_bytes(text_module) if text_module is not None else 0,
-            vae_bytes=module_bytes(_as_module(vae)) if _as_module(vae) is not None else 0,
+            vae_bytes=module_bytes(vae_module) if vae_module is not None else 0,
             headroom_bytes=activation_headroom_bytes(config),
         )
         self._experts = {
@@ -373,12 +406,26 @@ class I2VPipeline:
         dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
         folder, paths = _weight_paths(config, weights_dir)
 
-        # Experts load on the host first so that the memory plan, not the load order, decides what sits on the GPU.
-        staging = torch.device("cpu") if chosen.type == "cuda" else chosen
-        high = load_dit(config, paths["high"], device=staging, dtype=dtype, attention=attention, expert="high")
-        low = load_dit(config, paths["low"], device=staging, dtype=dtype, attention=attention, expert="low")
+        # Plan before loading, from parameter bytes, so that whatever stays resident loads straight onto the device
+        # and only parked parts pass through host memory.
+        sizes = estimate_weight_bytes(config, paths, dtype)
+        on_cuda = chosen.type == "cuda"
+        plan = plan_memory(
+            memory_policy,
+            on_cuda=on_cuda,
+            free_bytes=torch.cuda.mem_get_info(chosen)[0] if on_cuda else 0,
+            expert_bytes=sizes["expert"],
+            text_encoder_bytes=sizes["text"],
+            vae_bytes=sizes["vae"],
+            headroom_bytes=activation_headroom_bytes(config),
+        )
+        host = torch.device("cpu")
+        expert_device = chosen if plan.experts_resident else host
+        high = load_dit(config, paths["high"], device=expert_device, dtype=dtype, attention=attention, expert="high")
+        low = load_dit(config, paths["low"], device=expert_device, dtype=dtype, attention=attention, expert="low")
         vae = load_vae(config, paths["vae"], device=chosen, dtype=dtype)
-        text_encoder = load_text_encoder(config, folder, device=staging, dtype=dtype)
+        text_device = chosen if plan.text_encoder_resident else host
+        text_encoder = load_text_encoder(config, folder, device=text_device, dtype=dtype)
         for module in (high, low):
             module.eval().requires_grad_(False)
         return cls(
@@ -390,6 +437,7 @@ class I2VPipeline:
             vae=vae,
             text_encoder=text_encoder,
             memory_policy=memory_policy,
+            memory_plan=plan,
         )
 
     @torch.no_grad()

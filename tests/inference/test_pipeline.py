@@ -11,7 +11,15 @@ from PIL import Image
 
 from inference.configs import A14B, TINY
 from inference.image import preprocess_image, target_size
-from inference.pipeline import HostParking, I2VPipeline, MemoryPlan, plan_memory, resolve_request
+from inference.pipeline import (
+    HostParking,
+    I2VPipeline,
+    MemoryPlan,
+    estimate_weight_bytes,
+    module_bytes,
+    plan_memory,
+    resolve_request,
+)
 from inference.types import (
     GenerationCanceled,
     GenerationRequest,
@@ -242,3 +250,22 @@ def test_memory_plan(policy: str, on_cuda: bool, free: int, expected: MemoryPlan
         headroom_bytes=HEADROOM,
     )
     assert plan == expected
+
+
+def test_weight_estimate_matches_loaded_modules(pipeline: I2VPipeline) -> None:
+    sizes = estimate_weight_bytes(TINY, dict.fromkeys(("high", "low", "text", "vae")), torch.float32)
+    assert sizes["expert"] == module_bytes(pipeline._experts["high"].module)
+    assert sizes["text"] == module_bytes(pipeline.text_encoder.model)
+    assert sizes["vae"] == module_bytes(pipeline.vae)
+
+
+def test_weight_estimate_uses_checkpoint_file_sizes(tmp_path: Path) -> None:
+    high, text = tmp_path / "high.pth", tmp_path / "text.pth"
+    high.write_bytes(b"x" * 3000)
+    text.write_bytes(b"x" * 500)
+    shards = tmp_path / "low_noise_model"
+    shards.mkdir()
+    (shards / "a.safetensors").write_bytes(b"x" * 2000)
+    (shards / "b.safetensors").write_bytes(b"x" * 2000)
+    sizes = estimate_weight_bytes(TINY, {"high": high, "low": shards, "text": text, "vae": None}, torch.bfloat16)
+    assert (sizes["expert"], sizes["text"]) == (4000, 500)
