@@ -7,8 +7,8 @@ import signal
 import pytest
 
 from generation.models import Job
-from tests.e2e.conftest import start_worker
 from tests.e2e.test_worker_process import api, poll, submit  # noqa: F401  (api is a fixture)
+from tests.e2e.worker_process import start_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

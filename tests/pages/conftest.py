@@ -9,6 +9,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image
 
+from tests.e2e.worker_process import gpu_worker, live_server  # noqa: F401  (fixtures for the browser tests)
+
 
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings) -> None:
