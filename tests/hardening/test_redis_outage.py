@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import requests
+from django.core.files.storage import default_storage
 from rest_framework.authtoken.models import Token
 
 from generation.models import Job
@@ -19,10 +20,6 @@ def submit(base: str, token: str, prompt: str) -> requests.Response:
                          data={"prompt": prompt, "num_frames": "5"}, timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "generation/services.py (API helper) answers 201 with a FAILED job when the broker is unreachable; the issue "
-    "asks for 503 and no row: check the broker before inserting, and delete the row and input if the send after "
-    "commit fails. Remove this marker when it does."))
 def test_redis_down_at_submit_is_a_503_and_leaves_no_queued_row(user, processes, private_redis, tmp_path):
     env = child_env(REDIS_URL=private_redis.url, TURBO_MAX_ACTIVE_JOBS="10")
     web, base = start_web(tmp_path, env)
@@ -38,8 +35,9 @@ def test_redis_down_at_submit_is_a_503_and_leaves_no_queued_row(user, processes,
     assert during.status_code == 503, during.text
     assert "queue" in during.json()["detail"].lower()
     assert during.headers.get("Retry-After")
-    assert not Job.objects.filter(prompt="while the queue is down", status=Job.Status.QUEUED).exists()
+    assert not Job.objects.filter(prompt="while the queue is down").exists()  # no row at all, not even FAILED
     assert Job.objects.filter(status=Job.Status.QUEUED).count() == 1  # only the one that was really queued
+    assert len(default_storage.listdir(f"inputs/{user.id}")[1]) == 1  # and no stored input for it
 
     private_redis.start()  # same port: the web process reconnects by itself
     after = submit(base, token, "when the queue is back")
