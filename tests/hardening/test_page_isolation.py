@@ -67,3 +67,14 @@ def test_other_users_job_ids_are_404_on_the_api_and_compat_routes_too(token_clie
                          ("get", f"/v1/turbodiffusion/jobs/{job.id}")):
         assert getattr(bob, method)(path).status_code == 404, path
     assert Job.objects.get(id=job.id).status == Job.Status.SUCCEEDED and Job.objects.count() == 1
+
+
+def test_page_actions_need_the_csrf_token(other_user, finished_job):
+    from django.test import Client
+
+    job = finished_job(owner=other_user)
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(other_user)
+    for action in ("job-cancel", "job-rerun", "job-delete"):
+        assert browser.post(reverse(action, args=[job.id])).status_code == 403, action  # a forged cross-site post
+    assert Job.objects.filter(id=job.id, status=Job.Status.SUCCEEDED).exists() and Job.objects.count() == 1

@@ -17,10 +17,13 @@ def posted_file(data: bytes, name: str = "big.png"):
     return request.FILES["image"], request.POST
 
 
-def test_file_under_the_limit_arrives_whole(settings):
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_file_under_the_limit_arrives_whole(settings, in_memory):
     data = images.noise_png()
     settings.TURBO_MAX_UPLOAD_BYTES = len(data)
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = len(data) * 2 if in_memory else 1000  # else spooled to a temporary file
     upload, fields = posted_file(data)
+    assert type(upload).__name__ == ("InMemoryUploadedFile" if in_memory else "TemporaryUploadedFile")
     assert not isinstance(upload, OversizedUpload)
     assert upload.read() == data and fields["prompt"] == "a cat"
     assert normalise_upload(upload).size == (128, 128)
