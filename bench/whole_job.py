@@ -21,6 +21,15 @@ import torch
 from PIL import Image
 
 from bench.common import environment, print_table, write_json
+
+try:  # inference.video imports imageio_ffmpeg at the top; its wheel is too big to carry to the device machine.
+    import imageio_ffmpeg  # noqa: F401
+except ImportError:
+    import sys
+    import types
+
+    sys.modules["imageio_ffmpeg"] = types.ModuleType("imageio_ffmpeg")  # write_mp4 then fails: opencv stands in
+
 from bench.dit_step import build_dit
 from inference.configs import A14B
 from inference.pipeline import I2VPipeline

@@ -62,8 +62,9 @@ if HAVE_TRITON:
         offs_c = tc * TILE_C + tl.arange(0, TILE_C)
         mask = (offs_r[:, None] < rows) & (offs_c[None, :] < cols)
         x = tl.load(X + offs_r[:, None] * sxr + offs_c[None, :] * sxc, mask=mask, other=0.0).to(tl.float32)
-        scale = tl.max(tl.max(tl.abs(x), axis=1), axis=0) / 128.0
-        q = _round_half_even(x / tl.maximum(scale, 1e-12))
+        scale = tl.max(tl.max(tl.abs(x), axis=1), axis=0) * 0.0078125  # / 128, exact
+        # IEEE division (Triton's "/" is approximate on GPU), so values land on the reference's side of each tie.
+        q = _round_half_even(tl.math.div_rn(x, tl.maximum(scale, 1e-12)))
         q = tl.minimum(tl.maximum(q, -128.0), 127.0)
         tl.store(QX + offs_r[:, None] * cols + offs_c[None, :], q.to(tl.int8), mask=mask)
         tl.store(SCALE + tr * n_col_tiles + tc, scale)
