@@ -84,9 +84,6 @@ def test_admin_and_account_pages_raise_no_violation(live_server, page, console_e
     assert violations(console_errors) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "turbosite/urls.py mounts SpectacularSwaggerView, whose start-up script is inline; with "
-    "SpectacularSwaggerSplitView (checked by hand) the page renders with no violation. Remove this marker then."))
 def test_api_docs_page_raises_no_violation(live_server, page, console_errors):
     page.goto(f"{live_server.url}/api/docs/")
     page.wait_for_selector(".swagger-ui .info", timeout=15_000)  # Swagger UI rendered from our own origin
