@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint browser services clean
+.PHONY: install run test lint system-packages services clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,11 @@ run: install
 	$(BIN)/python manage.py ensure_demo_user
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-# Debian's Chromium for the browser tests (no browser download from a test tool).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }
+# Debian's Chromium for the browser tests (no browser download from a test tool) and docker-compose, which
+# validates docker/compose.yaml without an engine.
+system-packages:
+	@command -v chromium >/dev/null 2>&1 && command -v docker-compose >/dev/null 2>&1 || \
+		{ apt-get update -q && apt-get install -y -q chromium docker-compose; }
 
 # PostgreSQL and Redis run on these machines; start them if they are down.
 services:
@@ -37,7 +39,7 @@ services:
 lint: install
 	$(BIN)/ruff check .
 
-test: install browser services lint
+test: install system-packages services lint
 	$(BIN)/python -m pytest
 
 clean:
