@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+
 import dramatiq
 from django.conf import settings
+from django.db import DatabaseError, close_old_connections
 
 from turbosite.broker import GPU_QUEUE, ensure_broker
 
 ensure_broker()
+log = logging.getLogger(__name__)
 
 # Our own deadline stops a job cleanly between steps (generation/worker.py); Dramatiq's limit, a minute later, is
 # the backstop for a step that hangs.
 ACTOR_TIME_LIMIT_MS = (settings.TURBO_JOB_TIME_LIMIT_S + 60) * 1000
+# While the database is unreachable a message comes back after this long instead of being lost.
+DATABASE_RETRY_DELAY_MS = 15_000
 
 
 @dramatiq.actor(queue_name=GPU_QUEUE, max_retries=0, time_limit=ACTOR_TIME_LIMIT_MS, notify_shutdown=True)
@@ -19,4 +25,13 @@ def run_job(job_id: str) -> None:
     """Run one generation job; a job that is not QUEUED any more (duplicate delivery, canceled) is skipped."""
     from generation.worker import execute_job
 
-    execute_job(job_id)
+    try:
+        execute_job(job_id)
+    except DatabaseError:
+        # Dramatiq retries are off (a retry must not rerun a claimed job), so the message is sent again by hand.
+        # Harmless either way: if the job was claimed before the database went, this delivery's claim fails and
+        # the reaper takes the job back once heartbeats are seen to stop.
+        log.exception("job %s: database unreachable; message sent again in %d s", job_id,
+                      DATABASE_RETRY_DELAY_MS // 1000)
+        close_old_connections()
+        run_job.send_with_options(args=(job_id,), delay=DATABASE_RETRY_DELAY_MS)

@@ -50,7 +50,7 @@ class DjangoConnections(Middleware):
 
     after_skip_message = after_process_message
 
-    def after_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: threading.Thread) -> None:
+    def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: threading.Thread) -> None:
         from django.db import connections
 
         connections.close_all()

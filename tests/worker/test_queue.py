@@ -64,3 +64,19 @@ def test_worker_thread_runs_a_duplicated_message_once(make_job, fake_loader):
     assert job.status == Job.Status.SUCCEEDED and job.attempts == 1
     assert len(fake_loader.pipeline().requests) == 1
     assert queue.queue_depth() == 0
+
+
+def test_a_database_outage_sends_the_message_again_later(monkeypatch):
+    from django.db import OperationalError
+
+    from generation import actors
+
+    def database_down(job_id: str) -> None:
+        raise OperationalError("connection to server at 127.0.0.1 failed")
+
+    sent: list[tuple] = []
+    monkeypatch.setattr("generation.worker.execute_job", database_down)
+    monkeypatch.setattr(actors.run_job, "send_with_options",
+                        lambda *, args, delay: sent.append((args, delay)))
+    actors.run_job.fn("1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+    assert sent == [(("1b4e28ba-2fa1-11d2-883f-0016d3cca427",), actors.DATABASE_RETRY_DELAY_MS)]
