@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kernels.graphs import opaque_to_compile
+
 try:
     import triton
     import triton.language as tl
@@ -27,11 +29,6 @@ _MIN_AMAX = 1e-12
 DEFAULT_SKIP = ("proj_l",)
 
 
-
-def _opaque_to_compile(fn):
-    """torch.compile treats the kernel launch as one opaque call (a graph break) and fuses what lies around it;
-    tracing into the launch made Inductor re-type the kernel's float arguments."""
-    return torch.compiler.disable(fn, recursive=True)
 
 if HAVE_TRITON:
 
@@ -58,7 +55,7 @@ def quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return (xf / scale).to(FP8_DTYPE), scale
 
 
-@_opaque_to_compile
+@opaque_to_compile
 def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row fp8 quantization of a 2-D tensor: the Triton kernel where it can run, else the reference."""
     if x.dim() != 2:

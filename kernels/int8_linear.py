@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from kernels.graphs import opaque_to_compile
+
 try:
     import triton
     import triton.language as tl
@@ -21,8 +23,6 @@ except ImportError:  # pragma: no cover
     HAVE_TRITON = False
 
 TILE = 128
-_SCALE_DIVISOR = 128.0
-_MIN_SCALE = 1e-12
 # 75600x5120x5120 (bench/kernels_micro.py): H100 128x128x128 w8 s3 593 TOP/s, s4 564, 128x128x64 139,
 # 128x256 259, 256x128 242 (bf16 cuBLAS 769); H200: SKEW variants 295 / 295 / 216 / 122 against 571 unskewed.
 GEMM_CONFIGS: tuple[dict[str, int], ...] = (
@@ -36,11 +36,6 @@ GEMM_CONFIGS: tuple[dict[str, int], ...] = (
 )
 
 
-
-def _opaque_to_compile(fn):
-    """torch.compile treats the kernel launch as one opaque call (a graph break) and fuses what lies around it;
-    tracing into the launch made Inductor re-type the kernel's float arguments."""
-    return torch.compiler.disable(fn, recursive=True)
 
 if HAVE_TRITON:
 
@@ -123,7 +118,7 @@ if HAVE_TRITON:
                  mask=m_ok[:, None] & n_ok[None, :])
 
 
-@_opaque_to_compile
+@opaque_to_compile
 def quantize_int8_blockwise(w: torch.Tensor, block: int = TILE) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 [rows, cols], fp32 scale [ceil(rows/block), ceil(cols/block)]) of a 2-D tensor; see the reference."""
     if w.dim() != 2:
@@ -172,7 +167,7 @@ def int8_gemm(
     return out
 
 
-@_opaque_to_compile
+@opaque_to_compile
 def int8_linear(
     x: torch.Tensor, int8_weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.graphs import opaque_to_compile
+
 try:
     import triton
     import triton.language as tl
@@ -17,11 +19,6 @@ except ImportError:  # pragma: no cover
     HAVE_TRITON = False
 
 
-
-def _opaque_to_compile(fn):
-    """torch.compile treats the kernel launch as one opaque call (a graph break) and fuses what lies around it;
-    tracing into the launch made Inductor re-type the kernel's float arguments."""
-    return torch.compiler.disable(fn, recursive=True)
 
 if HAVE_TRITON:
 
@@ -90,7 +87,7 @@ def _warps(block: int) -> int:
     return 4 if block <= 2048 else 8 if block <= 8192 else 16
 
 
-@_opaque_to_compile
+@opaque_to_compile
 def layer_norm_modulate(
     x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -120,7 +117,7 @@ def layer_norm_modulate(
     return out
 
 
-@_opaque_to_compile
+@opaque_to_compile
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Drop-in for the reference: RMSNorm over the last dim of x (any leading shape)."""
     cols = x.shape[-1]
@@ -153,7 +150,7 @@ def _rope_rows(x, weight, eps, cos, sin, num_heads, apply_norm):
     return out.view(b, length, num_heads, d)
 
 
-@_opaque_to_compile
+@opaque_to_compile
 def rms_norm_rope(
     x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
 ) -> torch.Tensor:
@@ -163,7 +160,7 @@ def rms_norm_rope(
     return _rope_rows(x, weight, eps, cos, sin, num_heads, True)
 
 
-@_opaque_to_compile
+@opaque_to_compile
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Drop-in for the reference: x (B, L, H, D), cos/sin (L, D//2)."""
     b, length, heads, d = x.shape

@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from kernels.graphs import opaque_to_compile
+
 try:  # Triton is absent on some CPU-only installs; the dispatcher then keeps to the reference.
     import triton
     import triton.language as tl
@@ -25,11 +27,6 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
     HAVE_TRITON = False
 
 
-
-def _opaque_to_compile(fn):
-    """torch.compile treats the kernel launch as one opaque call (a graph break) and fuses what lies around it;
-    tracing into the launch made Inductor re-type the kernel's float arguments."""
-    return torch.compiler.disable(fn, recursive=True)
 
 if HAVE_TRITON:
 
@@ -205,7 +202,7 @@ def linear_kv(k: torch.Tensor, v: torch.Tensor, rows_per_split: int = 2048) -> t
     return kv_part.sum(dim=1), ksum_part.sum(dim=1)
 
 
-@_opaque_to_compile
+@opaque_to_compile
 def sla_attention(
     q: torch.Tensor,
     k: torch.Tensor,
