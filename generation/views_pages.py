@@ -106,7 +106,7 @@ def job_detail(request: HttpRequest, job_id: Any) -> HttpResponse:
         "eta_seconds": services.eta_seconds(job),
         "timings": sorted(job.timings.items(), key=lambda item: -float(item[1])) if job.timings else [],
         "api_url": reverse("api:job-detail", kwargs={"pk": job.id}),
-        "poll_ms": getattr(settings, "TURBO_PAGE_POLL_MS", 1500),
+        "poll_ms": settings.TURBO_PAGE_POLL_MS,
     }
     return render(request, "generation/job_detail.html", context)
 

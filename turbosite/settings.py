@@ -235,6 +235,7 @@ TURBO_ATTENTION = env_str("TURBO_ATTENTION", "sla")
 TURBO_MEMORY_POLICY = env_str("TURBO_MEMORY_POLICY", "auto")
 # Embedded default (no REDIS_URL): the web process runs jobs in a worker thread of its own.
 TURBO_EMBEDDED_WORKER = env_bool("TURBO_EMBEDDED_WORKER", True)
+TURBO_PAGE_POLL_MS = env_int("TURBO_PAGE_POLL_MS", 1500)  # how often a job page asks the API for progress
 
 # --- hardening (hardening helper) ---
 # Upload and input limits (generation/image_input.py, generation/prompt_rules.py; docs/hardening.md has the table).
