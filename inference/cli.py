@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--memory-policy", default="auto", help="auto, resident or offload (default auto)")
+    gen.add_argument("--linears", default=None, help="auto, fp8 or native (default $TURBO_LINEARS or auto)")
+    gen.add_argument("--compile", action="store_true", help="torch.compile each DiT block (pays off from the 2nd job)")
 
     models = commands.add_parser("models", help="list models and whether their weights are installed")
     models.add_argument("--weights", default=None, help="weights folder (default: $TURBO_MODEL_DIR)")
@@ -98,7 +100,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     pipeline = I2VPipeline.load(
-        args.model, args.weights, device=args.device, attention=args.attention, memory_policy=args.memory_policy
+        args.model, args.weights, device=args.device, attention=args.attention, memory_policy=args.memory_policy,
+        linears=args.linears, compile_blocks=args.compile or None,
     )
     load_seconds = time.perf_counter() - started
 

@@ -156,14 +156,14 @@ class WanAttentionBlock(nn.Module):
         mod = self.modulation.float() + time_mod
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.chunk(6, dim=1)
 
-        h = dispatch.layer_norm_modulate(x, shift_sa, scale_sa, self.eps).to(dtype)
+        h = dispatch.layer_norm_modulate(x, shift_sa, scale_sa, self.eps, out_dtype=dtype)
         x = x + self.self_attn(h, rope_cos, rope_sin).float() * gate_sa
 
         # The affine LayerNorm is the same map as a modulation with shift = bias and scale = weight - 1.
         h = dispatch.layer_norm_modulate(x, self.norm3.bias.float(), self.norm3.weight.float() - 1, self.eps)
         x = x + self.cross_attn(h.to(dtype), context).float()
 
-        h = dispatch.layer_norm_modulate(x, shift_ff, scale_ff, self.eps).to(dtype)
+        h = dispatch.layer_norm_modulate(x, shift_ff, scale_ff, self.eps, out_dtype=dtype)
         return x + self.ffn(h).float() * gate_ff
 
 

@@ -40,6 +40,21 @@ from inference.video import frames_to_uint8
 
 ATTENTION_MODES = ("sla", "dense", "auto")  # auto: SLA where the checkpoint carries its weights
 MEMORY_POLICIES = ("auto", "resident", "offload")
+# auto: fp8 e4m3 block linears on GPUs with fp8 tensor cores (Ada/Hopper and newer), the checkpoint's own
+# precision (bf16 or int8 tiles) elsewhere. Overridable with TURBO_LINEARS.
+LINEAR_MODES = ("auto", "fp8", "native")
+
+
+def resolve_linears(mode: str, device: torch.device) -> str:
+    """"fp8" or "native" for this device; raises InferenceInputError for an unknown or impossible mode."""
+    if mode not in LINEAR_MODES:
+        raise InferenceInputError(f"unknown linears {mode!r}; choose one of {', '.join(LINEAR_MODES)}")
+    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    if mode == "fp8" and not has_fp8:
+        raise InferenceInputError(f"linears='fp8' needs a CUDA GPU with fp8 tensor cores; {device} has none")
+    if mode == "auto":
+        return "fp8" if has_fp8 else "native"
+    return mode
 MASK_CHANNELS = 4
 SEED_LIMIT = 2**64
 
@@ -389,9 +404,15 @@ class I2VPipeline:
         device: str | None = None,
         attention: str = "sla",
         memory_policy: str = "auto",
+        linears: str | None = None,
+        compile_blocks: bool | None = None,
     ) -> I2VPipeline:
         """Build the pipeline for a model name from `configs.MODELS`; weights come from `weights_dir`
-        (default: $TURBO_MODEL_DIR) unless the model uses seeded random weights."""
+        (default: $TURBO_MODEL_DIR) unless the model uses seeded random weights.
+
+        `linears` (default $TURBO_LINEARS or "auto") picks fp8 block linears on Hopper-class GPUs;
+        `compile_blocks` (default $TURBO_COMPILE=1) wraps each DiT block in torch.compile: about 12 s of compiling
+        the first time each video size is seen, then faster steps; worth it for a service of few sizes."""
         try:
             config = get_config(model)
         except ValueError as exc:
@@ -404,11 +425,17 @@ class I2VPipeline:
             )
         chosen = pick_device(device)
         dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
+        linear_mode = resolve_linears(linears or os.environ.get("TURBO_LINEARS", "auto"), chosen)
+        if compile_blocks is None:
+            compile_blocks = os.environ.get("TURBO_COMPILE", "0") == "1"
         folder, paths = _weight_paths(config, weights_dir)
 
         # Plan before loading, from parameter bytes, so that whatever stays resident loads straight onto the device
         # and only parked parts pass through host memory.
         sizes = estimate_weight_bytes(config, paths, dtype)
+        if linear_mode == "fp8" and paths["high"] is None:
+            # Random bf16 weights: nearly all bytes are block linears, which fp8 halves.
+            sizes["expert"] //= 2
         on_cuda = chosen.type == "cuda"
         plan = plan_memory(
             memory_policy,
@@ -428,6 +455,14 @@ class I2VPipeline:
         text_encoder = load_text_encoder(config, folder, device=text_device, dtype=dtype)
         for module in (high, low):
             module.eval().requires_grad_(False)
+            if linear_mode == "fp8":
+                from kernels.fp8_linear import convert_linears_to_fp8
+
+                convert_linears_to_fp8(module)
+            if compile_blocks:
+                from kernels.graphs import compile_blocks as compile_dit_blocks
+
+                compile_dit_blocks(module)
         return cls(
             config,
             device=chosen,

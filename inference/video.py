@@ -7,7 +7,6 @@ import os
 import struct
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image
@@ -16,6 +15,13 @@ DEFAULT_FPS = 16
 # x264 constant quality: visually lossless for generated video at a modest size.
 DEFAULT_CRF = 18
 
+
+
+def _ffmpeg():
+    """imageio-ffmpeg, imported on first use: the pipeline must import on GPU hosts whose image lacks it."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg
 
 def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
     """[3, F, H, W] in [-1, 1] (any float dtype, any device) -> uint8 [F, H, W, 3]."""
@@ -47,7 +53,7 @@ def write_mp4(
     path = Path(path)
     partial = path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
     height, width = frames.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(
+    writer = _ffmpeg().write_frames(
         str(partial),
         (width, height),
         fps=fps,
@@ -87,7 +93,7 @@ def write_poster(frame: np.ndarray, path: str | os.PathLike[str], format: str = 
 
 def probe_video(path: str | os.PathLike[str]) -> tuple[int, int, int, float]:
     """(frames, width, height, fps) of a video file, counting frames by decoding them all."""
-    reader = imageio_ffmpeg.read_frames(str(path))
+    reader = _ffmpeg().read_frames(str(path))
     meta = next(reader)
     count = sum(1 for _ in reader)
     width, height = meta["size"]
@@ -96,7 +102,7 @@ def probe_video(path: str | os.PathLike[str]) -> tuple[int, int, int, float]:
 
 def read_frames(path: str | os.PathLike[str]) -> np.ndarray:
     """All frames of a video file as uint8 [F, H, W, 3] RGB."""
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    reader = _ffmpeg().read_frames(str(path), pix_fmt="rgb24")
     meta = next(reader)
     width, height = meta["size"]
     frames = [np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3) for buf in reader]

@@ -18,6 +18,7 @@ from inference.pipeline import (
     estimate_weight_bytes,
     module_bytes,
     plan_memory,
+    resolve_linears,
     resolve_request,
 )
 from inference.types import (
@@ -269,3 +270,13 @@ def test_weight_estimate_uses_checkpoint_file_sizes(tmp_path: Path) -> None:
     (shards / "b.safetensors").write_bytes(b"x" * 2000)
     sizes = estimate_weight_bytes(TINY, {"high": high, "low": shards, "text": text, "vae": None}, torch.bfloat16)
     assert (sizes["expert"], sizes["text"]) == (4000, 500)
+
+
+def test_linear_mode_resolves_per_device():
+    cpu = torch.device("cpu")
+    assert resolve_linears("auto", cpu) == "native"
+    assert resolve_linears("native", cpu) == "native"
+    with pytest.raises(InferenceInputError, match="fp8 tensor cores"):
+        resolve_linears("fp8", cpu)
+    with pytest.raises(InferenceInputError, match="'int4'"):
+        resolve_linears("int4", cpu)
