@@ -33,3 +33,24 @@ def test_job_of_a_killed_worker_is_requeued_and_finished_by_another(api):  # noq
         first.stop()
         if second is not None:
             assert second.stop() == 0, second.log()
+
+
+def test_worker_stopped_mid_job_hands_it_back_and_the_next_worker_finishes_it(api):  # noqa: F811
+    first = start_worker({"TURBO_REAPER_INTERVAL_S": "3600"})
+    second = None
+    try:
+        created = submit(api, num_frames=17, num_steps=2)
+        running = poll(api, created["id"], {"RUNNING", "SUCCEEDED", "FAILED", "CANCELED"}, interval=0.05)
+        assert running["status"] == "RUNNING", running
+        assert first.stop(timeout=60) == 0, first.log()  # SIGTERM: a deploy or a scale-down
+        job = Job.objects.get(id=created["id"])
+        assert job.status == Job.Status.QUEUED and "shut down" in job.error, first.log()
+
+        second = start_worker({"TURBO_REAPER_INTERVAL_S": "3600"})
+        done = poll(api, created["id"], {"SUCCEEDED", "FAILED", "CANCELED"})
+        assert done["status"] == "SUCCEEDED", f"{done}\n{second.log()}"
+        assert Job.objects.get(id=created["id"]).attempts == 2
+    finally:
+        first.stop()
+        if second is not None:
+            assert second.stop() == 0, second.log()
