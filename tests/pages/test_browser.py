@@ -80,7 +80,19 @@ def test_sign_up_make_a_video_watch_it_and_run_it_again(page, live_server, gpu_w
         page.click("[data-testid=rerun]")
     assert JOB_URL.search(page.url) and page.url != first_url
     assert "same settings and seed 2024" in page.content()
-    progress_until_player(page)
+    rerun_url = page.url
+
+    # The gallery follows the running job too: its badge turns Succeeded without a reload.
+    page.goto(f"{live_server.url}/history/")
+    card = page.locator("[data-testid=job-card]").first
+    assert card.get_attribute("data-job-poll"), "the newest card is not polling"
+    assert card.locator("[data-field=status]").inner_text().strip().lower() in ("queued", "running")
+    page.evaluate("() => { window.__sameDocument = true; }")
+    card.locator(".badge-succeeded").wait_for(timeout=180_000)
+    assert page.evaluate("() => window.__sameDocument === true"), "the gallery reloaded instead of updating"
+    assert card.locator("progress").is_hidden()
+
+    page.goto(rerun_url)
     assert page.locator("[data-testid=seed]").inner_text() == "2024"
     assert assert_playable(page) != first_src
     first, rerun = Job.objects.order_by("created_at")
