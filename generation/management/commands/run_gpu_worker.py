@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -47,10 +48,17 @@ class Command(BaseCommand):
 
         preload = options["preload"] or settings.TURBO_DEFAULT_MODEL
         if preload.lower() != "none":
+            from inference.types import InferenceInputError, WeightsError
+
             start = time.perf_counter()
-            pipeline, _ = job_worker.get_pipeline(preload)
+            try:
+                pipeline, _ = job_worker.get_pipeline(preload)
+            except (WeightsError, InferenceInputError) as exc:
+                raise CommandError(f"cannot load model {preload}: {exc} "
+                                   "(--preload none starts the worker without loading it)") from None
             device = getattr(pipeline, "device_name", "?")
             self.stdout.write(f"model {preload} loaded on {device} in {time.perf_counter() - start:.1f} s")
+        self._warn_if_several_gpus()
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
@@ -74,3 +82,12 @@ class Command(BaseCommand):
             if reaper is not None:
                 reaper.stop()
             dramatiq_worker.stop(timeout=options["shutdown_timeout"] * 1000)
+
+    def _warn_if_several_gpus(self) -> None:
+        torch = sys.modules.get("torch")
+        if torch is None or settings.TURBO_DEVICE or not torch.cuda.is_available():
+            return
+        count = torch.cuda.device_count()
+        if count > 1:
+            self.stderr.write(f"warning: this process sees {count} GPUs but uses only the first; run one worker "
+                              "per GPU, each pinned with CUDA_VISIBLE_DEVICES=N")
