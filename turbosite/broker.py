@@ -122,6 +122,9 @@ def start_worker(*, queues: set[str] | None = None, threads: int = 1) -> dramati
     # The dramatiq CLI emits process_boot; the time-limit watchdog only starts on it.
     broker.emit_after("process_boot")
     worker = dramatiq.Worker(broker, queues=queues or {GPU_QUEUE}, worker_threads=threads, worker_timeout=1000)
+    # Take only what the threads can run now: a message prefetched behind a minutes-long job would wait for this GPU
+    # while another worker's GPU sits idle.
+    worker.queue_prefetch = threads
     worker.start()
     return worker
 

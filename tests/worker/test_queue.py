@@ -80,3 +80,32 @@ def test_a_database_outage_sends_the_message_again_later(monkeypatch):
                         lambda *, args, delay: sent.append((args, delay)))
     actors.run_job.fn("1b4e28ba-2fa1-11d2-883f-0016d3cca427")
     assert sent == [(("1b4e28ba-2fa1-11d2-883f-0016d3cca427",), actors.DATABASE_RETRY_DELAY_MS)]
+
+
+def test_a_busy_worker_leaves_the_next_message_in_redis_for_other_gpus(make_job, fake_loader):
+    import threading
+
+    current = broker.ensure_broker()
+    current.flush_all()
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold_the_gpu(step: int) -> None:
+        started.set()
+        release.wait(20)
+
+    fake_loader.options = {"on_step": hold_the_gpu}
+    first, second = make_job(num_steps=1), make_job(num_steps=1)
+    queue.enqueue_job(first.id)
+    queue.enqueue_job(second.id)
+    dramatiq_worker = broker.start_worker(queues={broker.GPU_QUEUE}, threads=1)
+    try:
+        assert started.wait(20)
+        assert queue.queue_depth() == 1  # the second job is still claimable by any other worker
+        release.set()
+        current.join(broker.GPU_QUEUE, timeout=30_000)
+        dramatiq_worker.join()
+    finally:
+        release.set()
+        dramatiq_worker.stop(timeout=5_000)
+    assert set(Job.objects.values_list("status", flat=True)) == {Job.Status.SUCCEEDED}
