@@ -1,7 +1,8 @@
 """The reaper: nothing stays RUNNING forever.
 
 A RUNNING job whose heartbeat is older than TURBO_HEARTBEAT_STALE_S lost its worker (killed, host gone). It goes back
-to QUEUED with a fresh message, or ends FAILED once it has used TURBO_MAX_ATTEMPTS attempts. Every transition is a
+to QUEUED with a fresh message, or ends FAILED once it has used TURBO_MAX_ATTEMPTS attempts. A QUEUED job whose
+message was lost (the broker restarted empty) is sent again. Every transition is a
 conditional update, so reapers in several worker processes can run at once: only one wins each job.
 """
 
@@ -76,6 +77,30 @@ def resend_queued_jobs() -> int:
     return len(ids)
 
 
+def resend_lost_messages(*, older_than_s: float | None = None, now: datetime | None = None) -> list[str]:
+    """Send again the QUEUED jobs whose message is gone (a broker restarted without persistence, a flush).
+
+    Workers take only the message they run (prefetch 1), so an empty queue with jobs QUEUED for a while means
+    those messages were lost. A duplicate from a race with a worker that just took one is harmless.
+    """
+    from generation.queue import enqueue_job
+    from turbosite import broker
+
+    older_than_s = settings.TURBO_QUEUED_RESEND_S if older_than_s is None else older_than_s
+    cutoff = (now or timezone.now()) - timedelta(seconds=older_than_s)
+    waiting = list(Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=cutoff)
+                   .order_by("created_at").values_list("id", flat=True))
+    if not waiting:
+        return []
+    depths = [broker.queue_depth(broker.GPU_QUEUE), broker.queue_depth(f"{broker.GPU_QUEUE}.DQ")]
+    if any(depth is None or depth > 0 for depth in depths):
+        return []  # messages are waiting (or the broker cannot be read): nothing is known to be lost
+    for job_id in waiting:
+        enqueue_job(job_id)
+    log.warning("the queue was empty while %d jobs waited over %s s: sent them again", len(waiting), older_than_s)
+    return [str(job_id) for job_id in waiting]
+
+
 class ReaperThread(threading.Thread):
     """Runs `reap_stale_jobs` every TURBO_REAPER_INTERVAL_S inside a worker (or embedded web) process."""
 
@@ -89,6 +114,7 @@ class ReaperThread(threading.Thread):
         while not self.stopped.is_set():
             try:
                 reap_stale_jobs()
+                resend_lost_messages()
             except Exception:
                 log.exception("reaper round failed; trying again in %s s", self.interval_s)
             finally:

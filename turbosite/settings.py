@@ -229,6 +229,7 @@ TURBO_HEARTBEAT_INTERVAL_S = env_int("TURBO_HEARTBEAT_INTERVAL_S", 10)  # how of
 TURBO_HEARTBEAT_STALE_S = env_int("TURBO_HEARTBEAT_STALE_S", 120)  # silence after which the reaper takes a job back
 TURBO_MAX_ATTEMPTS = env_int("TURBO_MAX_ATTEMPTS", 3)  # lost workers tolerated per job before it is FAILED
 TURBO_REAPER_INTERVAL_S = env_int("TURBO_REAPER_INTERVAL_S", 30)
+TURBO_QUEUED_RESEND_S = env_int("TURBO_QUEUED_RESEND_S", 300)  # QUEUED this long with an empty queue: message lost
 TURBO_PROGRESS_WRITE_INTERVAL_MS = env_int("TURBO_PROGRESS_WRITE_INTERVAL_MS", 1000)  # throttle between row writes
 TURBO_DEVICE = env_str("TURBO_DEVICE")  # "" picks cuda when present; CUDA_VISIBLE_DEVICES pins one GPU per process
 TURBO_ATTENTION = env_str("TURBO_ATTENTION", "sla")

@@ -8,11 +8,12 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from generation.reaper import reap_stale_jobs
+from generation.reaper import reap_stale_jobs, resend_lost_messages
 
 
 class Command(BaseCommand):
-    help = "Requeue RUNNING jobs whose heartbeat is stale, or fail them after TURBO_MAX_ATTEMPTS attempts."
+    help = ("Requeue RUNNING jobs whose heartbeat is stale, or fail them after TURBO_MAX_ATTEMPTS attempts; send again "
+            "QUEUED jobs whose message was lost.")
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--stale-after", type=float, default=None,
@@ -29,6 +30,8 @@ class Command(BaseCommand):
                 self.stdout.write(f"  requeued {job_id}")
             for job_id in result.failed:
                 self.stdout.write(f"  failed {job_id}")
+            for job_id in resend_lost_messages():
+                self.stdout.write(f"  sent again (its message was lost) {job_id}")
             if not options["loop"]:
                 return
             time.sleep(settings.TURBO_REAPER_INTERVAL_S)
