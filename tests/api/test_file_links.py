@@ -13,8 +13,8 @@ from django.test import Client
 
 from generation import storage
 from generation.models import Job
-from tests.api.conftest import FAKE_JPEG, FAKE_MP4
 from tests.bootstrap import s3_server
+from tests.factories import FAKE_JPEG, FAKE_MP4
 
 
 @pytest.fixture

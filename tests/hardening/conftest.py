@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dramatiq
 import pytest
-from django.utils import timezone
 from dramatiq.brokers.redis import RedisBroker
-from PIL import Image
 
 from generation import storage
 from generation.models import Job
+from tests.factories import delete_job_files, stored_job
 from tests.hardening.processes import Process, RedisServer, TcpRelay
-
-
-def png_bytes(size: tuple[int, int] = (96, 64), colour: tuple[int, int, int] = (30, 120, 200)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -29,43 +21,26 @@ def queued_job(user) -> Iterator[Callable[..., Job]]:
     made: list[Job] = []
 
     def make(prompt: str, owner=None) -> Job:
-        job = Job(owner=owner or user, prompt=prompt, seed=7, num_steps=4, resolution="480p", num_frames=5,
-                  model="tiny")
-        name = storage.input_name(job)
-        storage.save_bytes(name, png_bytes(), "image/png")
-        job.input_image.name = name
-        job.save(force_insert=True)
+        job = stored_job(owner or user, prompt=prompt, num_frames=5)
         made.append(job)
         return job
 
     yield make
-    for job in made:
-        for name in (storage.input_name(job), storage.output_name(job), storage.poster_name(job)):
-            storage.delete_quietly(name)
+    delete_job_files(made)
 
 
 @pytest.fixture
-def finished_job(user):
-    """A SUCCEEDED job of alice with an input, an output and a poster in storage."""
-    made = []
+def finished_job(user) -> Iterator[Callable[..., Job]]:
+    """A SUCCEEDED job (of `user` unless another owner is given) with an input, an output and a poster in storage."""
+    made: list[Job] = []
 
     def make(owner=None) -> Job:
-        job = Job(owner=owner or user, prompt="done", seed=1, num_frames=5, model="tiny",
-                  status=Job.Status.SUCCEEDED, progress=1.0, finished_at=timezone.now())
-        for name, data, kind in ((storage.input_name(job), png_bytes(), "image/png"),
-                                 (storage.output_name(job), b"\0\0\0\x18ftypmp42" + b"\0" * 64, "video/mp4"),
-                                 (storage.poster_name(job), b"\xff\xd8\xff\xd9", "image/jpeg")):
-            storage.save_bytes(name, data, kind)
-        job.input_image.name, job.output_video.name = storage.input_name(job), storage.output_name(job)
-        job.poster.name = storage.poster_name(job)
-        job.save(force_insert=True)
+        job = stored_job(owner or user, Job.Status.SUCCEEDED, prompt="done", seed=1, num_frames=5)
         made.append(job)
         return job
 
     yield make
-    for job in made:
-        for name in (storage.input_name(job), storage.output_name(job), storage.poster_name(job)):
-            storage.delete_quietly(name)
+    delete_job_files(made)
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from django.core.files.storage import default_storage
 from rest_framework.authtoken.models import Token
 
 from generation.models import Job
-from tests.hardening.conftest import png_bytes, queue_length
+from tests.factories import png_bytes
+from tests.hardening.conftest import queue_length
 from tests.hardening.processes import child_env, start_web
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,11 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from generation import storage, worker
+from generation import worker
 from generation.models import Job
 from inference.types import GenerationCanceled, GenerationRequest, GenerationResult, ProgressEvent
+from tests.factories import delete_job_files, png_bytes, stored_job
 
 FAKE_DEVICE = "Fake GPU 80GB"
 FAKE_SIZE = (48, 32)  # width, height of the fake frames
@@ -104,29 +103,16 @@ def fake_loader() -> Iterator[FakeLoader]:
     worker.set_pipeline_loader(None)
 
 
-def png_bytes(color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture
-def make_job(user) -> Callable[..., Job]:
+def make_job(user) -> Iterator[Callable[..., Job]]:
     """make_job(**fields) -> a QUEUED job of `user` with its input image stored where the services put it."""
     made: list[Job] = []
 
     def make(*, image: bytes | None = None, **fields: Any) -> Job:
-        values: dict[str, Any] = {"owner": user, "prompt": "a red square drifts", "seed": 1234, "num_steps": 4,
-                                  "resolution": "480p", "num_frames": 5, "model": "tiny"} | fields
-        job = Job(**values)
-        name = storage.input_name(job)
-        storage.save_bytes(name, png_bytes() if image is None else image, "image/png")
-        job.input_image.name = name
-        job.save(force_insert=True)
+        job = stored_job(fields.pop("owner", user), image=image or png_bytes(64, 48),
+                         **({"seed": 1234, "num_frames": 5} | fields))
         made.append(job)
         return job
 
     yield make
-    for job in made:
-        for name in (storage.input_name(job), storage.output_name(job), storage.poster_name(job)):
-            storage.delete_quietly(name)
+    delete_job_files(made)

@@ -1,0 +1,57 @@
+"""Test data shared by the suites: small images, stand-in outputs, and jobs stored as the services and the worker
+would leave them (so tests can start from any state without running the pipeline)."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+from PIL import Image
+
+from generation import storage
+from generation.models import Job
+
+# Starts like an ISO-BMFF file so it is recognisably "an mp4"; nothing here decodes it.
+FAKE_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(range(256)) * 8
+FAKE_JPEG = b"\xff\xd8\xff\xe0" + b"poster" * 50 + b"\xff\xd9"
+
+
+def png_bytes(width: int = 96, height: int = 80, colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def stored_job(owner, status: str = Job.Status.QUEUED, *, image: bytes | None = None, **fields: Any) -> Job:
+    """A job row in `status` with its files in storage: the input PNG always; mp4 + poster when SUCCEEDED."""
+    now = timezone.now()
+    values = {"prompt": "a red square drifts", "seed": 7, "num_steps": 4, "resolution": "480p",
+              "num_frames": 17, "model": "tiny", **fields}
+    job = Job(id=uuid.uuid4(), owner=owner, status=status, **values)
+    job.input_image.name = storage.save_bytes(storage.input_name(job), image or png_bytes(), "image/png")
+    if status in (Job.Status.RUNNING, *Job.FINISHED):
+        job.started_at = now - timedelta(seconds=12)
+        job.worker = job.worker or "gpu-host:0"
+        job.heartbeat_at = now
+    if status in Job.FINISHED:
+        job.finished_at = now
+    if status == Job.Status.SUCCEEDED:
+        job.output_video.name = storage.save_bytes(storage.output_name(job), FAKE_MP4, "video/mp4")
+        job.poster.name = storage.save_bytes(storage.poster_name(job), FAKE_JPEG, "image/jpeg")
+        job.progress, job.stage = 1.0, "done"
+        job.width, job.height, job.frames, job.fps, job.bytes = 160, 96, job.num_frames, 16, len(FAKE_MP4)
+        job.timings = {"denoise": 1.5, "decode": 0.25}
+    if status == Job.Status.FAILED:
+        job.error = job.error or "The model ran out of memory; choose 480p."
+    job.save(force_insert=True)
+    return job
+
+
+def delete_job_files(jobs: Iterable[Job]) -> None:
+    for job in jobs:
+        for name in (storage.input_name(job), storage.output_name(job), storage.poster_name(job)):
+            storage.delete_quietly(name)
