@@ -101,16 +101,22 @@ class Job(models.Model):
 
     # -- state machine -------------------------------------------------------------------------------------
 
-    def _transition(self, target: str, *, sources: Iterable[str] | None = None, **fields: Any) -> bool:
+    def _transition(self, target: str, *, sources: Iterable[str] | None = None, attempt: int | None = None,
+                    **fields: Any) -> bool:
         """Move to `target` only if the row is still in an allowed source state. Returns whether it moved.
 
+        `attempt` (for writes by a worker) also requires the row to still be on that attempt: a worker that was
+        presumed dead and replaced must not overwrite the run of the worker that took the job over.
         On success the in-memory instance is refreshed; on failure it is left untouched, so callers can tell
         a lost race (returns False) from a programming error (IllegalTransition).
         """
         allowed = tuple(sources) if sources is not None else self.TRANSITIONS[target]
         if not set(allowed) <= set(self.TRANSITIONS[target]):
             raise IllegalTransition(f"{target} cannot be entered from {sorted(set(allowed) - set(self.TRANSITIONS[target]))}")
-        updated = Job.objects.filter(id=self.id, status__in=allowed).update(status=target, **fields)
+        rows = Job.objects.filter(id=self.id, status__in=allowed)
+        if attempt is not None:
+            rows = rows.filter(attempts=attempt)
+        updated = rows.update(status=target, **fields)
         if updated:
             self.refresh_from_db()
         return bool(updated)
@@ -123,28 +129,34 @@ class Job(models.Model):
             started_at=now, heartbeat_at=now, progress=0.0, stage="starting", error="",
         )
 
-    def succeed(self, **result: Any) -> bool:
-        return self._transition(self.Status.SUCCEEDED, progress=1.0, stage="done", finished_at=timezone.now(),
-                                heartbeat_at=timezone.now(), **result)
+    def succeed(self, *, attempt: int | None = None, **result: Any) -> bool:
+        return self._transition(self.Status.SUCCEEDED, attempt=attempt, progress=1.0, stage="done",
+                                finished_at=timezone.now(), heartbeat_at=timezone.now(), **result)
 
-    def fail(self, error: str, **extra: Any) -> bool:
-        return self._transition(self.Status.FAILED, error=error[:10_000], finished_at=timezone.now(), **extra)
+    def fail(self, error: str, *, attempt: int | None = None, **extra: Any) -> bool:
+        return self._transition(self.Status.FAILED, attempt=attempt, error=error[:10_000], finished_at=timezone.now(),
+                                **extra)
 
     def cancel(self) -> bool:
         return self._transition(self.Status.CANCELED, finished_at=timezone.now(), stage="canceled")
 
-    def requeue(self, reason: str = "") -> bool:
+    def requeue(self, reason: str = "", *, attempt: int | None = None) -> bool:
         """RUNNING -> QUEUED, for a worker that died or is shutting down; the next claim counts a new attempt."""
-        return self._transition(self.Status.QUEUED, worker="", heartbeat_at=None, progress=0.0, stage="queued",
-                                error=reason[:10_000])
+        return self._transition(self.Status.QUEUED, attempt=attempt, worker="", heartbeat_at=None, progress=0.0,
+                                stage="queued", error=reason[:10_000])
 
-    def report_progress(self, *, progress: float, stage: str, timings: dict[str, float] | None = None) -> bool:
-        """Write progress and a heartbeat while RUNNING. False means the job is no longer ours (e.g. canceled)."""
+    def report_progress(self, *, progress: float, stage: str, timings: dict[str, float] | None = None,
+                        attempt: int | None = None) -> bool:
+        """Write progress and a heartbeat while RUNNING (on `attempt`, when given). False means the job is no
+        longer ours (canceled, or taken over after a lost heartbeat)."""
         fields: dict[str, Any] = {"progress": max(0.0, min(1.0, progress)), "stage": stage,
                                   "heartbeat_at": timezone.now()}
         if timings is not None:
             fields["timings"] = timings
-        updated = Job.objects.filter(id=self.id, status=self.Status.RUNNING).update(**fields)
+        rows = Job.objects.filter(id=self.id, status=self.Status.RUNNING)
+        if attempt is not None:
+            rows = rows.filter(attempts=attempt)
+        updated = rows.update(**fields)
         if updated:
             for name, value in fields.items():
                 setattr(self, name, value)

@@ -53,11 +53,11 @@ def reap_stale_jobs(*, stale_after_s: float | None = None, max_attempts: int | N
                        f"{job.worker or 'unknown'}, last heartbeat {last}); it was not retried again. "
                        "Retry it, maybe with fewer frames or a lower resolution; the operator should check the "
                        "GPU workers' logs.")
-            if job.fail(message):
+            if job.fail(message, attempt=job.attempts):
                 result.failed.append(str(job.id))
                 log.warning("job %s failed after %d lost workers", job.id, job.attempts)
         elif job.requeue(f"worker {job.worker or 'unknown'} stopped sending heartbeats (last {last}); "
-                         f"queued again (attempt {job.attempts} of {max_attempts})"):
+                         f"queued again (attempt {job.attempts} of {max_attempts})", attempt=job.attempts):
             enqueue_job(job.id)
             result.requeued.append(str(job.id))
             log.warning("job %s requeued: worker %s silent since %s", job.id, job.worker, last)

@@ -195,7 +195,7 @@ class _Run:
         self.stage = stage
         self.last_write = now
         if not self.job.report_progress(progress=max(progress, self.job.progress), stage=stage,
-                                        timings=dict(self.timings)):
+                                        timings=dict(self.timings), attempt=self.attempt):
             self.refresh_ownership()
 
     def on_progress(self, event: ProgressEvent) -> None:
@@ -276,7 +276,7 @@ def _run_to_end(run: _Run, started: float) -> str | None:
     except Shutdown:
         # The worker is stopping (deploy, SIGTERM): give the job back to the queue for another worker.
         run.delete_outputs()
-        if job.requeue("the worker shut down while running this job; it was queued again"):
+        if job.requeue("the worker shut down while running this job; it was queued again", attempt=run.attempt):
             from generation.queue import enqueue_job
 
             enqueue_job(job.id)
@@ -295,6 +295,7 @@ def _run_to_end(run: _Run, started: float) -> str | None:
         run.timings["queue_wait"] = round((job.started_at - job.created_at).total_seconds(), 4)
     mp4_name, poster_name, video_bytes = names
     succeeded = job.succeed(
+        attempt=run.attempt,
         output_video=mp4_name,
         poster=poster_name,
         width=result.width,
@@ -408,7 +409,7 @@ def _stopped(run: _Run) -> str | None:
 def _failed(run: _Run, message: str) -> str | None:
     run.delete_outputs()
     _free_gpu_cache()
-    if run.job.fail(message, timings=run.timings):
+    if run.job.fail(message, attempt=run.attempt, timings=run.timings):
         return Job.Status.FAILED
     run.refresh_ownership()
     return Job.Status.CANCELED if run.ownership.canceled else None

@@ -136,3 +136,25 @@ def test_concurrent_claims_have_one_winner(user):
     row = _fresh(job)
     assert row.attempts == 1
     assert row.worker.startswith("worker-")
+
+
+@pytest.mark.django_db
+def test_a_replaced_worker_cannot_write_over_the_attempt_that_took_over(user):
+    job = _job(user)
+    stale = _fresh(job)
+    assert stale.claim(worker="worker-a")  # attempt 1, then worker-a goes silent
+    assert _fresh(job).requeue("heartbeat lost", attempt=1)
+    replacement = _fresh(job)
+    assert replacement.claim(worker="worker-b")  # attempt 2
+
+    assert stale.report_progress(progress=0.9, stage="decode", attempt=1) is False
+    assert stale.succeed(attempt=1, width=1) is False
+    assert stale.fail("late failure", attempt=1) is False
+    assert _fresh(job).requeue("stale reaper decision", attempt=1) is False
+    row = _fresh(job)
+    assert (row.status, row.worker, row.attempts, row.width, row.error) == (Job.Status.RUNNING, "worker-b", 2, None,
+                                                                               "")
+
+    assert replacement.report_progress(progress=0.5, stage="denoise", attempt=2) is True
+    assert replacement.succeed(attempt=2, width=160) is True
+    assert _fresh(job).status == Job.Status.SUCCEEDED and _fresh(job).width == 160
