@@ -58,8 +58,12 @@ def reap_stale_jobs(*, stale_after_s: float | None = None, max_attempts: int | N
                 log.warning("job %s failed after %d lost workers", job.id, job.attempts)
         elif job.requeue(f"worker {job.worker or 'unknown'} stopped sending heartbeats (last {last}); "
                          f"queued again (attempt {job.attempts} of {max_attempts})", attempt=job.attempts):
-            enqueue_job(job.id)
             result.requeued.append(str(job.id))
+            try:
+                enqueue_job(job.id)
+            except Exception:
+                # The row is QUEUED already; resend_lost_messages sends it once the queue is reachable again.
+                log.exception("job %s requeued but its message could not be sent", job.id)
             log.warning("job %s requeued: worker %s silent since %s", job.id, job.worker, last)
     return result
 
@@ -112,13 +116,13 @@ class ReaperThread(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            try:
-                reap_stale_jobs()
-                resend_lost_messages()
-            except Exception:
-                log.exception("reaper round failed; trying again in %s s", self.interval_s)
-            finally:
-                connection.close()
+            for task in (reap_stale_jobs, resend_lost_messages):  # one failing must not starve the other
+                try:
+                    task()
+                except Exception:
+                    log.exception("%s failed; trying again in %s s", task.__name__, self.interval_s)
+                finally:
+                    connection.close()
             self.rounds += 1
             self.stopped.wait(self.interval_s)
 

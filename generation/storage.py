@@ -107,6 +107,7 @@ def save_bytes(name: str, data: bytes, content_type: str | None = None) -> str:
 
     saved = with_retries(save, what=f"saving {name}")
     if saved != name:
+        delete_quietly(saved)  # a racing writer made the backend pick another name: leave nothing behind
         raise RuntimeError(f"storage saved {name!r} as {saved!r}; job files must keep their names")
     return saved
 

@@ -148,20 +148,30 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopped.wait(settings.TURBO_HEARTBEAT_INTERVAL_S):
-                updated = Job.objects.filter(id=self.job_id, status=Job.Status.RUNNING, attempts=self.attempt).update(
-                    heartbeat_at=timezone.now())
-                self.beats += 1
-                if not updated:
-                    status = Job.objects.filter(id=self.job_id).values_list("status", flat=True).first()
-                    if status == Job.Status.CANCELED:
-                        self.ownership.canceled = True
-                    else:
-                        self.ownership.lost = True
-                    return
-        except Exception:
-            log.exception("heartbeat for job %s failed", self.job_id)
+                try:
+                    if not self.beat():
+                        return
+                except Exception:
+                    # One failed write (a database restart, a lock) must not end the heartbeats of a healthy job,
+                    # or the reaper would take it back; reconnect on the next beat.
+                    log.exception("heartbeat for job %s failed; retrying", self.job_id)
+                    connection.close()
         finally:
             connection.close()
+
+    def beat(self) -> bool:
+        """Touch the row; False once the job is no longer this attempt's (canceled, reaped or deleted)."""
+        updated = Job.objects.filter(id=self.job_id, status=Job.Status.RUNNING, attempts=self.attempt).update(
+            heartbeat_at=timezone.now())
+        self.beats += 1
+        if updated:
+            return True
+        status = Job.objects.filter(id=self.job_id).values_list("status", flat=True).first()
+        if status == Job.Status.CANCELED:
+            self.ownership.canceled = True
+        else:
+            self.ownership.lost = True
+        return False
 
     def stop(self) -> None:
         self.stopped.set()
@@ -229,17 +239,18 @@ class _Run:
 
         self.uploaded.append(name)  # before the call: a write that failed half-way is cleaned up as well
         try:
-            saved = storage.save_bytes(name, data, content_type)
+            return storage.save_bytes(name, data, content_type)
         except Exception as exc:
             raise StorageFailed(f"saving {name} failed ({type(exc).__name__}: {exc})") from exc
-        saved_name = saved if isinstance(saved, str) and saved else name
-        if saved_name != name:
-            self.uploaded.append(saved_name)
-        return saved_name
 
     def delete_outputs(self) -> None:
         from generation import storage
 
+        attempts = Job.objects.filter(id=self.job.id).values_list("attempts", flat=True).first()
+        if attempts is not None and attempts != self.attempt:
+            # The reaper gave the job to another attempt, which writes the same names: those files are its own.
+            self.uploaded.clear()
+            return
         for name in dict.fromkeys(self.uploaded):
             storage.delete_quietly(name)
         self.uploaded.clear()

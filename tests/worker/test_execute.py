@@ -275,3 +275,46 @@ def test_shutdown_puts_the_job_back_on_the_queue(make_job, fake_loader, monkeypa
     assert worker.execute_job(str(job.id)) == Job.Status.QUEUED
     job.refresh_from_db()
     assert job.status == Job.Status.QUEUED and sent == [str(job.id)]
+
+
+def test_heartbeat_keeps_beating_after_a_failed_write(make_job, fake_loader, settings, monkeypatch):
+    settings.TURBO_HEARTBEAT_INTERVAL_S = 0.05
+    settings.TURBO_PROGRESS_WRITE_INTERVAL_MS = 60_000
+    job = make_job(num_steps=1)
+    real_beat = worker._Heartbeat.beat
+    failures = []
+
+    def flaky_beat(self) -> bool:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("server closed the connection unexpectedly")
+        return real_beat(self)
+
+    monkeypatch.setattr(worker._Heartbeat, "beat", flaky_beat)
+    seen: list = []
+
+    def long_step(step: int) -> None:
+        time.sleep(0.5)  # no progress writes meanwhile: only the heartbeat thread touches the row
+        seen.append(Job.objects.values_list("heartbeat_at", flat=True).get(id=job.id))
+
+    fake_loader.options = {"on_step": long_step}
+    started = Job.objects.values_list("created_at", flat=True).get(id=job.id)
+    assert worker.execute_job(str(job.id)) == Job.Status.SUCCEEDED
+    assert failures == [1]
+    assert seen[0] is not None and seen[0] > started
+
+
+def test_a_run_taken_over_by_another_attempt_leaves_that_attempts_files(make_job):
+    job = make_job()
+    assert job.claim(worker="old")
+    run = worker._Run(job=job, attempt=1, deadline=time.monotonic() + 60)
+    name = run.upload(storage.output_name(job), b"\x00\x00\x00\x18ftypmp42", "video/mp4")
+    assert job.requeue("silent", attempt=1) and job.claim(worker="new")  # attempt 2 writes the same name
+
+    run.delete_outputs()
+    assert stored(name), "the stale attempt removed the file of the attempt that replaced it"
+
+    own = worker._Run(job=job, attempt=2, deadline=time.monotonic() + 60)
+    own.upload(storage.output_name(job), b"partial", "video/mp4")
+    own.delete_outputs()
+    assert not stored(name)
