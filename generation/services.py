@@ -234,6 +234,14 @@ def _enqueue_after_commit(job: Job, failures: list[BaseException]) -> None:
     transaction.on_commit(send)
 
 
+class _AlreadySubmitted(Exception):
+    """A request with the same Idempotency-Key committed while this one waited for the per-user lock."""
+
+    def __init__(self, submission: Submission) -> None:
+        super().__init__(str(submission.job.id))
+        self.submission = submission
+
+
 def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, fingerprint: str,
             retry_of: Job | None = None) -> Job:
     """Store the input, then insert the QUEUED row under a per-user lock (so the active-job limit holds under
@@ -255,6 +263,9 @@ def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, finger
     try:
         with transaction.atomic():
             get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+            # A retried request whose twin won the lock gets that job, not a 429 for the twin's slot.
+            if key and (earlier := _replay(owner, key, fingerprint)):
+                raise _AlreadySubmitted(earlier)
             _check_active_limit(owner)
             job.save(force_insert=True)
             _enqueue_after_commit(job, send_failures)
@@ -293,6 +304,8 @@ def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num
         raise JobRejected(exc.message, status, field="image", code=exc.code) from None
     try:
         job = _insert(owner, params, png, key=key, fingerprint=fingerprint)
+    except _AlreadySubmitted as replay:
+        return replay.submission
     except IntegrityError:
         # Two requests with one Idempotency-Key raced; the other one inserted first.
         if key and (earlier := _replay(owner, key, fingerprint)):
@@ -313,15 +326,19 @@ def create_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num
 
 def retry_job(job: Job) -> Job:
     """A new job with the same image, parameters and seed (retry_of set). Counts against the active-job limit."""
-    params = JobParameters(prompt=job.prompt, seed=job.seed, num_steps=job.num_steps, resolution=job.resolution,
-                           num_frames=job.num_frames, adaptive_resolution=job.adaptive_resolution, ode=job.ode,
-                           model=job.model)
-    _check_model_installed(job.model)
+    # Validated again: the model's limits (or the model itself) may have changed since the job was made.
+    params = validate_parameters(prompt=job.prompt, seed=job.seed, num_steps=job.num_steps, resolution=job.resolution,
+                                 num_frames=job.num_frames, adaptive_resolution=job.adaptive_resolution, ode=job.ode,
+                                 model=job.model)
+    _check_model_installed(params.model)
     _check_active_limit(job.owner)
     _check_broker()
     try:
         png = storage.read_bytes(job.input_image.name)
     except Exception as exc:
+        if storage.is_transient(exc):
+            raise JobRejected("The stored input image cannot be read right now (storage unavailable). Try again "
+                              "in a moment.", 503, code="storage_unavailable") from exc
         raise JobRejected(f"The input image of job {job.id} is no longer stored, so it cannot be run again.", 409,
                           code="input_missing") from exc
     return _insert(job.owner, params, png, key=None,

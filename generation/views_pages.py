@@ -59,15 +59,16 @@ def _card(job: Job) -> dict[str, Any]:
 @require_http_methods(["GET", "POST"])
 def new_video(request: HttpRequest) -> HttpResponse:
     form = NewVideoForm(request.POST or None, request.FILES or None)
+    status = 400 if request.method == "POST" else 200
     if request.method == "POST" and form.is_valid():
         try:
             job = services.create_job(request.user, **form.service_arguments())
         except services.JobRejected as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            status = exc.status_code  # 409 weights missing, 413 too large, 429 too many jobs, 503 queue down
         else:
             messages.success(request, "Your video is queued. This page follows it until it is ready.")
             return redirect("job", job_id=job.id)
-    status = 400 if request.method == "POST" else 200
     return render(request, "generation/new_video.html", {"form": form}, status=status)
 
 

@@ -93,8 +93,12 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
+    # The embedded worker thread writes progress while requests write jobs: take the write lock when a transaction
+    # starts (IMMEDIATE) so writers wait for each other instead of failing with "database is locked", and let
+    # readers run beside a writer (WAL).
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "db.sqlite3",
-                             "OPTIONS": {"timeout": 20}}}
+                             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE",
+                                         "init_command": "PRAGMA journal_mode=WAL;"}}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Queue: Redis when REDIS_URL is set, otherwise an in-process broker with a worker thread (turbosite/broker.py).

@@ -160,3 +160,25 @@ def test_active_limit_holds_for_concurrent_submissions(user, image_upload, setti
         thread.join(timeout=30)
     assert len(outcomes) == 2 and 429 in outcomes, outcomes
     assert Job.objects.filter(owner=user).count() == 1 and len(enqueued) == 1
+
+
+def test_a_retried_request_that_waited_for_its_twin_gets_the_twins_job(user, image_upload, settings):
+    """Both requests passed the early replay check; the first committed while the second waited for the lock."""
+    settings.TURBO_MAX_ACTIVE_JOBS = 1
+    first = services.create_job(user, image=image_upload(), prompt="a kite", seed=3, model="tiny",
+                                idempotency_key="twin-1")
+    params = services.validate_parameters(prompt="a kite", seed=3, num_steps=4, resolution=None, num_frames=None,
+                                 adaptive_resolution=True, ode=False, model="tiny")
+    with pytest.raises(services._AlreadySubmitted) as replay:
+        services._insert(user, params, b"png", key="twin-1", fingerprint=first.request_fingerprint)
+    assert replay.value.submission.job.id == first.id and replay.value.submission.created is False
+    assert Job.objects.filter(owner=user).count() == 1
+
+
+def test_retry_validates_again_against_the_model_catalog(user, image_upload):
+    job = services.create_job(user, image=image_upload(), prompt="a kite", model="tiny")
+    Job.objects.filter(id=job.id).update(model="retired-model")
+    job.refresh_from_db()
+    with pytest.raises(JobRejected) as rejected:
+        services.retry_job(job)
+    assert rejected.value.status_code == 400 and rejected.value.field == "model"

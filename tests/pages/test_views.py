@@ -102,7 +102,7 @@ def test_the_active_job_limit_is_a_form_error(browser_client, user, settings):
     settings.TURBO_MAX_ACTIVE_JOBS = 1
     make_job(user)
     response = browser_client.post("/", form_data())
-    assert response.status_code == 400
+    assert response.status_code == 429, "the page answers with the service's status, like the API"
     assert "jobs queued or running" in response.content.decode()
 
 
