@@ -82,8 +82,10 @@ class SLAAttentionOp(nn.Module):
         return self.local_attn(q, k, v)
 
 
-class SelfAttention(nn.Module):
-    def __init__(self, cfg: DiTConfig, attention: str) -> None:
+class AttentionProjections(nn.Module):
+    """q, k, v, o and the q/k RMSNorms: the parameters (and official key names) both attentions share."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
@@ -93,6 +95,11 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(cfg.dim, cfg.dim)
         self.norm_q = RMSNorm(cfg.dim, cfg.eps)
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
+
+
+class SelfAttention(AttentionProjections):
+    def __init__(self, cfg: DiTConfig, attention: str) -> None:
+        super().__init__(cfg)
         self.attn_op = (
             SLAAttentionOp(cfg.head_dim, cfg.sla_topk, cfg.sla_block_q, cfg.sla_block_k) if attention == "sla" else None
         )
@@ -108,19 +115,8 @@ class SelfAttention(nn.Module):
         return self.o(out.transpose(1, 2).reshape(b, length, dim))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(AttentionProjections):
     """Attention from video tokens to the embedded text; no RoPE, no mask (padding is zeros upstream too)."""
-
-    def __init__(self, cfg: DiTConfig) -> None:
-        super().__init__()
-        self.num_heads = cfg.num_heads
-        self.head_dim = cfg.head_dim
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.k = nn.Linear(cfg.dim, cfg.dim)
-        self.v = nn.Linear(cfg.dim, cfg.dim)
-        self.o = nn.Linear(cfg.dim, cfg.dim)
-        self.norm_q = RMSNorm(cfg.dim, cfg.eps)
-        self.norm_k = RMSNorm(cfg.dim, cfg.eps)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, length, dim = x.shape
