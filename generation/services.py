@@ -20,6 +20,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import DurationField, ExpressionWrapper, F
@@ -384,8 +385,21 @@ def queue_position(job: Job) -> int | None:
     return Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=job.created_at).count() + 1
 
 
+ETA_CACHE_SECONDS = 30  # every status poll asks for this; it moves slowly
+
+
 def typical_run_seconds(model: str) -> float | None:
-    """Mean wall time of the model's recent successful runs, None before the first one."""
+    """Mean wall time of the model's recent successful runs, None before the first one (cached briefly)."""
+    key = f"turbosite:typical-run:{model}"
+    cached = cache.get(key)
+    if cached is not None:
+        return cached[0]
+    value = _typical_run_seconds(model)
+    cache.set(key, (value,), ETA_CACHE_SECONDS)
+    return value
+
+
+def _typical_run_seconds(model: str) -> float | None:
     recent = (Job.objects.filter(model=model, status=Job.Status.SUCCEEDED, started_at__isnull=False,
                                  finished_at__isnull=False)
               .order_by("-finished_at")[:ETA_SAMPLE]
