@@ -182,3 +182,16 @@ def test_retry_validates_again_against_the_model_catalog(user, image_upload):
     with pytest.raises(JobRejected) as rejected:
         services.retry_job(job)
     assert rejected.value.status_code == 400 and rejected.value.field == "model"
+
+
+def test_typical_run_time_is_read_once_per_cache_period(user, make_job, django_assert_num_queries):
+    from django.core.cache import cache
+
+    make_job(user, Job.Status.SUCCEEDED)  # started 12 s before it finished
+    assert services.typical_run_seconds("tiny") == pytest.approx(12.0, abs=0.5)
+    slow = make_job(user, Job.Status.SUCCEEDED)
+    Job.objects.filter(id=slow.id).update(started_at=slow.finished_at - timedelta(seconds=48))
+    with django_assert_num_queries(0):
+        assert services.typical_run_seconds("tiny") == pytest.approx(12.0, abs=0.5)
+    cache.clear()  # what the 30 s expiry does
+    assert services.typical_run_seconds("tiny") == pytest.approx(30.0, abs=0.5)
