@@ -14,6 +14,13 @@ from django.test import override_settings
 from tests.bootstrap import s3_server
 from tests.foundation.django_process import child_env, run_json
 
+# Asks /readyz from a child process whose settings come from its own environment.
+READYZ_IN_CHILD = (
+    "from django.test import Client\n"
+    "response = Client().get('/readyz')\n"
+    "print(json.dumps({'status_code': response.status_code, 'body': response.json()}))\n"
+)
+
 
 def _closed_port() -> int:
     # Bind, note the port, release it: nothing listens there for the rest of the test.
@@ -132,12 +139,7 @@ def test_readyz_names_every_part_that_is_down(tmp_path):
         S3_ACCESS_KEY_ID="x",
         S3_SECRET_ACCESS_KEY="y",
     )
-    code = (
-        "from django.test import Client\n"
-        "response = Client().get('/readyz')\n"
-        "print(json.dumps({'status_code': response.status_code, 'body': response.json()}))\n"
-    )
-    result = run_json(code, env)
+    result = run_json(READYZ_IN_CHILD, env)
 
     assert result["status_code"] == 503
     assert result["body"]["failing"] == ["database", "broker", "storage"]
@@ -146,12 +148,7 @@ def test_readyz_names_every_part_that_is_down(tmp_path):
 
 def test_readyz_database_down_alone(tmp_path):
     env = child_env(tmp_path, DATABASE_URL=f"postgres://postgres@127.0.0.1:{_closed_port()}/nothing")
-    code = (
-        "from django.test import Client\n"
-        "response = Client().get('/readyz')\n"
-        "print(json.dumps({'status_code': response.status_code, 'body': response.json()}))\n"
-    )
-    result = run_json(code, env)
+    result = run_json(READYZ_IN_CHILD, env)
 
     assert result["status_code"] == 503
     assert result["body"]["failing"] == ["database"]
