@@ -3,7 +3,9 @@
 Modes, run in this order on one model (each later mode changes the model in place):
 - dense_bf16:   the baseline: bf16 linears, dense PyTorch SDPA self-attention, reference norms/RoPE;
 - sla_bf16:     SLA Triton kernel + Triton norms (dispatch "auto"), bf16 linears;
-- sla_fp8:      as sla_bf16 with the block linears converted to fp8 (kernels.fp8_linear);
+- sla_fp8_unfused: as sla_bf16 with the block linears in fp8, each quantizing its own input (the first fp8 path);
+- sla_fp8:      fp8 with the fusions of WanDiT.use_fp8_linears: one q/k/v GEMM, norms writing fp8 rows, GELU fused
+                into the quantization of the FFN's hidden activation;
 - sla_fp8_compile: as sla_fp8 with torch.compile over each block (optional, --compile).
 
     python -m bench.dit_step [--res 480p 720p] [--layers 40] [--modes ...] [--compile]
@@ -24,10 +26,9 @@ from bench.common import GRIDS, environment, print_table, rel_err, wall_s, write
 from inference.configs import A14B
 from inference.dit import SelfAttention, WanDiT
 from kernels import dispatch
-from kernels.fp8_linear import convert_linears_to_fp8
 from kernels.graphs import compile_blocks
 
-MODES = ("dense_bf16", "sla_bf16", "sla_fp8", "sla_fp8_compile")
+MODES = ("dense_bf16", "sla_bf16", "sla_fp8_unfused", "sla_fp8", "sla_fp8_compile")
 
 
 def build_dit(layers: int) -> WanDiT:
@@ -73,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--res", nargs="+", default=["480p", "720p"], choices=sorted(GRIDS))
     parser.add_argument("--layers", type=int, default=A14B.dit.num_layers)
-    parser.add_argument("--modes", nargs="+", default=list(MODES[:3]), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=list(MODES[:4]), choices=MODES)
     parser.add_argument("--compile", action="store_true", help="add the sla_fp8_compile mode")
     parser.add_argument("--iters", type=int, default=2)
     args = parser.parse_args()
@@ -94,8 +95,9 @@ def main() -> None:
             else:
                 dispatch.set_backend("auto")
                 set_dense(dit, False, saved)
-            if mode == "sla_fp8" or (mode == "sla_fp8_compile" and "sla_fp8" not in modes):
-                results["fp8_converted"] = convert_linears_to_fp8(dit)
+            if mode.startswith("sla_fp8"):
+                converted = dit.use_fp8_linears(fuse=mode != "sla_fp8_unfused")
+                results["fp8_converted"] = results.get("fp8_converted", 0) + converted
                 torch.cuda.empty_cache()
             if mode == "sla_fp8_compile":
                 compile_blocks(dit)

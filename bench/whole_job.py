@@ -36,7 +36,6 @@ from inference.pipeline import I2VPipeline
 from inference.text_encoder import TextEncoder, build_umt5, toy_tokenizer
 from inference.types import GenerationRequest
 from inference.vae import build_vae
-from kernels.fp8_linear import convert_linears_to_fp8
 
 PROMPT = (
     "A golden retriever runs along a wide sandy beach at sunset, waves rolling in behind it, its fur lifting in "
@@ -51,7 +50,7 @@ def build_pipeline(linears: str) -> tuple[I2VPipeline, dict[str, float]]:
     for _ in ("high", "low"):
         dit = build_dit(A14B.dit.num_layers)
         if linears == "fp8":
-            convert_linears_to_fp8(dit)
+            dit.use_fp8_linears()
         torch.cuda.empty_cache()
         experts.append(dit)
     sizes["expert_gib"] = sum(t.numel() * t.element_size() for t in experts[0].state_dict().values()) / 2**30

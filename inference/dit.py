@@ -19,6 +19,7 @@ from torch import nn
 
 from inference.configs import DiTConfig
 from kernels import dispatch
+from kernels.fp8_linear import Fp8Linear, Fp8Rows, convert_linears_to_fp8, fuse_fp8_linears, quantize_activation
 
 ATTENTION_KINDS = ("sla", "dense")
 
@@ -103,14 +104,22 @@ class SelfAttention(AttentionProjections):
         self.attn_op = (
             SLAAttentionOp(cfg.head_dim, cfg.sla_topk, cfg.sla_block_q, cfg.sla_block_k) if attention == "sla" else None
         )
+        # One fp8 GEMM for q, k and v (set by WanDiT.use_fp8_linears); q/k/v then hold views of its weights.
+        self.qkv: Fp8Linear | None = None
 
-    def forward(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor | Fp8Rows, rope_cos: torch.Tensor, rope_sin: torch.Tensor
+    ) -> torch.Tensor:
         b, length, dim = x.shape
+        if self.qkv is not None:
+            q_in, k_in, v_in = self.qkv(x).split(dim, dim=-1)  # strided views; the kernels take them as they are
+        else:
+            q_in, k_in, v_in = self.q(x), self.k(x), self.v(x)
         # RMSNorm over all heads' features, then RoPE per head: one fused pass on GPU.
-        q = dispatch.rms_norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, rope_cos, rope_sin, self.num_heads)
-        k = dispatch.rms_norm_rope(self.k(x), self.norm_k.weight, self.norm_k.eps, rope_cos, rope_sin, self.num_heads)
+        q = dispatch.rms_norm_rope(q_in, self.norm_q.weight, self.norm_q.eps, rope_cos, rope_sin, self.num_heads)
+        k = dispatch.rms_norm_rope(k_in, self.norm_k.weight, self.norm_k.eps, rope_cos, rope_sin, self.num_heads)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = self.v(x).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
+        v = v_in.view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
         out = dispatch.dense_attention(q, k, v) if self.attn_op is None else self.attn_op(q, k, v)
         return self.o(out.transpose(1, 2).reshape(b, length, dim))
 
@@ -118,7 +127,7 @@ class SelfAttention(AttentionProjections):
 class CrossAttention(AttentionProjections):
     """Attention from video tokens to the embedded text; no RoPE, no mask (padding is zeros upstream too)."""
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Rows, context: torch.Tensor) -> torch.Tensor:
         b, length, dim = x.shape
         q = self.norm_q(self.q(x)).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.norm_k(self.k(context)).view(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
@@ -138,6 +147,22 @@ class WanAttentionBlock(nn.Module):
             nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
         )
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
+        # Set once the block's linears are fp8 (WanDiT.use_fp8_linears): the norms then write fp8 rows for them.
+        self.fp8_inputs = False
+
+    def _norm(
+        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | Fp8Rows:
+        """The modulated LayerNorm that feeds a linear: fp8 rows for fp8 linears, else `dtype`."""
+        if self.fp8_inputs:
+            return dispatch.layer_norm_modulate_fp8(x, shift, scale, self.eps, dtype)
+        return dispatch.layer_norm_modulate(x, shift, scale, self.eps, out_dtype=dtype)
+
+    def _ffn(self, h: torch.Tensor | Fp8Rows) -> torch.Tensor:
+        if not self.fp8_inputs:
+            return self.ffn(h)
+        # GELU and the fp8 quantization of the hidden activation in one pass.
+        return self.ffn[2](quantize_activation(self.ffn[0](h), gelu=True))
 
     def forward(
         self,
@@ -152,15 +177,15 @@ class WanAttentionBlock(nn.Module):
         mod = self.modulation.float() + time_mod
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.chunk(6, dim=1)
 
-        h = dispatch.layer_norm_modulate(x, shift_sa, scale_sa, self.eps, out_dtype=dtype)
+        h = self._norm(x, shift_sa, scale_sa, dtype)
         x = x + self.self_attn(h, rope_cos, rope_sin).float() * gate_sa
 
         # The affine LayerNorm is the same map as a modulation with shift = bias and scale = weight - 1.
-        h = dispatch.layer_norm_modulate(x, self.norm3.bias.float(), self.norm3.weight.float() - 1, self.eps)
-        x = x + self.cross_attn(h.to(dtype), context).float()
+        h = self._norm(x, self.norm3.bias.float(), self.norm3.weight.float() - 1, dtype)
+        x = x + self.cross_attn(h, context).float()
 
-        h = dispatch.layer_norm_modulate(x, shift_ff, scale_ff, self.eps, out_dtype=dtype)
-        return x + self.ffn(h).float() * gate_ff
+        h = self._norm(x, shift_ff, scale_ff, dtype)
+        return x + self._ffn(h).float() * gate_ff
 
 
 class Head(nn.Module):
@@ -209,6 +234,21 @@ class WanDiT(nn.Module):
     @property
     def compute_dtype(self) -> torch.dtype:
         return self.patch_embedding.weight.dtype
+
+    def use_fp8_linears(self, *, fuse: bool = True) -> int:
+        """Run the block linears in fp8 (kernels.fp8_linear; weights quantized per output row, once). With `fuse`
+        each self-attention's q/k/v become one GEMM and the norms feed the linears fp8 rows directly (GELU and
+        quantization fused too); without, every linear quantizes its own input (the first fp8 path, kept for
+        comparison). Returns the number of linears converted by this call."""
+        count = convert_linears_to_fp8(self)
+        for block in self.blocks:
+            attn = block.self_attn
+            if not fuse:
+                attn.qkv = None
+            elif attn.qkv is None:
+                attn.qkv = fuse_fp8_linears([attn.q, attn.k, attn.v])
+            block.fp8_inputs = fuse
+        return count
 
     def set_sla_topk(self, topk: float) -> None:
         """Change the kept fraction of key blocks of every SLA layer (1.0 keeps all)."""

@@ -456,9 +456,7 @@ class I2VPipeline:
         for module in (high, low):
             module.eval().requires_grad_(False)
             if linear_mode == "fp8":
-                from kernels.fp8_linear import convert_linears_to_fp8
-
-                convert_linears_to_fp8(module)
+                module.use_fp8_linears()
             if compile_blocks:
                 from kernels.graphs import compile_blocks as compile_dit_blocks
 

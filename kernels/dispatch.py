@@ -15,11 +15,14 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kernels import reference
+
+if TYPE_CHECKING:
+    from kernels.fp8_linear import Fp8Rows
 
 BACKENDS = ("auto", "reference", "kernel")
 _ENV_VAR = "TURBO_KERNELS"
@@ -100,6 +103,7 @@ _KERNELS: dict[str, tuple[str, str, Check]] = {
     "int8_linear": ("int8_linear", "int8_linear", _check_int8_linear),
     "quantize_int8_blockwise": ("int8_linear", "quantize_int8_blockwise", _check_quantize),
     "layer_norm_modulate": ("norms_triton", "layer_norm_modulate", _check_ln),
+    "layer_norm_modulate_fp8": ("norms_triton", "layer_norm_modulate_fp8", _check_ln),
     "rms_norm": ("norms_triton", "rms_norm", _check_rms),
     "apply_rope": ("norms_triton", "apply_rope", _check_rope),
     "rms_norm_rope": ("norms_triton", "rms_norm_rope", _check_rms_rope),
@@ -147,17 +151,19 @@ def kernel_unavailable_reason(op: str, tensor: torch.Tensor, *args: Any) -> str 
     return entry[2](*args)
 
 
-def _pick(op: str, tensor: torch.Tensor, *args: Any) -> Callable[..., Any]:
+def _pick(op: str, tensor: torch.Tensor, *args: Any, fallback: Callable[..., Any] | None = None) -> Callable[..., Any]:
+    """The kernel of `op` or its reference (`fallback`, default the function of that name in kernels.reference)."""
     backend = get_backend()
+    ref = fallback or getattr(reference, op)
     if backend == "reference":
-        return getattr(reference, op)
+        return ref
     reason = kernel_unavailable_reason(op, tensor, *args)
     if reason is None and (tensor.is_cuda or backend == "kernel"):
         entry = _KERNELS[op]
         return _load_kernel(entry[0], entry[1])
     if backend == "kernel":
         raise RuntimeError(f"no fast kernel for {op}: {reason} (backend 'kernel' was requested)")
-    return getattr(reference, op)
+    return ref
 
 
 def sla_attention(
@@ -204,6 +210,30 @@ def layer_norm_modulate(
     return fn(*args, out_dtype=out_dtype)
 
 
+def layer_norm_modulate_fp8_reference(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fp32 layer_norm_modulate of x (B, L, C), quantized per token: (fp8 (B*L, C), fp32 scale (B*L, 1))."""
+    from kernels.fp8_linear import quantize_rows_fp8_reference
+
+    out = reference.layer_norm_modulate(x.float(), shift, scale, eps)
+    return quantize_rows_fp8_reference(out.reshape(-1, x.shape[-1]))
+
+
+def layer_norm_modulate_fp8(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, dtype: torch.dtype
+) -> Fp8Rows:
+    """layer_norm_modulate straight to fp8 rows for Fp8Linear layers (no bf16 round trip, no separate quantize
+    pass); `dtype` is what those linears return. One kernel on GPU."""
+    from kernels.fp8_linear import Fp8Rows
+
+    if x.dim() != 3:
+        raise ValueError(f"layer_norm_modulate_fp8 expects x (B, L, C), got shape {tuple(x.shape)}")
+    args = (x, shift, scale, eps)
+    data, row_scale = _pick("layer_norm_modulate_fp8", x, *args, fallback=layer_norm_modulate_fp8_reference)(*args)
+    return Fp8Rows(data, row_scale, tuple(x.shape[:-1]), dtype)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     args = (x, weight, eps)
     return _pick("rms_norm", x, *args)(*args)
@@ -227,15 +257,7 @@ def rms_norm_rope(
 ) -> torch.Tensor:
     """RMSNorm over the full feature dim then 3-D RoPE per head, fused on GPU: x (B, L, C) -> (B, L, H, D)."""
     args = (x, weight, eps, cos, sin, num_heads)
-    if get_backend() == "reference":
-        return rms_norm_rope_reference(*args)
-    reason = kernel_unavailable_reason("rms_norm_rope", x, *args)
-    if reason is None and (x.is_cuda or get_backend() == "kernel"):
-        entry = _KERNELS["rms_norm_rope"]
-        return _load_kernel(entry[0], entry[1])(*args)
-    if get_backend() == "kernel":
-        raise RuntimeError(f"no fast kernel for rms_norm_rope: {reason} (backend 'kernel' was requested)")
-    return rms_norm_rope_reference(*args)
+    return _pick("rms_norm_rope", x, *args, fallback=rms_norm_rope_reference)(*args)
 
 
 def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

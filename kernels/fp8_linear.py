@@ -9,7 +9,10 @@ lands near 3% relative (Frobenius) error against bf16 (measured numbers in bench
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kernels.graphs import opaque_to_compile
@@ -34,6 +37,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _quantize_rows_fp8_kernel(X, QX, SCALE, cols, sxr, sxc, BLOCK: tl.constexpr):
+        # Rows wider than one block: an amax pass, then a scaling pass (the second read mostly hits L2).
         row = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
         amax = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -47,6 +51,25 @@ if HAVE_TRITON:
             tl.store(QX + row * cols + c0 + offs, (x / scale).to(QX.dtype.element_ty), mask=mask)
         tl.store(SCALE + row, scale)
 
+    @triton.jit
+    def _quantize_row_once_kernel(X, QX, SCALE, cols, sxr, BLOCK: tl.constexpr, GELU: tl.constexpr):
+        # The whole row stays in registers: one read, one fp8 write (the common case, rows <= 16384 wide).
+        # With GELU, the tanh-approximated GELU is applied first, so an FFN's hidden activation is read once
+        # instead of three times (GELU, amax, scale).
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < cols
+        x = tl.load(X + row * sxr + offs, mask=mask, other=0.0).to(tl.float32)
+        if GELU:
+            u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            # tanh from exp(-2|u|) <= 1: no overflow at either tail.
+            e = tl.exp(-2.0 * tl.abs(u))
+            t = (1.0 - e) / (1.0 + e)
+            x = 0.5 * x * (1.0 + tl.where(u < 0, -t, t))
+        scale = tl.maximum(tl.max(tl.where(mask, tl.abs(x), 0.0), axis=0), 1e-12) / 448.0
+        tl.store(QX + row * cols + offs, (x / scale).to(QX.dtype.element_ty), mask=mask)
+        tl.store(SCALE + row, scale)
+
 
 def quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(fp8 e4m3 [rows, cols], fp32 scale [rows, 1]) with scale = absmax / 448 per row; pure PyTorch."""
@@ -55,19 +78,82 @@ def quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return (xf / scale).to(FP8_DTYPE), scale
 
 
-@opaque_to_compile
-def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row fp8 quantization of a 2-D tensor: the Triton kernel where it can run, else the reference."""
-    if x.dim() != 2:
-        raise ValueError(f"quantize_rows_fp8 expects a 2-D tensor, got shape {tuple(x.shape)}")
-    if not (HAVE_TRITON and x.is_cuda):
-        return quantize_rows_fp8_reference(x)
+# Rows up to this width are quantized in one pass with the row held in registers.
+_ONE_PASS_COLS = 16384
+
+
+@dataclass(frozen=True)
+class Fp8Rows:
+    """An activation already quantized for an Fp8Linear: fp8 `data` (rows, cols), fp32 `scale` (rows, 1), the
+    leading shape the rows came from and the dtype the linear should return. Lets one quantization feed several
+    linears (the fused q/k/v GEMM) or come out of the kernel that made the activation (LayerNorm, GELU)."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+    lead: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.lead, self.data.shape[-1]))
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.data.float() * self.scale).to(self.dtype).reshape(self.shape)
+
+
+def launch_quantize_rows(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton quantizer itself, whatever the device (CPU tensors run under TRITON_INTERPRET=1 in tests)."""
     rows, cols = x.shape
+    if x.stride(1) != 1:
+        x = x.contiguous()
     qx = torch.empty((rows, cols), device=x.device, dtype=FP8_DTYPE)
     scale = torch.empty((rows, 1), device=x.device, dtype=torch.float32)
-    block = min(4096, triton.next_power_of_2(cols))
-    _quantize_rows_fp8_kernel[(rows,)](x, qx, scale, cols, x.stride(0), x.stride(1), BLOCK=block, num_warps=8)
+    if cols <= _ONE_PASS_COLS:
+        block = triton.next_power_of_2(cols)
+        _quantize_row_once_kernel[(rows,)](x, qx, scale, cols, x.stride(0), BLOCK=block, GELU=gelu,
+                                           num_warps=_warps(block))
+    elif gelu:
+        raise ValueError(f"the fused GELU quantizer takes rows up to {_ONE_PASS_COLS} wide, got {cols}")
+    else:
+        block = min(4096, triton.next_power_of_2(cols))
+        _quantize_rows_fp8_kernel[(rows,)](x, qx, scale, cols, x.stride(0), x.stride(1), BLOCK=block, num_warps=8)
     return qx, scale
+
+
+def _warps(block: int) -> int:
+    return 4 if block <= 2048 else 8 if block <= 8192 else 16
+
+
+@opaque_to_compile
+def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row fp8 quantization of a 2-D tensor: the Triton kernel on CUDA, else the reference."""
+    if x.dim() != 2:
+        raise ValueError(f"quantize_rows_fp8 expects a 2-D tensor, got shape {tuple(x.shape)}")
+    if HAVE_TRITON and x.is_cuda:
+        return launch_quantize_rows(x)
+    return quantize_rows_fp8_reference(x)
+
+
+def gelu_quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU (tanh approximation) in fp32, then per-row fp8 quantization; pure PyTorch."""
+    return quantize_rows_fp8_reference(F.gelu(x.float(), approximate="tanh"))
+
+
+@opaque_to_compile
+def gelu_quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU(tanh) then per-row fp8 quantization of a 2-D tensor, one pass on CUDA; else the reference."""
+    if x.dim() != 2:
+        raise ValueError(f"gelu_quantize_rows_fp8 expects a 2-D tensor, got shape {tuple(x.shape)}")
+    if HAVE_TRITON and x.is_cuda and x.shape[1] <= _ONE_PASS_COLS:
+        return launch_quantize_rows(x, gelu=True)
+    return gelu_quantize_rows_fp8_reference(x)
+
+
+def quantize_activation(x: torch.Tensor, *, gelu: bool = False) -> Fp8Rows:
+    """x (..., cols) -> Fp8Rows for an Fp8Linear, optionally through GELU(tanh) first."""
+    x2 = x.reshape(-1, x.shape[-1])
+    data, scale = gelu_quantize_rows_fp8(x2) if gelu else quantize_rows_fp8(x2)
+    return Fp8Rows(data, scale, tuple(x.shape[:-1]), x.dtype)
 
 
 class Fp8Linear(nn.Module):
@@ -114,13 +200,14 @@ class Fp8Linear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return self.weight_fp8.float() * self.weight_scale.view(-1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Rows) -> torch.Tensor:
+        """x: a tensor (quantized here, per token) or an already quantized Fp8Rows; out in x's dtype."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Fp8Linear expects {self.in_features} input features, got shape {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        qx, sx = quantize_rows_fp8(x2)
-        if x.is_cuda:
+        # Not isinstance(x, Fp8Rows): tests reload this module, which makes a second Fp8Rows class.
+        rows = quantize_activation(x) if isinstance(x, torch.Tensor) else x
+        qx, sx = rows.data, rows.scale
+        if qx.is_cuda:
             out = torch._scaled_mm(
                 qx, self.weight_fp8.t(), scale_a=sx, scale_b=self.weight_scale, bias=self.bias,
                 out_dtype=torch.bfloat16,
@@ -129,10 +216,38 @@ class Fp8Linear(nn.Module):
             out = (qx.float() * sx) @ self.dequantized_weight().t()
             if self.bias is not None:
                 out = out + self.bias.float()
-        return out.to(x.dtype).reshape(*lead, self.out_features)
+        return out.to(rows.dtype).reshape(*rows.lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def fuse_fp8_linears(layers: list[Fp8Linear]) -> Fp8Linear:
+    """One Fp8Linear computing the given linears (same input) side by side: the caller splits its output.
+
+    The parts' buffers are re-pointed at views of the fused ones, so they keep working (and their keys) at no extra
+    memory. Row scales make this exact: each output column keeps its own weight scale."""
+    in_features = {layer.in_features for layer in layers}
+    if len(in_features) != 1:
+        raise ValueError(f"fused linears must share in_features, got {sorted(in_features)}")
+    biases = [layer.bias is not None for layer in layers]
+    if any(biases) != all(biases):
+        raise ValueError("fused linears must all have a bias or all have none")
+    device = layers[0].weight_fp8.device
+    fused = Fp8Linear(in_features.pop(), sum(layer.out_features for layer in layers), bias=all(biases), device=device)
+    fused.weight_fp8 = torch.cat([layer.weight_fp8 for layer in layers])
+    fused.weight_scale = torch.cat([layer.weight_scale for layer in layers], dim=1)
+    if fused.bias is not None:
+        fused.bias = torch.cat([layer.bias for layer in layers])
+    start = 0
+    for layer in layers:
+        stop = start + layer.out_features
+        layer.weight_fp8 = fused.weight_fp8[start:stop]
+        layer.weight_scale = fused.weight_scale[:, start:stop]
+        if fused.bias is not None:
+            layer.bias = fused.bias[start:stop]
+        start = stop
+    return fused
 
 
 def _is_int8_linear(module: nn.Module) -> bool:

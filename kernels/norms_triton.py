@@ -24,9 +24,9 @@ if HAVE_TRITON:
 
     @triton.jit
     def _ln_modulate_kernel(
-        X, SHIFT, SCALE, OUT, seq_len, cols, eps,
+        X, SHIFT, SCALE, OUT, ROW_SCALE, seq_len, cols, eps,
         sxb, sxl, sshb, sshl, sscb, sscl, sob, sol,
-        BLOCK: tl.constexpr,
+        BLOCK: tl.constexpr, QUANT: tl.constexpr,
     ):
         row = tl.program_id(0)
         b = row // seq_len
@@ -41,6 +41,11 @@ if HAVE_TRITON:
         shift = tl.load(SHIFT + b * sshb + pos * sshl + offs, mask=mask, other=0.0).to(tl.float32)
         scale = tl.load(SCALE + b * sscb + pos * sscl + offs, mask=mask, other=0.0).to(tl.float32)
         out = normed * (1.0 + scale) + shift
+        if QUANT:
+            # fp8 for the next linear: the row's absmax is at hand, so quantizing costs no extra pass.
+            row_scale = tl.maximum(tl.max(tl.where(mask, tl.abs(out), 0.0), axis=0), 1e-12) / 448.0
+            out = out / row_scale
+            tl.store(ROW_SCALE + row, row_scale)
         tl.store(OUT + b * sob + pos * sol + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -87,16 +92,7 @@ def _warps(block: int) -> int:
     return 4 if block <= 2048 else 8 if block <= 8192 else 16
 
 
-@opaque_to_compile
-def layer_norm_modulate(
-    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """Drop-in for the reference: x (B, L, C) (or (L, C)); shift/scale broadcastable to x, e.g. (B, 1, C).
-    The result is written in `out_dtype` (default x's dtype)."""
-    if x.dim() == 2:
-        return layer_norm_modulate(x[None], shift, scale, eps, out_dtype)[0]
-    if x.dim() != 3:
-        raise ValueError(f"layer_norm_modulate kernel expects x of 2 or 3 dims, got shape {tuple(x.shape)}")
+def _ln_modulate(x, shift, scale, eps, out_dtype, quantize):
     if x.stride(-1) != 1:
         x = x.contiguous()
     b, length, cols = x.shape
@@ -107,14 +103,40 @@ def layer_norm_modulate(
         shift_e = shift_e.contiguous()
     if scale_e.stride(-1) != 1:
         scale_e = scale_e.contiguous()
-    out = torch.empty(x.shape, device=x.device, dtype=out_dtype or x.dtype)
+    out = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    row_scale = torch.empty((b * length, 1), device=x.device, dtype=torch.float32) if quantize else out
     block = triton.next_power_of_2(cols)
     _ln_modulate_kernel[(b * length,)](
-        x, shift_e, scale_e, out, length, cols, eps,
+        x, shift_e, scale_e, out, row_scale, length, cols, eps,
         x.stride(0), x.stride(1), shift_e.stride(0), shift_e.stride(1), scale_e.stride(0), scale_e.stride(1),
-        out.stride(0), out.stride(1), BLOCK=block, num_warps=_warps(block),
+        out.stride(0), out.stride(1), BLOCK=block, QUANT=quantize, num_warps=_warps(block),
     )
-    return out
+    return out, row_scale
+
+
+@opaque_to_compile
+def layer_norm_modulate(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Drop-in for the reference: x (B, L, C) (or (L, C)); shift/scale broadcastable to x, e.g. (B, 1, C).
+    The result is written in `out_dtype` (default x's dtype)."""
+    if x.dim() == 2:
+        return layer_norm_modulate(x[None], shift, scale, eps, out_dtype)[0]
+    if x.dim() != 3:
+        raise ValueError(f"layer_norm_modulate kernel expects x of 2 or 3 dims, got shape {tuple(x.shape)}")
+    return _ln_modulate(x, shift, scale, eps, out_dtype or x.dtype, False)[0]
+
+
+@opaque_to_compile
+def layer_norm_modulate_fp8(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """layer_norm_modulate quantized per token to fp8 e4m3 in the same pass: x (B, L, C) -> (fp8 (B*L, C),
+    fp32 scale (B*L, 1)) with scale = row absmax / 448, as kernels.fp8_linear.quantize_rows_fp8 would give."""
+    if x.dim() != 3:
+        raise ValueError(f"layer_norm_modulate_fp8 expects x (B, L, C), got shape {tuple(x.shape)}")
+    out, row_scale = _ln_modulate(x, shift, scale, eps, torch.float8_e4m3fn, True)
+    return out.view(-1, x.shape[-1]), row_scale
 
 
 @opaque_to_compile
