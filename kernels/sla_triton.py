@@ -8,6 +8,16 @@ Three launches per call:
    L into partial sums that torch adds up: one pass over k and v.
 3. `_sla_sparse_kernel`: flash attention of each 128-query block over its chosen key blocks only; its epilogue adds
    the linear branch for the same rows (phi(q) kv / (1e-5 + phi(q).ksum), then proj_l), so o is written once.
+
+Variants, chosen by keyword of `sla_attention` (defaults = the kernels above, the best measured so far):
+- `sparse_impl="tma"`: `_sla_sparse_tma_kernel`, the same flash loop with q, k, v loaded through host-side TMA
+  tensor descriptors (Hopper+): the gathered key blocks are TMA copies at a dynamic row, so the loads no longer
+  cost address arithmetic and registers. Two key blocks per iteration are two loads and two score chains merged in
+  one online-softmax update. Only when the layout maps onto a 2-D descriptor (see `_tma_layout`); else the
+  pointer kernel runs. `warp_specialize=True` asks Triton to warp-specialize its loop (guarded by the caller).
+- `side_impl="fused"`: `_linear_kv_pool_kernel` pools k into block means in the same pass that reduces
+  phi(k)^T v (k is read once for both), with phi cast to v's dtype so the reduction runs on bf16 tensor cores
+  with fp32 accumulation (the default kernel feeds fp32 operands to tl.dot).
 """
 
 from __future__ import annotations
@@ -26,6 +36,12 @@ try:  # Triton is absent on some CPU-only installs; the dispatcher then keeps to
 except ImportError:  # pragma: no cover - exercised only where triton is missing
     HAVE_TRITON = False
 
+try:  # host-side TMA descriptors (triton >= 3.4); the TMA variant falls back to pointers without them.
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    HAVE_TENSOR_DESCRIPTOR = True
+except ImportError:  # pragma: no cover - older triton
+    HAVE_TENSOR_DESCRIPTOR = False
 
 
 if HAVE_TRITON:
@@ -150,6 +166,150 @@ if HAVE_TRITON:
         tl.store(Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :] * sod,
                  out.to(Out.dtype.element_ty), mask=row_ok[:, None])
 
+    @triton.jit
+    def _attend_keys(
+        q, k_desc, v_desc, blk0, blk1, use1, k_row0, k_col0, v_row0, v_col0, L, qk_scale, m_i, l_i, acc,
+        BLOCK_KB: tl.constexpr, TWO: tl.constexpr, MASK: tl.constexpr,
+    ):
+        # One online-softmax update over key block blk0 (and blk1 when TWO), loaded by TMA at a dynamic row.
+        # Only the last step of a program needs MASK: keys past L (the last key block may be partial; the
+        # descriptor then reads zeros or a neighbouring head's rows, never out of the tensor) and, with TWO, the
+        # second block of an odd tail (use1 false) score -inf. The lut is ascending, so the partial last block
+        # can only be the final slot.
+        offs = tl.arange(0, BLOCK_KB)
+        k0 = k_desc.load([k_row0 + blk0 * BLOCK_KB, k_col0])
+        s0 = tl.dot(q, tl.trans(k0))
+        if MASK:
+            s0 = tl.where((blk0 * BLOCK_KB + offs < L)[None, :], s0, float("-inf"))
+        row_max = tl.max(s0, axis=1)
+        if TWO:
+            k1 = k_desc.load([k_row0 + blk1 * BLOCK_KB, k_col0])
+            s1 = tl.dot(q, tl.trans(k1))
+            if MASK:
+                s1 = tl.where(((blk1 * BLOCK_KB + offs < L) & use1)[None, :], s1, float("-inf"))
+            row_max = tl.maximum(row_max, tl.max(s1, axis=1))
+        # blk0 always holds a real key, so m_new is finite; m is in scaled log2 units (one FMA per score).
+        m_new = tl.maximum(m_i, row_max * qk_scale)
+        alpha = tl.exp2(m_i - m_new)
+        p0 = tl.exp2(s0 * qk_scale - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p0, axis=1)
+        acc = acc * alpha[:, None]
+        v0 = v_desc.load([v_row0 + blk0 * BLOCK_KB, v_col0])
+        acc = tl.dot(p0.to(v0.dtype), v0, acc)
+        if TWO:
+            p1 = tl.exp2(s1 * qk_scale - m_new[:, None])
+            l_i += tl.sum(p1, axis=1)
+            v1 = v_desc.load([v_row0 + blk1 * BLOCK_KB, v_col0])
+            acc = tl.dot(p1.to(v1.dtype), v1, acc)
+        return m_new, l_i, acc
+
+    @triton.jit
+    def _sla_sparse_tma_kernel(
+        q_desc, k_desc, v_desc, Out, LUT, KV, KSUM, W, BIAS,
+        L, n_heads, n_sel, qk_scale,
+        q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
+        sob, soh, sol, sod,
+        slut_bh, slut_q,
+        BLOCK_M: tl.constexpr, BLOCK_QB: tl.constexpr, BLOCK_KB: tl.constexpr, TWO: tl.constexpr,
+        HEAD_DIM: tl.constexpr, FUSE_LINEAR: tl.constexpr, NUM_STAGES: tl.constexpr,
+        WARP_SPECIALIZE: tl.constexpr,
+    ):
+        # Same work split as _sla_sparse_kernel. Each operand is a 2-D descriptor (see _tma_layout): head (b, h)
+        # starts at row b*rb + h*rh, column h*ch.
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // n_heads
+        h = bh % n_heads
+        qb = (pid_m * BLOCK_M) // BLOCK_QB
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        # Rows past L hold zeros or the next head's queries: computed, never stored.
+        q = q_desc.load([b * q_rb + h * q_rh + pid_m * BLOCK_M, h * q_ch])
+        k_row0 = b * k_rb + h * k_rh
+        k_col0 = h * k_ch
+        v_row0 = b * v_rb + h * v_rh
+        v_col0 = h * v_ch
+        lut_row = LUT + bh * slut_bh + qb * slut_q
+
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
+        STEP: tl.constexpr = 2 if TWO else 1
+        # All but the last 1..STEP slots need no mask; the tail step handles those.
+        n_main = (n_sel - 1) // STEP
+        for it in tl.range(0, n_main, num_stages=NUM_STAGES, warp_specialize=WARP_SPECIALIZE):
+            blk0 = tl.load(lut_row + it * STEP)
+            blk1 = blk0
+            if TWO:
+                blk1 = tl.load(lut_row + it * STEP + 1)
+            m_i, l_i, acc = _attend_keys(
+                q, k_desc, v_desc, blk0, blk1, True, k_row0, k_col0, v_row0, v_col0, L, qk_scale, m_i, l_i, acc,
+                BLOCK_KB, TWO, False,
+            )
+        j = n_main * STEP
+        blk0 = tl.load(lut_row + j)
+        # An odd tail re-reads slot j as its (masked-out) second block instead of branching.
+        blk1 = tl.load(lut_row + tl.minimum(j + 1, n_sel - 1))
+        m_i, l_i, acc = _attend_keys(
+            q, k_desc, v_desc, blk0, blk1, j + 1 < n_sel, k_row0, k_col0, v_row0, v_col0, L, qk_scale,
+            m_i, l_i, acc, BLOCK_KB, TWO, True,
+        )
+        out = acc / l_i[:, None]
+
+        if FUSE_LINEAR:
+            qf = q.to(tl.float32)
+            qf = qf - tl.max(qf, axis=1)[:, None]
+            e = tl.exp(qf)
+            phi_q = e / tl.sum(e, axis=1)[:, None]
+            kv = tl.load(KV + bh * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :])
+            ksum = tl.load(KSUM + bh * HEAD_DIM + offs_d)
+            lin = tl.dot(phi_q, kv) / (1e-5 + tl.sum(phi_q * ksum[None, :], axis=1))[:, None]
+            w_t = tl.load(W + offs_d[None, :] * HEAD_DIM + offs_d[:, None])
+            out += tl.dot(lin, w_t) + tl.load(BIAS + offs_d)[None, :]
+
+        row_ok = offs_m < L
+        tl.store(Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :] * sod,
+                 out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+
+    @triton.jit
+    def _linear_kv_pool_kernel(
+        K, V, KV_PART, KSUM_PART, POOL, L, n_heads, rows_per_split, n_kblocks,
+        skb, skh, skl, skd,
+        svb, svh, svl, svd,
+        BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_STAGES: tl.constexpr,
+    ):
+        # _linear_kv_kernel plus the block means of k: BLOCK_L is the key block size and rows_per_split a multiple
+        # of it, so every iteration is exactly one key block and k is read once for both outputs.
+        bh = tl.program_id(0)
+        split = tl.program_id(1)
+        n_splits = tl.num_programs(1)
+        b = bh // n_heads
+        h = bh % n_heads
+        offs_d = tl.arange(0, HEAD_DIM)
+        kv = tl.zeros((HEAD_DIM, HEAD_DIM), dtype=tl.float32)
+        ksum = tl.zeros((HEAD_DIM,), dtype=tl.float32)
+        start = split * rows_per_split
+        stop = tl.minimum(start + rows_per_split, L)
+        for l0 in tl.range(start, stop, BLOCK_L, num_stages=NUM_STAGES):
+            offs_l = l0 + tl.arange(0, BLOCK_L)
+            valid = offs_l < L
+            k = tl.load(K + b * skb + h * skh + offs_l[:, None] * skl + offs_d[None, :] * skd,
+                        mask=valid[:, None], other=0.0).to(tl.float32)
+            v = tl.load(V + b * svb + h * svh + offs_l[:, None] * svl + offs_d[None, :] * svd,
+                        mask=valid[:, None], other=0.0)
+            count = tl.minimum(L - l0, BLOCK_L).to(tl.float32)
+            tl.store(POOL + (bh * n_kblocks + l0 // BLOCK_L) * HEAD_DIM + offs_d, tl.sum(k, axis=0) / count)
+            k = k - tl.max(k, axis=1)[:, None]
+            e = tl.exp(k)
+            phi = e / tl.sum(e, axis=1)[:, None]
+            phi = tl.where(valid[:, None], phi, 0.0)
+            # phi in v's dtype: bf16 x bf16 tensor-core products with fp32 accumulation (phi in [0, 1]).
+            kv = tl.dot(tl.trans(phi.to(v.dtype)), v, kv)
+            ksum += tl.sum(phi, axis=0)
+        part = bh * n_splits + split
+        tl.store(KV_PART + part * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :], kv)
+        tl.store(KSUM_PART + part * HEAD_DIM + offs_d, ksum)
+
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
@@ -171,20 +331,24 @@ def block_means(x: torch.Tensor, block: int) -> torch.Tensor:
     return out
 
 
-def block_lut(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int, block_k: int) -> torch.Tensor:
-    """int32 (B, H, n_qblocks, keep): the chosen key blocks of every query block, ascending (see reference)."""
-    length = q.shape[-2]
-    pooled_q = block_means(q, block_q)
-    pooled_k = block_means(k, block_k)
+def _lut_from_pooled(pooled_q: torch.Tensor, pooled_k: torch.Tensor, length: int, topk: float,
+                     block_k: int) -> torch.Tensor:
     # Mean over L of k from its block means, weighted by block sizes (the last block may be partial).
     n_kb = pooled_k.shape[-2]
-    weights = torch.full((n_kb,), float(block_k), device=k.device, dtype=torch.float32)
+    weights = torch.full((n_kb,), float(block_k), device=pooled_k.device, dtype=torch.float32)
     weights[-1] = length - (n_kb - 1) * block_k
     k_mean = (pooled_k * weights[:, None]).sum(dim=-2, keepdim=True) / length
     score = pooled_q @ (pooled_k - k_mean).transpose(-1, -2)
     keep = min(n_kb, max(1, int(topk * n_kb)))
     chosen = torch.topk(score, keep, dim=-1, sorted=False).indices
+    # Ascending: neighbouring programs walk keys in the same order (L2), and the TMA kernel relies on it (only
+    # the last slot can hold the partial last key block).
     return torch.sort(chosen, dim=-1).values.to(torch.int32).contiguous()
+
+
+def block_lut(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int, block_k: int) -> torch.Tensor:
+    """int32 (B, H, n_qblocks, keep): the chosen key blocks of every query block, ascending (see reference)."""
+    return _lut_from_pooled(block_means(q, block_q), block_means(k, block_k), q.shape[-2], topk, block_k)
 
 
 def linear_kv(k: torch.Tensor, v: torch.Tensor, rows_per_split: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +364,132 @@ def linear_kv(k: torch.Tensor, v: torch.Tensor, rows_per_split: int = 2048) -> t
         BLOCK_L=block_l, HEAD_DIM=d, num_warps=8,
     )
     return kv_part.sum(dim=1), ksum_part.sum(dim=1)
+
+
+def linear_kv_pool(
+    k: torch.Tensor, v: torch.Tensor, block_k: int, rows_per_split: int = 2048, num_warps: int = 8,
+    num_stages: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`linear_kv` (phi(k) rounded to v's dtype before the product) and `block_means(k, block_k)` in one pass."""
+    b, h, length, d = k.shape
+    rows_per_split = max(block_k, (rows_per_split // block_k) * block_k)
+    n_splits = math.ceil(length / rows_per_split)
+    n_kb = math.ceil(length / block_k)
+    kv_part = torch.empty((b * h, n_splits, d, d), device=k.device, dtype=torch.float32)
+    ksum_part = torch.empty((b * h, n_splits, d), device=k.device, dtype=torch.float32)
+    pooled = torch.empty((b, h, n_kb, d), device=k.device, dtype=torch.float32)
+    _linear_kv_pool_kernel[(b * h, n_splits)](
+        k, v, kv_part, ksum_part, pooled, length, h, rows_per_split, n_kb, *k.stride(), *v.stride(),
+        BLOCK_L=block_k, HEAD_DIM=d, NUM_STAGES=num_stages, num_warps=num_warps,
+    )
+    return kv_part.sum(dim=1), ksum_part.sum(dim=1), pooled
+
+
+def _tma_layout(x: torch.Tensor) -> tuple[int, int, int, int, int, int] | None:
+    """How a (B, H, L, D) view maps onto one 2-D TMA descriptor, or None (then the pointer kernel runs).
+
+    Returns (rows, cols, row_stride, rb, rh, ch): head (b, h) is the block at row b*rb + h*rh, column h*ch.
+    Two layouts qualify: heads side by side in a row (the model's (B, L, H, D) storage seen as (B, H, L, D),
+    possibly a slice of a wider fused-qkv row) and heads one after another ((B, H, L, D) contiguous). TMA needs
+    a unit last stride and 16-byte aligned base and row stride.
+    """
+    b, h, length, d = x.shape
+    sb, sh, sl, sd = x.stride()
+    if sd != 1 or (sl * x.element_size()) % 16 or x.data_ptr() % 16:
+        return None
+    if (h == 1 or sh == d) and (b == 1 or sb == length * sl) and sl >= h * d:
+        return b * length, h * d, sl, length, 0, d
+    if (h == 1 or sh == length * sl) and (b == 1 or sb == h * length * sl) and sl >= d:
+        return b * h * length, d, sl, h * length, length, 0
+    return None
+
+
+def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `sparse_impl="tma"` takes the TMA kernel for these tensors (else it falls back to pointers)."""
+    return HAVE_TENSOR_DESCRIPTOR and all(_tma_layout(x) is not None for x in (q, k, v))
+
+
+def _descriptor(x: torch.Tensor, block_rows: int) -> tuple[TensorDescriptor, tuple[int, int, int]]:
+    rows, cols, row_stride, rb, rh, ch = _tma_layout(x)  # type: ignore[misc]  # checked by tma_supported
+    desc = TensorDescriptor(x, [rows, cols], [row_stride, 1], [block_rows, x.shape[-1]])
+    return desc, (rb, rh, ch)
+
+
+def side_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: float, block_q: int, block_k: int,
+    side_impl: str = "separate",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the sparse kernel reads besides q, k, v: (block lut, kv, ksum); see `sla_attention` for side_impl."""
+    if side_impl == "fused":
+        kv, ksum, pooled_k = linear_kv_pool(k, v, block_k)
+        return _lut_from_pooled(block_means(q, block_q), pooled_k, q.shape[-2], topk, block_k), kv, ksum
+    if side_impl == "separate":
+        kv, ksum = linear_kv(k, v)
+        return block_lut(q, k, topk, block_q, block_k), kv, ksum
+    raise ValueError(f"side_impl must be 'separate' or 'fused', got {side_impl!r}")
+
+
+def sparse_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lut: torch.Tensor,
+    kv: torch.Tensor,
+    ksum: torch.Tensor,
+    proj_l_weight: torch.Tensor,
+    proj_l_bias: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    *,
+    blocks_per_iter: int = 2,
+    block_m: int | None = None,
+    num_warps: int = 8,
+    num_stages: int = 2,
+    fuse_linear: bool = True,
+    sparse_impl: str = "pointer",
+    warp_specialize: bool = False,
+) -> torch.Tensor:
+    """The sparse kernel (plus the linear branch) given `side_inputs`; split out so benchmarks can time it alone."""
+    if sparse_impl not in ("pointer", "tma"):
+        raise ValueError(f"sparse_impl must be 'pointer' or 'tma', got {sparse_impl!r}")
+    if blocks_per_iter not in (1, 2) and sparse_impl == "tma":
+        raise ValueError(f"the TMA kernel takes 1 or 2 key blocks per iteration, got {blocks_per_iter}")
+    b, h, length, d = q.shape
+    w = proj_l_weight.to(device=q.device, dtype=torch.float32).contiguous()
+    bias = proj_l_bias.to(device=q.device, dtype=torch.float32).contiguous()
+    out = torch.empty_like(q)
+    n_sel = lut.shape[-1]
+    block_m = min(block_q, block_m or block_q)
+    if block_q % block_m:
+        raise ValueError(f"SLA kernel: block_m {block_m} must divide block_q {block_q}")
+    qk_scale = (1.0 / math.sqrt(d)) * 1.4426950408889634  # log2(e) / sqrt(d): the kernels use exp2
+    grid = (triton.cdiv(length, block_m), b * h)
+    if sparse_impl == "tma" and tma_supported(q, k, v):
+        q_desc, q_map = _descriptor(q, block_m)
+        k_desc, k_map = _descriptor(k, block_k)
+        v_desc, v_map = _descriptor(v, block_k)
+        _sla_sparse_tma_kernel[grid](
+            q_desc, k_desc, v_desc, out, lut, kv, ksum, w, bias,
+            length, h, n_sel, qk_scale, *q_map, *k_map, *v_map, *out.stride(),
+            lut.stride(1), lut.stride(2),
+            BLOCK_M=block_m, BLOCK_QB=block_q, BLOCK_KB=block_k, TWO=blocks_per_iter == 2, HEAD_DIM=d,
+            FUSE_LINEAR=fuse_linear, NUM_STAGES=num_stages, WARP_SPECIALIZE=warp_specialize,
+            num_warps=num_warps, num_stages=num_stages,
+        )
+    else:
+        _sla_sparse_kernel[grid](
+            q, k, v, out, lut, kv, ksum, w, bias,
+            length, h, n_sel, qk_scale,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            lut.stride(1), lut.stride(2),
+            BLOCK_M=block_m, BLOCK_QB=block_q, BLOCK_KB=block_k, BLOCKS_PER_ITER=blocks_per_iter, HEAD_DIM=d,
+            FUSE_LINEAR=fuse_linear, num_warps=num_warps, num_stages=num_stages,
+        )
+    if not fuse_linear:
+        qf = torch.softmax(q.float(), dim=-1)
+        lin = (qf @ kv.view(b, h, d, d)) / (1e-5 + (qf * ksum.view(b, h, 1, d)).sum(-1, keepdim=True))
+        out = (out.float() + torch.nn.functional.linear(lin, w, bias)).to(q.dtype)
+    return out
 
 
 @opaque_to_compile
@@ -218,29 +508,22 @@ def sla_attention(
     num_warps: int = 8,
     num_stages: int = 2,
     fuse_linear: bool = True,
+    sparse_impl: str = "pointer",
+    warp_specialize: bool = False,
+    side_impl: str = "separate",
 ) -> torch.Tensor:
-    """Drop-in for kernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype)."""
+    """Drop-in for kernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype).
+
+    sparse_impl: "pointer" (default) or "tma" (falls back to "pointer" where `tma_supported` is false);
+    warp_specialize: TMA kernel only, Triton's automatic warp specialisation of the key loop;
+    side_impl: "separate" (default: pool q, pool k, kv reduction) or "fused" (k pooled inside the kv pass).
+    """
     _check_inputs(q, k, v)
-    b, h, length, d = q.shape
-    lut = block_lut(q, k, topk, block_q, block_k)
-    kv, ksum = linear_kv(k, v)
-    w = proj_l_weight.to(device=q.device, dtype=torch.float32).contiguous()
-    bias = proj_l_bias.to(device=q.device, dtype=torch.float32).contiguous()
-    out = torch.empty_like(q)
-    n_sel = lut.shape[-1]
-    block_m = min(block_q, block_m or block_q)
-    if block_q % block_m:
-        raise ValueError(f"SLA kernel: block_m {block_m} must divide block_q {block_q}")
-    _sla_sparse_kernel[(triton.cdiv(length, block_m), b * h)](
-        q, k, v, out, lut, kv, ksum, w, bias,
-        length, h, n_sel, (1.0 / math.sqrt(d)) * 1.4426950408889634,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        lut.stride(1), lut.stride(2),
-        BLOCK_M=block_m, BLOCK_QB=block_q, BLOCK_KB=block_k, BLOCKS_PER_ITER=blocks_per_iter, HEAD_DIM=d,
-        FUSE_LINEAR=fuse_linear, num_warps=num_warps, num_stages=num_stages,
+    if sparse_impl not in ("pointer", "tma"):  # checked before the side kernels run
+        raise ValueError(f"sparse_impl must be 'pointer' or 'tma', got {sparse_impl!r}")
+    lut, kv, ksum = side_inputs(q, k, v, topk, block_q, block_k, side_impl)
+    return sparse_forward(
+        q, k, v, lut, kv, ksum, proj_l_weight, proj_l_bias, block_q, block_k, blocks_per_iter=blocks_per_iter,
+        block_m=block_m, num_warps=num_warps, num_stages=num_stages, fuse_linear=fuse_linear,
+        sparse_impl=sparse_impl, warp_specialize=warp_specialize,
     )
-    if not fuse_linear:
-        qf = torch.softmax(q.float(), dim=-1)
-        lin = (qf @ kv.view(b, h, d, d)) / (1e-5 + (qf * ksum.view(b, h, 1, d)).sum(-1, keepdim=True))
-        out = (out.float() + torch.nn.functional.linear(lin, w, bias)).to(q.dtype)
-    return out

@@ -42,6 +42,70 @@ def test_sla_kernel_matches_reference(length):
         assert _rel(out, ref) < 2e-2
 
 
+
+def _model_layout_qkv(length: int, heads: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v as the DiT hands them over: (B, H, L, D) views of one fused (B, L, 3, H, D) bf16 projection output."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    qkv = torch.randn(1, length, 3, heads, 128, device="cuda", generator=gen, dtype=torch.bfloat16)
+    return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
+
+
+# (label, keyword arguments of sla_triton.sla_attention): the variants the sweep (bench/sla_sweep.py) times.
+SLA_GPU_VARIANTS = [
+    ("tma bpi2", {"sparse_impl": "tma"}),
+    ("tma bpi1 s3", {"sparse_impl": "tma", "blocks_per_iter": 1, "num_stages": 3}),
+    ("tma bpi2 m64 w4", {"sparse_impl": "tma", "block_m": 64, "num_warps": 4, "num_stages": 3}),
+    ("fused side", {"side_impl": "fused"}),
+    ("tma + fused side", {"sparse_impl": "tma", "side_impl": "fused"}),
+]
+
+
+@pytest.mark.parametrize("length", [4000, 8192])  # 4000: partial last key block (32 of 64); 8192: none
+@pytest.mark.parametrize("label,variant", SLA_GPU_VARIANTS, ids=[v[0] for v in SLA_GPU_VARIANTS])
+def test_sla_variants_match_reference_and_default(length, label, variant):
+    from kernels import sla_triton
+
+    q, k, v = _model_layout_qkv(length, 4, length + 7)
+    assert sla_triton.tma_supported(q, k, v)  # the fused-qkv views take the TMA kernel, not the fallback
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    w = torch.randn(128, 128, device="cuda", generator=gen) * 0.05
+    b = torch.randn(128, device="cuda", generator=gen) * 0.05
+    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    default = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, **variant)
+    assert torch.isfinite(out).all()
+    max_err = (out.float() - ref.float()).abs().max().item()
+    print(f"{label} L={length}: cos {_cos(out, ref):.7f} rel {_rel(out, ref):.2e} max {max_err:.2e}")
+    assert _cos(out, ref) > 0.9995
+    assert _rel(out, ref) < 2e-2
+    assert max_err < 2e-2 * ref.float().abs().max().item()
+    assert _rel(out, default) < 1e-2  # the same op as the default kernel, up to bf16 rounding
+
+
+def test_sla_tma_warp_specialized_matches_reference():
+    """Triton's automatic warp specialisation of the TMA key loop (tl.range(warp_specialize=True)); on its own so
+    a triton that cannot build it on Hopper shows as this test alone failing."""
+    from kernels import sla_triton
+
+    q, k, v = _model_layout_qkv(4000, 4, 11)
+    w = torch.eye(128, device="cuda") * 0.1
+    b = torch.zeros(128, device="cuda")
+    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="tma", warp_specialize=True)
+    assert _cos(out, ref) > 0.9995
+    assert _rel(out, ref) < 2e-2
+
+
+def test_linear_kv_pool_matches_separate_passes():
+    from kernels import sla_triton
+
+    _q, k, v = _model_layout_qkv(4000, 4, 12)
+    kv, ksum, pooled = sla_triton.linear_kv_pool(k, v, 64)
+    kv_ref, ksum_ref = sla_triton.linear_kv(k, v)
+    assert _rel(kv, kv_ref) < 5e-3  # phi rounded to bf16 for the product (fp32 accumulation) vs tf32 there
+    assert _rel(ksum, ksum_ref) < 1e-5
+    assert _rel(pooled, sla_triton.block_means(k, 64)) < 1e-5
+
 def test_int8_linear_kernel_matches_reference():
     from kernels import int8_linear
 
