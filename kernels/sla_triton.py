@@ -176,15 +176,19 @@ if HAVE_TRITON:
         # descriptor then reads zeros or a neighbouring head's rows, never out of the tensor) and, with TWO, the
         # second block of an odd tail (use1 false) score -inf. The lut is ascending, so the partial last block
         # can only be the final slot.
+        # Both score products are issued before either is reduced and both P.V products after both numerators
+        # exist, leaving the compiler free to overlap them (triton 3.9's sm_90 IR still waits on each product
+        # before the next; only the last P.V stays in flight into the next iteration).
         offs = tl.arange(0, BLOCK_KB)
         k0 = k_desc.load([k_row0 + blk0 * BLOCK_KB, k_col0])
         s0 = tl.dot(q, tl.trans(k0))
+        if TWO:
+            k1 = k_desc.load([k_row0 + blk1 * BLOCK_KB, k_col0])
+            s1 = tl.dot(q, tl.trans(k1))
         if MASK:
             s0 = tl.where((blk0 * BLOCK_KB + offs < L)[None, :], s0, float("-inf"))
         row_max = tl.max(s0, axis=1)
         if TWO:
-            k1 = k_desc.load([k_row0 + blk1 * BLOCK_KB, k_col0])
-            s1 = tl.dot(q, tl.trans(k1))
             if MASK:
                 s1 = tl.where(((blk1 * BLOCK_KB + offs < L) & use1)[None, :], s1, float("-inf"))
             row_max = tl.maximum(row_max, tl.max(s1, axis=1))
@@ -193,12 +197,13 @@ if HAVE_TRITON:
         alpha = tl.exp2(m_i - m_new)
         p0 = tl.exp2(s0 * qk_scale - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p0, axis=1)
+        if TWO:
+            p1 = tl.exp2(s1 * qk_scale - m_new[:, None])
+            l_i += tl.sum(p1, axis=1)
         acc = acc * alpha[:, None]
         v0 = v_desc.load([v_row0 + blk0 * BLOCK_KB, v_col0])
         acc = tl.dot(p0.to(v0.dtype), v0, acc)
         if TWO:
-            p1 = tl.exp2(s1 * qk_scale - m_new[:, None])
-            l_i += tl.sum(p1, axis=1)
             v1 = v_desc.load([v_row0 + blk1 * BLOCK_KB, v_col0])
             acc = tl.dot(p1.to(v1.dtype), v1, acc)
         return m_new, l_i, acc
