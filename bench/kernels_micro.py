@@ -1,7 +1,11 @@
 """Micro benchmarks at A14B shapes (81 frames, 480p and 720p): SLA vs dense SDPA (with accuracy vs the reference),
 the eight block linears (bf16 cuBLAS vs int8 W8A8 Triton vs fp8 row-scaled cuBLASLt), norms and RoPE.
 
-    python -m bench.kernels_micro [--res 480p 720p] [--sections sla linears norms] [--no-compile]
+    python -m bench.kernels_micro [--res 480p 720p] [--sections sla linears block norms] [--no-compile]
+
+"block" times one block's fp8 linears with its norms and residual adds (attention left out): the first fp8 path
+against the fused one (q/k/v in one GEMM, quantization inside the norm and GELU kernels, residual adds fused into
+the norms).
 
 Prints tables and writes kernels_micro.json ($OUT or bench/results/).
 """
@@ -115,6 +119,60 @@ def linears_section(res: str, results: dict[str, Any]) -> None:
     print_table(rows, ["linear", "kind", "ms", "TFLOP/s", "rel_err_vs_fp32", "speedup", "error"])
 
 
+def _block_linear_work(m: int, gen: torch.Generator) -> tuple[Any, Any, dict[str, Any]]:
+    """One A14B block without its two attentions, in fp8 two ways: each linear quantizing its own input with eager
+    residual adds and bf16 norms (the first fp8 path), and the fused path of WanDiT.use_fp8_linears."""
+    from kernels import dispatch
+
+    def fp8_of(n: int, k_in: int) -> fp8_linear.Fp8Linear:
+        lin = torch.nn.Linear(k_in, n, device="cuda", dtype=torch.bfloat16)
+        torch.nn.init.normal_(lin.weight, std=k_in**-0.5, generator=gen)
+        return fp8_linear.Fp8Linear.from_linear(lin)
+
+    q, k, v, o, cq, co = (fp8_of(DIM, DIM) for _ in range(6))
+    up, down = fp8_of(FFN, DIM), fp8_of(DIM, FFN)
+    qkv = fp8_linear.fuse_fp8_linears([q, k, v])
+    x = torch.randn(1, m, DIM, device="cuda", generator=gen)
+    attn = torch.randn(1, m, DIM, device="cuda", generator=gen, dtype=torch.bfloat16)  # stands in for attention
+    mod = [torch.randn(1, 1, DIM, device="cuda", generator=gen) * 0.1 for _ in range(6)]
+    eps, bf16 = 1e-6, torch.bfloat16
+
+    def unfused() -> torch.Tensor:
+        h = dispatch.layer_norm_modulate(x, mod[0], mod[1], eps, out_dtype=bf16)
+        q(h), k(h), v(h)
+        x1 = x + o(attn).float() * mod[2]
+        h = dispatch.layer_norm_modulate(x1, mod[3], mod[4], eps).to(bf16)
+        cq(h)
+        x2 = x1 + co(attn).float()
+        h = dispatch.layer_norm_modulate(x2, mod[3], mod[4], eps, out_dtype=bf16)
+        return x2 + down(torch.nn.functional.gelu(up(h), approximate="tanh")).float() * mod[5]
+
+    def fused() -> torch.Tensor:
+        h = dispatch.layer_norm_modulate_fp8(x, mod[0], mod[1], eps, bf16)
+        qkv(h)
+        x1, h = dispatch.residual_norm(x, o(attn), mod[2], mod[3], mod[4], eps, bf16, fp8=True)
+        cq(h)
+        x2, h = dispatch.residual_norm(x1, co(attn), None, mod[3], mod[4], eps, bf16, fp8=True)
+        return dispatch.gated_residual(x2, down(fp8_linear.quantize_activation(up(h), gelu=True)), mod[5])
+
+    return unfused, fused, {"flops": 2 * m * DIM * (8 * DIM + 2 * FFN)}
+
+
+def block_linears_section(res: str, results: dict[str, Any]) -> None:
+    m = math.prod(GRIDS[res])
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    unfused, fused, facts = _block_linear_work(m, gen)
+    rows = []
+    for label, fn in (("fp8 per-linear quantization, eager residuals", unfused), ("fp8 fused", fused)):
+        ms = bench_ms(fn)
+        rows.append({"path": label, "ms": ms, "TFLOP/s": facts["flops"] / ms / 1e9})
+    rows[1]["speedup"] = rows[0]["ms"] / rows[1]["ms"]
+    rows.append({"path": "rel. difference of the block outputs", "rel_err": rel_err(fused(), unfused())})
+    results[f"block_linears_{res}"] = {"tokens": m, "rows": rows}
+    print(f"\n== one block's linears, norms and residual adds (no attention), fp8, {res} (M={m})")
+    print_table(rows, ["path", "ms", "TFLOP/s", "speedup", "rel_err"])
+
+
 def norms_section(res: str, results: dict[str, Any], use_compile: bool) -> None:
     length = math.prod(GRIDS[res])
     gen = torch.Generator(device="cuda").manual_seed(2)
@@ -160,7 +218,7 @@ def norms_section(res: str, results: dict[str, Any], use_compile: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--res", nargs="+", default=["480p", "720p"], choices=sorted(GRIDS))
-    parser.add_argument("--sections", nargs="+", default=["sla", "linears", "norms"])
+    parser.add_argument("--sections", nargs="+", default=["sla", "linears", "block", "norms"])
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
     results: dict[str, Any] = {"environment": environment()}
@@ -172,6 +230,8 @@ def main() -> None:
                     sla_section(res, results)
                 elif section == "linears":
                     linears_section(res, results)
+                elif section == "block":
+                    block_linears_section(res, results)
                 elif section == "norms":
                     norms_section(res, results, not args.no_compile)
             except Exception:

@@ -177,15 +177,19 @@ class WanAttentionBlock(nn.Module):
         mod = self.modulation.float() + time_mod
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.chunk(6, dim=1)
 
+        fp8 = self.fp8_inputs
+        # Each residual update is fused with the norm that reads its result (one pass over the fp32 stream).
         h = self._norm(x, shift_sa, scale_sa, dtype)
-        x = x + self.self_attn(h, rope_cos, rope_sin).float() * gate_sa
+        y = self.self_attn(h, rope_cos, rope_sin)
 
         # The affine LayerNorm is the same map as a modulation with shift = bias and scale = weight - 1.
-        h = self._norm(x, self.norm3.bias.float(), self.norm3.weight.float() - 1, dtype)
-        x = x + self.cross_attn(h, context).float()
+        x, h = dispatch.residual_norm(
+            x, y, gate_sa, self.norm3.bias.float(), self.norm3.weight.float() - 1, self.eps, dtype, fp8=fp8
+        )
+        y = self.cross_attn(h, context)
 
-        h = self._norm(x, shift_ff, scale_ff, dtype)
-        return x + self._ffn(h).float() * gate_ff
+        x, h = dispatch.residual_norm(x, y, None, shift_ff, scale_ff, self.eps, dtype, fp8=fp8)
+        return dispatch.gated_residual(x, self._ffn(h), gate_ff)
 
 
 class Head(nn.Module):

@@ -75,6 +75,16 @@ def _check_ln(x, shift, scale, eps) -> str | None:
     return None
 
 
+def _check_residual(x, y, gate, shift=None, scale=None, eps=0.0, out_dtype=None) -> str | None:
+    if y.shape != x.shape:
+        return f"y {tuple(y.shape)} must have x's shape {tuple(x.shape)}"
+    if gate is not None and torch.broadcast_shapes(gate.shape, x.shape) != x.shape:
+        return f"gate {tuple(gate.shape)} does not broadcast to x {tuple(x.shape)}"
+    if x.dim() != 3:
+        return f"x must be (B, L, C), got {tuple(x.shape)}"
+    return None if shift is None else _check_ln(x, shift, scale, eps)
+
+
 def _check_rms(x, weight, eps) -> str | None:
     if x.shape[-1] > 65536 or weight.shape != (x.shape[-1],):
         return f"x {tuple(x.shape)} with weight {tuple(weight.shape)}: needs weight (C,) and C <= 65536"
@@ -104,6 +114,8 @@ _KERNELS: dict[str, tuple[str, str, Check]] = {
     "quantize_int8_blockwise": ("int8_linear", "quantize_int8_blockwise", _check_quantize),
     "layer_norm_modulate": ("norms_triton", "layer_norm_modulate", _check_ln),
     "layer_norm_modulate_fp8": ("norms_triton", "layer_norm_modulate_fp8", _check_ln),
+    "residual_layer_norm_modulate": ("norms_triton", "residual_layer_norm_modulate", _check_residual),
+    "gated_residual": ("norms_triton", "gated_residual", _check_residual),
     "rms_norm": ("norms_triton", "rms_norm", _check_rms),
     "apply_rope": ("norms_triton", "apply_rope", _check_rope),
     "rms_norm_rope": ("norms_triton", "rms_norm_rope", _check_rms_rope),
@@ -232,6 +244,44 @@ def layer_norm_modulate_fp8(
     args = (x, shift, scale, eps)
     data, row_scale = _pick("layer_norm_modulate_fp8", x, *args, fallback=layer_norm_modulate_fp8_reference)(*args)
     return Fp8Rows(data, row_scale, tuple(x.shape[:-1]), dtype)
+
+
+def gated_residual_reference(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """x + y * gate in fp32 (gate None: no gate)."""
+    return x + (y.float() if gate is None else y.float() * gate)
+
+
+def residual_layer_norm_modulate_reference(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, shift: torch.Tensor, scale: torch.Tensor,
+    eps: float, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x + y * gate, its layer_norm_modulate in out_dtype, per-row fp8 scales when out_dtype is fp8)."""
+    x_new = gated_residual_reference(x, y, gate)
+    if out_dtype == torch.float8_e4m3fn:
+        return (x_new, *layer_norm_modulate_fp8_reference(x_new, shift, scale, eps))
+    return x_new, reference.layer_norm_modulate(x_new, shift, scale, eps).to(out_dtype), None
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """The residual update x + y * gate of a block (x the fp32 stream, y a branch output), one pass on GPU."""
+    args = (x, y, gate)
+    return _pick("gated_residual", x, *args, fallback=gated_residual_reference)(*args)
+
+
+def residual_norm(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, shift: torch.Tensor, scale: torch.Tensor,
+    eps: float, dtype: torch.dtype, *, fp8: bool,
+) -> tuple[torch.Tensor, torch.Tensor | Fp8Rows]:
+    """x + y * gate, then the modulated LayerNorm of the sum for the next linear, in one pass on GPU: returns
+    (new fp32 stream, the norm's output in `dtype`, or as Fp8Rows for fp8 linears returning `dtype`)."""
+    from kernels.fp8_linear import Fp8Rows
+
+    args = (x, y, gate, shift, scale, eps, torch.float8_e4m3fn if fp8 else dtype)
+    fn = _pick("residual_layer_norm_modulate", x, *args, fallback=residual_layer_norm_modulate_reference)
+    x_new, out, row_scale = fn(*args)
+    if fp8:
+        return x_new, Fp8Rows(out, row_scale, tuple(x.shape[:-1]), dtype)
+    return x_new, out
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -24,29 +24,38 @@ if HAVE_TRITON:
 
     @triton.jit
     def _ln_modulate_kernel(
-        X, SHIFT, SCALE, OUT, ROW_SCALE, seq_len, cols, eps,
-        sxb, sxl, sshb, sshl, sscb, sscl, sob, sol,
-        BLOCK: tl.constexpr, QUANT: tl.constexpr,
+        X, Y, GATE, XOUT, SHIFT, SCALE, OUT, ROW_SCALE, seq_len, cols, eps,
+        sxb, sxl, syb, syl, sgb, sgl, sshb, sshl, sscb, sscl, sob, sol,
+        BLOCK: tl.constexpr, QUANT: tl.constexpr, ADD: tl.constexpr, GATED: tl.constexpr, NORM: tl.constexpr,
     ):
+        # ADD: the residual update x + y * gate comes first (written to XOUT), so a block's residual add and the
+        # norm after it read the stream once. NORM: then the modulated LayerNorm of the (updated) row.
         row = tl.program_id(0)
         b = row // seq_len
         pos = row % seq_len
         offs = tl.arange(0, BLOCK)
         mask = offs < cols
         x = tl.load(X + b * sxb + pos * sxl + offs, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=0) / cols
-        diff = tl.where(mask, x - mean, 0.0)
-        var = tl.sum(diff * diff, axis=0) / cols
-        normed = diff * tl.rsqrt(var + eps)
-        shift = tl.load(SHIFT + b * sshb + pos * sshl + offs, mask=mask, other=0.0).to(tl.float32)
-        scale = tl.load(SCALE + b * sscb + pos * sscl + offs, mask=mask, other=0.0).to(tl.float32)
-        out = normed * (1.0 + scale) + shift
-        if QUANT:
-            # fp8 for the next linear: the row's absmax is at hand, so quantizing costs no extra pass.
-            row_scale = tl.maximum(tl.max(tl.where(mask, tl.abs(out), 0.0), axis=0), 1e-12) / 448.0
-            out = out / row_scale
-            tl.store(ROW_SCALE + row, row_scale)
-        tl.store(OUT + b * sob + pos * sol + offs, out.to(OUT.dtype.element_ty), mask=mask)
+        if ADD:
+            y = tl.load(Y + b * syb + pos * syl + offs, mask=mask, other=0.0).to(tl.float32)
+            if GATED:
+                y = y * tl.load(GATE + b * sgb + pos * sgl + offs, mask=mask, other=0.0).to(tl.float32)
+            x = x + y
+            tl.store(XOUT + row * cols + offs, x, mask=mask)
+        if NORM:
+            mean = tl.sum(x, axis=0) / cols
+            diff = tl.where(mask, x - mean, 0.0)
+            var = tl.sum(diff * diff, axis=0) / cols
+            normed = diff * tl.rsqrt(var + eps)
+            shift = tl.load(SHIFT + b * sshb + pos * sshl + offs, mask=mask, other=0.0).to(tl.float32)
+            scale = tl.load(SCALE + b * sscb + pos * sscl + offs, mask=mask, other=0.0).to(tl.float32)
+            out = normed * (1.0 + scale) + shift
+            if QUANT:
+                # fp8 for the next linear: the row's absmax is at hand, so quantizing costs no extra pass.
+                row_scale = tl.maximum(tl.max(tl.where(mask, tl.abs(out), 0.0), axis=0), 1e-12) / 448.0
+                out = out / row_scale
+                tl.store(ROW_SCALE + row, row_scale)
+            tl.store(OUT + b * sob + pos * sol + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _rms_norm_kernel(X, W, OUT, cols, eps, sxr, sor, BLOCK: tl.constexpr):
@@ -92,26 +101,35 @@ def _warps(block: int) -> int:
     return 4 if block <= 2048 else 8 if block <= 8192 else 16
 
 
-def _ln_modulate(x, shift, scale, eps, out_dtype, quantize):
-    if x.stride(-1) != 1:
-        x = x.contiguous()
+def _expand_rows(t: torch.Tensor | None, b: int, length: int, cols: int) -> torch.Tensor | None:
+    """t broadcast to (b, length, cols) with unit stride along cols; broadcast dims get stride 0, so one kernel
+    serves per-sample and per-token modulation."""
+    if t is None:
+        return None
+    t = t.expand(b, length, cols)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _ln_modulate(x, shift, scale, eps, out_dtype, quantize, *, y=None, gate=None, norm=True):
+    """Launch the row kernel; returns (x + y * gate or None, normed out or None, row scale or None)."""
     b, length, cols = x.shape
-    # Broadcast dims get stride 0, so one kernel serves per-sample and per-token modulation.
-    shift_e = shift.expand(b, length, cols)
-    scale_e = scale.expand(b, length, cols)
-    if shift_e.stride(-1) != 1:
-        shift_e = shift_e.contiguous()
-    if scale_e.stride(-1) != 1:
-        scale_e = scale_e.contiguous()
-    out = torch.empty(x.shape, device=x.device, dtype=out_dtype)
-    row_scale = torch.empty((b * length, 1), device=x.device, dtype=torch.float32) if quantize else out
+    x, y, gate = (_expand_rows(t, b, length, cols) for t in (x, y, gate))
+    shift_e, scale_e = (_expand_rows(t, b, length, cols) if norm else x for t in (shift, scale))
+    x_out = torch.empty(x.shape, device=x.device, dtype=torch.float32) if y is not None else None
+    out = torch.empty(x.shape, device=x.device, dtype=out_dtype) if norm else None
+    row_scale = torch.empty((b * length, 1), device=x.device, dtype=torch.float32) if quantize else None
+    # Pointers a launch does not use still need a tensor: any of the others serves.
+    y_arg, gate_arg = (y if y is not None else x), (gate if gate is not None else x)
     block = triton.next_power_of_2(cols)
     _ln_modulate_kernel[(b * length,)](
-        x, shift_e, scale_e, out, row_scale, length, cols, eps,
-        x.stride(0), x.stride(1), shift_e.stride(0), shift_e.stride(1), scale_e.stride(0), scale_e.stride(1),
-        out.stride(0), out.stride(1), BLOCK=block, QUANT=quantize, num_warps=_warps(block),
+        x, y_arg, gate_arg, x_out if x_out is not None else x, shift_e, scale_e, out if norm else x,
+        row_scale if quantize else x, length, cols, eps,
+        x.stride(0), x.stride(1), y_arg.stride(0), y_arg.stride(1), gate_arg.stride(0), gate_arg.stride(1),
+        shift_e.stride(0), shift_e.stride(1), scale_e.stride(0), scale_e.stride(1),
+        (out if norm else x).stride(0), (out if norm else x).stride(1),
+        BLOCK=block, QUANT=quantize, ADD=y is not None, GATED=gate is not None, NORM=norm, num_warps=_warps(block),
     )
-    return out, row_scale
+    return x_out, out, row_scale
 
 
 @opaque_to_compile
@@ -124,7 +142,7 @@ def layer_norm_modulate(
         return layer_norm_modulate(x[None], shift, scale, eps, out_dtype)[0]
     if x.dim() != 3:
         raise ValueError(f"layer_norm_modulate kernel expects x of 2 or 3 dims, got shape {tuple(x.shape)}")
-    return _ln_modulate(x, shift, scale, eps, out_dtype or x.dtype, False)[0]
+    return _ln_modulate(x, shift, scale, eps, out_dtype or x.dtype, False)[1]
 
 
 @opaque_to_compile
@@ -135,8 +153,33 @@ def layer_norm_modulate_fp8(
     fp32 scale (B*L, 1)) with scale = row absmax / 448, as kernels.fp8_linear.quantize_rows_fp8 would give."""
     if x.dim() != 3:
         raise ValueError(f"layer_norm_modulate_fp8 expects x (B, L, C), got shape {tuple(x.shape)}")
-    out, row_scale = _ln_modulate(x, shift, scale, eps, torch.float8_e4m3fn, True)
+    _, out, row_scale = _ln_modulate(x, shift, scale, eps, torch.float8_e4m3fn, True)
     return out.view(-1, x.shape[-1]), row_scale
+
+
+@opaque_to_compile
+def residual_layer_norm_modulate(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, shift: torch.Tensor, scale: torch.Tensor,
+    eps: float, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """x (B, L, C) fp32 stream, y (B, L, C) a branch output, gate broadcastable (or None for 1): returns
+    (x + y * gate in fp32, layer_norm_modulate of that sum in out_dtype, row scales if out_dtype is fp8 else None).
+    fp8 output comes as (B*L, C) rows with their (B*L, 1) scales, as layer_norm_modulate_fp8 gives."""
+    if x.dim() != 3 or y.shape != x.shape:
+        raise ValueError(f"residual norm expects x and y of one (B, L, C) shape, got {tuple(x.shape)}, "
+                         f"{tuple(y.shape)}")
+    quantize = out_dtype == torch.float8_e4m3fn
+    x_new, out, row_scale = _ln_modulate(x, shift, scale, eps, out_dtype, quantize, y=y, gate=gate)
+    return x_new, (out.view(-1, x.shape[-1]) if quantize else out), row_scale
+
+
+@opaque_to_compile
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """x + y * gate in fp32 (x, y (B, L, C); gate broadcastable or None): one pass instead of eager's three."""
+    if x.dim() != 3 or y.shape != x.shape:
+        raise ValueError(f"gated residual expects x and y of one (B, L, C) shape, got {tuple(x.shape)}, "
+                         f"{tuple(y.shape)}")
+    return _ln_modulate(x, None, None, 0.0, torch.float32, False, y=y, gate=gate, norm=False)[0]
 
 
 @opaque_to_compile

@@ -98,3 +98,27 @@ def test_full_size_block_fused_fp8_is_as_close_to_bf16_as_unfused():
     assert torch.isfinite(fused).all()
     assert err_fused < 0.05
     assert err_fused < 1.1 * err_unfused + 2e-3  # the fusions must not cost accuracy
+
+
+def test_residual_norm_kernels_match_reference():
+    from kernels import dispatch, norms_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    x = torch.randn(1, 4096, 5120, device="cuda", generator=gen) * 2
+    y = torch.randn(1, 4096, 5120, device="cuda", generator=gen, dtype=torch.bfloat16)
+    gate = torch.randn(1, 1, 5120, device="cuda", generator=gen)
+    shift, scale = (torch.randn(1, 1, 5120, device="cuda", generator=gen) * 0.1 for _ in range(2))
+    x_new, out, _ = norms_triton.residual_layer_norm_modulate(x, y, gate, shift, scale, 1e-6, torch.bfloat16)
+    x_ref, out_ref, _ = dispatch.residual_layer_norm_modulate_reference(
+        x, y, gate, shift, scale, 1e-6, torch.bfloat16
+    )
+    assert _rel(x_new, x_ref) < 1e-6  # an FMA instead of a multiply then add
+    assert _rel(out, out_ref) < 5e-3  # bf16 rounding of the same fp32 values
+    _, q, s = norms_triton.residual_layer_norm_modulate(x, y, None, shift, scale, 1e-6, torch.float8_e4m3fn)
+    _, q_ref, s_ref = dispatch.residual_layer_norm_modulate_reference(
+        x, y, None, shift, scale, 1e-6, torch.float8_e4m3fn
+    )
+    assert torch.allclose(s, s_ref, rtol=1e-5, atol=0)
+    fraction, worst = _code_mismatch(q, q_ref)
+    assert fraction < 1e-3 and worst <= 1
+    assert _rel(norms_triton.gated_residual(x, y, gate), x_ref) < 1e-6

@@ -196,3 +196,37 @@ def test_unfusing_goes_back_to_per_linear_quantization():
         after = dit(x, t, context)
     assert all(not block.fp8_inputs and block.self_attn.qkv is None for block in dit.blocks)
     assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_residual_norm_kernel_matches_reference(interpreted_kernels, gated):
+    norms = interpreted_kernels["norms_triton"]
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 7, 160, generator=gen) * 3
+    y = torch.randn(2, 7, 160, generator=gen).to(torch.bfloat16)
+    gate = torch.randn(2, 1, 160, generator=gen) if gated else None
+    shift, scale = torch.randn(2, 1, 160, generator=gen), torch.randn(2, 1, 160, generator=gen) * 0.1
+    x_before = x.clone()
+    x_new, out, row_scale = norms.residual_layer_norm_modulate(x, y, gate, shift, scale, 1e-6, torch.bfloat16)
+    x_ref, out_ref, _ = dispatch.residual_layer_norm_modulate_reference(x, y, gate, shift, scale, 1e-6, torch.bfloat16)
+    assert row_scale is None and out.dtype == torch.bfloat16
+    assert _rel(x_new, x_ref) < 1e-6
+    assert _rel(out, out_ref) < 1e-2
+    x_new8, q, s = norms.residual_layer_norm_modulate(x, y, gate, shift, scale, 1e-6, FP8_DTYPE)
+    _, q_ref, s_ref = dispatch.residual_layer_norm_modulate_reference(x, y, gate, shift, scale, 1e-6, FP8_DTYPE)
+    assert torch.equal(x_new8, x_new)
+    _assert_same_quantization(q, s, q_ref, s_ref)
+    assert torch.equal(norms.gated_residual(x, y, gate), x_new)
+    assert torch.equal(x, x_before)  # the stream is not updated in place
+    assert _rel(x_ref, x + (y.float() * gate if gated else y.float())) == 0
+
+
+def test_residual_norm_dispatch_checks_shapes(kernel_backend, interpreted_kernels):
+    x = torch.randn(1, 4, 32)
+    with pytest.raises(RuntimeError, match="must have x's shape"):
+        kernel_backend.gated_residual(x, torch.randn(1, 5, 32), None)
+    x_new, rows = kernel_backend.residual_norm(
+        x, torch.ones(1, 4, 32), None, torch.zeros(32), torch.zeros(32), 1e-6, torch.bfloat16, fp8=True
+    )
+    assert torch.allclose(x_new, x + 1)
+    assert rows.shape == (1, 4, 32) and rows.dtype == torch.bfloat16
