@@ -8,13 +8,23 @@ Causality is carried by a `StreamCache`: every causal convolution remembers the 
 video can be processed in consecutive time chunks (encode: 1, 4, 4, ... frames; decode: one latent frame at a
 time) and give the same result as processing it in one piece. The first frame is special in the temporal
 resamplers: it is never mixed with frames before it, which is what lets frame 0 be an image on its own.
+
+Speed (`VAEOptions`, `WanVAE.options`): cuDNN autotuning, channels_last_3d layout (cuDNN's native layout for
+bf16 tensor-core convolutions, and per-frame 2-D ops become free views), fewer copies (zero padding done by the
+convolution, one context buffer per causal conv instead of pad + cat), all the same math as the reference path;
+and, opt-in, a Triton RMSNorm+SiLU that writes straight into the next convolution's context buffer (fp32 inside,
+so it differs from the eager bf16 chain by rounding). `REFERENCE_OPTIONS` is the original code path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +37,66 @@ from inference.configs import ModelConfig, VAEConfig
 RANDOM_WEIGHTS_SEED = 20250728
 # Frames of left context a kernel-3 causal convolution needs.
 _CAUSAL_CONTEXT = 2
+
+
+@dataclass(frozen=True)
+class VAEOptions:
+    """How the VAE runs; every field but `fused_norm` keeps the reference math exactly (only the choice of
+    convolution algorithm, hence the fp32-accumulation order, may change)."""
+
+    # torch.backends.cudnn.benchmark while encoding/decoding on CUDA: cuDNN times its conv3d algorithms per shape
+    # (a few shapes per resolution, so the first call at a new resolution pays the tuning once per process).
+    cudnn_benchmark: bool = True
+    # Weights and activations in channels_last(_3d): NDHWC is what cuDNN's bf16 implicit-GEMM kernels want, and
+    # the per-frame 2-D ops (resample, attention) get their [B*T, C, H, W] input as a view instead of a copy.
+    channels_last: bool = True
+    # Spatial zero padding inside the convolution and the causal time context assembled in one buffer (instead
+    # of torch.cat then F.pad, two full copies of every conv input); temporal upsampling written in place.
+    fewer_copies: bool = True
+    # Triton RMSNorm + SiLU (fp32 inside, one rounding) written into the following conv's context buffer.
+    # Differs from the eager bf16 chain by bf16 rounding, hence opt-in. Reference math where Triton can't run.
+    fused_norm: bool = False
+
+
+# The code path as first written (F.pad + torch.cat, contiguous layout, eager norms, cuDNN heuristics).
+REFERENCE_OPTIONS = VAEOptions(cudnn_benchmark=False, channels_last=False, fewer_copies=False, fused_norm=False)
+
+# Options of the encode/decode call in progress; submodules called on their own run the reference path.
+_ACTIVE: ContextVar[VAEOptions] = ContextVar("vae_options", default=REFERENCE_OPTIONS)
+
+
+def _options() -> VAEOptions:
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """cudnn.benchmark on for the duration only, so the rest of the process keeps its own setting."""
+    if not enabled:
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _memory_format(ndim: int) -> torch.memory_format:
+    if not _options().channels_last:
+        return torch.contiguous_format
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    try:
+        from kernels import vae_norms_triton
+    except ImportError:  # pragma: no cover
+        return False
+    return vae_norms_triton.HAVE_TRITON
 
 
 class StreamCache:
@@ -61,8 +131,12 @@ class CausalConv3d(nn.Conv3d):
         pt, ph, pw = (padding,) * 3 if isinstance(padding, int) else padding
         self.time_context = 2 * pt
         self.spatial_pad = (pw, pw, ph, ph)
+        # For the fast path: the convolution zero-pads space itself (same result as F.pad, no copy).
+        self.conv_padding = (0, ph, pw)
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
+        if _options().fewer_copies:
+            return self.forward_with_context(x, cache)
         if self.time_context > 0:
             previous = cache.get(self) if cache is not None else None
             if isinstance(previous, torch.Tensor):
@@ -76,6 +150,45 @@ class CausalConv3d(nn.Conv3d):
             x = F.pad(x, (*self.spatial_pad, 0, 0))
         return super().forward(x)
 
+    def forward_with_context(
+        self,
+        x: torch.Tensor,
+        cache: StreamCache | None = None,
+        fill: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Same result as `forward`: the time context (zeros for frames before the video, then the cached frames)
+        and the chunk go into one buffer in the active layout, and the conv pads space itself.
+
+        With `fill`, the buffer's chunk frames are written by fill(x, out) instead of a copy of x: that lets the
+        norm before the conv write its output straight into the buffer.
+        """
+        tc = self.time_context
+        if tc == 0:
+            if fill is not None:
+                out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x.ndim))
+                fill(x, out)
+                x = out
+            return F.conv3d(x, self.weight, self.bias, self.stride, self.conv_padding, self.dilation, self.groups)
+        previous = cache.get(self) if cache is not None else None
+        have = previous.shape[2] if isinstance(previous, torch.Tensor) else 0
+        missing = max(tc - have, 0)
+        front = missing + have
+        b, c, t, h, w = x.shape
+        buf = torch.empty((b, c, front + t, h, w), dtype=x.dtype, device=x.device, memory_format=_memory_format(5))
+        if missing:
+            buf[:, :, :missing].zero_()
+        if have:
+            buf[:, :, missing:front].copy_(previous)
+        if fill is None:
+            buf[:, :, front:].copy_(x)
+        else:
+            fill(x, buf[:, :, front:])
+        if cache is not None:
+            # Zero frames may enter the cache when the stream is still shorter than the context: they are the
+            # same zeros the reference pads with next time, so the next chunk sees the same input.
+            cache.set(self, buf[:, :, -tc:].clone())
+        return F.conv3d(buf, self.weight, self.bias, self.stride, self.conv_padding, self.dilation, self.groups)
+
 
 class RMSNorm(nn.Module):
     """L2-normalise over channels, times sqrt(dim) and a learned per-channel gain (`gamma`)."""
@@ -87,6 +200,22 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1) * self.scale * self.gamma
+
+    def silu_into(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """out <- SiLU(self(x)) in one fused pass (Triton), or fp32 reference math where Triton can't run."""
+        from kernels import vae_norms_triton
+
+        if _use_triton(x):
+            vae_norms_triton.rms_norm_silu(x, self.gamma.view(-1), self.scale, out=out)
+        else:
+            out.copy_(vae_norms_triton.rms_norm_silu_reference(x, self.gamma.view(-1), self.scale))
+
+
+def _norm_silu_conv(norm: RMSNorm, conv: CausalConv3d, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
+    """conv(SiLU(norm(x))), fused when the options say so."""
+    if _options().fused_norm:
+        return conv.forward_with_context(x, cache, fill=norm.silu_into)
+    return conv(F.silu(norm(x)), cache)
 
 
 def _per_frame(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +230,11 @@ class _Upsample2x(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
+        if _options().channels_last:
+            # The same copy done in NHWC order, so a channels_last input gives a channels_last output (the
+            # reference order would write NCHW and the next conv would convert it back).
+            y = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, 2, w, 2, c)
+            return y.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
         return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
 
 
@@ -120,6 +254,13 @@ class ResidualBlock(nn.Module):
         self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
+        opts = _options()
+        if opts.fewer_copies or opts.fused_norm:
+            norm1, _, conv1, norm2, _, _, conv2 = self.residual
+            skip = self.shortcut(x, cache) if isinstance(self.shortcut, CausalConv3d) else x
+            y = _norm_silu_conv(norm1, conv1, x, cache)
+            y = _norm_silu_conv(norm2, conv2, y, cache)
+            return y.add_(skip)  # y is this block's own fresh conv output
         skip = self.shortcut(x)
         for layer in self.residual:
             x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
@@ -187,6 +328,15 @@ class Resample(nn.Module):
             return head
         y = self.time_conv(rest, cache)  # [B, 2C, T, H, W]: channel halves are the two output frames
         b, c2, t, h, w = y.shape
+        if _options().fewer_copies:
+            # One copy into the output (frame 2i+s of the rest = channel half s of y's frame i) instead of a
+            # reshape copy then a cat copy; keeps the active layout.
+            n = head.shape[2]
+            out = torch.empty((b, c2 // 2, n + 2 * t, h, w), dtype=y.dtype, device=y.device,
+                              memory_format=_memory_format(5))  # fmt: skip
+            out[:, :, :n].copy_(head)
+            out[:, :, n:].unflatten(2, (t, 2)).copy_(y.unflatten(1, (2, c2 // 2)).permute(0, 2, 3, 1, 4, 5))
+            return out
         y = y.reshape(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)
         return torch.cat([head, y], dim=2)
 
@@ -213,6 +363,12 @@ def _run(layers: nn.Module, x: torch.Tensor, cache: StreamCache | None) -> torch
     return x
 
 
+def _run_head(head: nn.Module, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
+    """The encoder's and decoder's head: RMSNorm, SiLU, causal conv."""
+    norm, _, conv = head
+    return _norm_silu_conv(norm, conv, x, cache)
+
+
 class Encoder3d(nn.Module):
     def __init__(self, cfg: VAEConfig, out_channels: int) -> None:
         super().__init__()
@@ -236,7 +392,7 @@ class Encoder3d(nn.Module):
         x = self.conv1(x, cache)
         x = _run(self.downsamples, x, cache)
         x = _run(self.middle, x, cache)
-        return _run(self.head, x, cache)
+        return _run_head(self.head, x, cache)
 
 
 class Decoder3d(nn.Module):
@@ -266,7 +422,7 @@ class Decoder3d(nn.Module):
         x = self.conv1(x, cache)
         x = _run(self.middle, x, cache)
         x = _run(self.upsamples, x, cache)
-        return _run(self.head, x, cache)
+        return _run_head(self.head, x, cache)
 
 
 class WanVAE(nn.Module):
@@ -280,6 +436,32 @@ class WanVAE(nn.Module):
         self.conv1 = CausalConv3d(2 * z, 2 * z, 1)
         self.conv2 = CausalConv3d(z, z, 1)
         self.decoder = Decoder3d(config)
+        # Not module state: how encode/decode run (see VAEOptions); set REFERENCE_OPTIONS for the original path.
+        self.options = VAEOptions()
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """Activate self.options for one encode/decode: weight layout, cuDNN autotuning, the options themselves."""
+        opts = self.options
+        self._set_weight_layout(opts.channels_last)
+        token = _ACTIVE.set(opts)
+        try:
+            with _cudnn_benchmark(opts.cudnn_benchmark and self.device.type == "cuda"):
+                yield
+        finally:
+            _ACTIVE.reset(token)
+
+    def _set_weight_layout(self, channels_last: bool) -> None:
+        """Conv weights in channels_last(_3d) or contiguous (in place; the values and key names are unchanged).
+        Both ways, so switching options back really runs the reference layout."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                w = module.weight
+                fmt = torch.contiguous_format
+                if channels_last:
+                    fmt = torch.channels_last_3d if w.ndim == 5 else torch.channels_last
+                if not w.is_contiguous(memory_format=fmt):
+                    w.data = w.data.contiguous(memory_format=fmt)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -321,10 +503,11 @@ class WanVAE(nn.Module):
         else:
             bounds = [0, *range(1, frames, stride * max(1, chunk_latents)), frames]
         cache = StreamCache()
-        parts = [self.encoder(video[:, :, a:b], cache) for a, b in itertools.pairwise(bounds)]
-        mu = self.conv1(torch.cat(parts, dim=2)).chunk(2, dim=1)[0]
+        with self._running():
+            parts = [self.encoder(video[:, :, a:b], cache) for a, b in itertools.pairwise(bounds)]
+            mu = self.conv1(torch.cat(parts, dim=2)).chunk(2, dim=1)[0]
         mean, std = self._latent_stats(mu)
-        return (mu - mean) / std
+        return ((mu - mean) / std).contiguous()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, *, chunk_latents: int | None = 1) -> torch.Tensor:
@@ -336,11 +519,13 @@ class WanVAE(nn.Module):
             raise ValueError(f"decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(z.shape)}")
         z = z.to(device=self.device, dtype=self.dtype)
         mean, std = self._latent_stats(z)
-        x = self.conv2(z * std + mean)
-        step = x.shape[2] if chunk_latents is None else max(1, chunk_latents)
+        step = z.shape[2] if chunk_latents is None else max(1, chunk_latents)
         cache = StreamCache()
-        parts = [self.decoder(x[:, :, i : i + step], cache) for i in range(0, x.shape[2], step)]
-        return torch.cat(parts, dim=2).clamp_(-1.0, 1.0)
+        with self._running():
+            x = self.conv2(z * std + mean)
+            parts = [self.decoder(x[:, :, i : i + step], cache) for i in range(0, x.shape[2], step)]
+        # Contiguous whatever the working layout, as callers have always got it.
+        return torch.cat(parts, dim=2).clamp_(-1.0, 1.0).contiguous()
 
 
 def build_vae(config: VAEConfig, *, seed: int = RANDOM_WEIGHTS_SEED) -> WanVAE:

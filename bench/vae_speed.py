@@ -1,0 +1,181 @@
+"""Wan2.1 VAE (full size, random weights, bf16 on one GPU): encode of an 81-frame I2V conditioning video (the image
+then black frames, as the pipeline builds it) and decode of 21 latent frames, for each speed variant.
+
+Variants (inference.vae.VAEOptions; chunk sizes are `chunk_latents` of encode / decode), run in this order on
+one model; the first is the baseline every other output is compared with:
+- reference:        REFERENCE_OPTIONS, chunks 1/1 (the code as it was: F.pad + cat, contiguous, cuDNN heuristics);
+- cudnn_benchmark:  only cuDNN autotuning on;
+- default:          VAEOptions() (autotuning + channels_last_3d + fewer copies), exact math;
+- default_chunk2:   as default with 2 latent frames a chunk (fewer, bigger convolutions; more memory);
+- fused_norm:       default + the Triton RMSNorm+SiLU written into the conv buffers (bf16 rounding differs);
+- fused_norm_chunk2: fused_norm with 2 latent frames a chunk.
+
+    python3 -m bench.vae_speed [--res 720p 480p] [--variants ...] [--runs 2]
+
+Per variant and resolution: the first call's seconds (includes cuDNN autotuning for a new shape), the median of
+`--runs` later calls, the peak memory of the last call above what was allocated before it, and the relative error
+(Frobenius) of the output against the reference variant's; at --fp32-res resolutions (default 480p) also against
+the reference path run in fp32 without TF32 (err_vs_fp32: the bf16 noise floor is the reference row's value).
+A failing variant is recorded and skipped.
+Prints a table and writes vae_speed.json ($OUT or bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from bench.common import environment, print_table, rel_err, wall_s, write_json
+from inference.configs import A14B, VAEConfig
+from inference.vae import REFERENCE_OPTIONS, VAEOptions, WanVAE, build_vae
+
+RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}
+FRAMES = 81
+
+# name -> (options, encode chunk_latents, decode chunk_latents)
+VARIANTS: dict[str, tuple[VAEOptions, int, int]] = {
+    "reference": (REFERENCE_OPTIONS, 1, 1),
+    "cudnn_benchmark": (VAEOptions(channels_last=False, fewer_copies=False), 1, 1),
+    "default": (VAEOptions(), 1, 1),
+    "default_chunk2": (VAEOptions(), 2, 2),
+    "fused_norm": (VAEOptions(fused_norm=True), 1, 1),
+    "fused_norm_chunk2": (VAEOptions(fused_norm=True), 2, 2),
+}
+
+
+def _measure(fn: Callable[[], torch.Tensor], runs: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """First call (cold), then `runs` timed calls; the last one's peak memory above the memory before it."""
+    out: list[torch.Tensor] = []
+
+    def call() -> None:
+        out.append(fn())
+
+    first = wall_s(call)
+    times = []
+    for _ in range(runs):
+        out.clear()  # the previous output is not part of the next call's memory
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        times.append(wall_s(call))
+    peak = torch.cuda.max_memory_allocated() - before
+    return out.pop(), {"first_s": first, "median_s": statistics.median(times), "peak_gib": peak / 2**30}
+
+
+def fp32_outputs(config: VAEConfig, video: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference path in true fp32 (no TF32) on the same (seeded) weights: the yardstick for bf16 noise."""
+    vae = build_vae(config).to(device=video.device).eval().requires_grad_(False)
+    vae.options = REFERENCE_OPTIONS
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return {"encode": vae.encode(video.float()), "decode": vae.decode(z.float())}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def bench_resolution(
+    vae: WanVAE,
+    res: str,
+    variants: list[str],
+    runs: int,
+    size: tuple[int, int] | None = None,
+    fp32_check: bool = False,
+) -> list[dict[str, Any]]:
+    width, height = size or RESOLUTIONS[res]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    # The pipeline's I2V conditioning: the image in [-1, 1] as frame 0, then black (zero) frames.
+    video = torch.zeros(1, 3, FRAMES, height, width, device="cuda", dtype=torch.bfloat16)
+    video[:, :, 0] = torch.rand(1, 3, height, width, generator=gen, device="cuda").mul(2).sub(1)
+    latent_frames = vae.latent_frames(FRAMES)
+    z = torch.randn(1, vae.config.z_dim, latent_frames, height // 8, width // 8, generator=gen, device="cuda")
+    z = z.to(torch.bfloat16)
+    baseline: dict[str, torch.Tensor] = {}
+    kept: list[tuple[dict[str, Any], torch.Tensor]] = []  # for the fp32 comparison
+    rows: list[dict[str, Any]] = []
+    for name in variants:
+        options, enc_chunk, dec_chunk = VARIANTS[name]
+        vae.options = options
+        for op in ("encode", "decode"):
+            row: dict[str, Any] = {"res": res, "variant": name, "op": op,
+                                   "chunk": enc_chunk if op == "encode" else dec_chunk}  # fmt: skip
+            try:
+                if op == "encode":
+                    out, stats = _measure(functools.partial(vae.encode, video, chunk_latents=enc_chunk), runs)
+                else:
+                    out, stats = _measure(functools.partial(vae.decode, z, chunk_latents=dec_chunk), runs)
+                row.update(stats)
+                if name == variants[0]:
+                    baseline[op] = out
+                    row["rel_err"] = 0.0
+                elif op in baseline:
+                    row["rel_err"] = rel_err(out, baseline[op])
+                    row["max_abs_err"] = (out.float() - baseline[op].float()).abs().max().item()
+                    row["speedup"] = next(
+                        r["median_s"] for r in rows if r["variant"] == variants[0] and r["op"] == op
+                    ) / stats["median_s"]
+                if fp32_check:
+                    kept.append((row, out))
+                del out
+            except Exception as exc:  # a failing variant must not cost the others their numbers
+                traceback.print_exc()
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            rows.append(row)
+            torch.cuda.empty_cache()
+            print({k: v for k, v in row.items()}, flush=True)
+    vae.options = VAEOptions()
+    if fp32_check:
+        try:
+            reference = fp32_outputs(vae.config, video, z)
+            for row, out in kept:
+                row["err_vs_fp32"] = rel_err(out, reference[row["op"]])
+        except Exception as exc:
+            traceback.print_exc()
+            print(f"fp32 check failed: {type(exc).__name__}: {exc}")
+        kept.clear()
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--res", nargs="+", default=["720p", "480p"], choices=sorted(RESOLUTIONS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--fp32-res", nargs="*", default=["480p"], choices=sorted(RESOLUTIONS),
+                        help="resolutions where every output is also compared with an fp32 (no TF32) reference run")  # fmt: skip
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA device")
+    variants = args.variants if args.variants[0] == "reference" else ["reference", *args.variants]
+    vae = build_vae(A14B.vae).to(device="cuda", dtype=torch.bfloat16).eval().requires_grad_(False)
+    rows: list[dict[str, Any]] = []
+    for res in args.res:
+        rows += bench_resolution(vae, res, variants, args.runs, fp32_check=res in args.fp32_res)
+    print_table(rows, ["res", "op", "variant", "chunk", "first_s", "median_s", "speedup", "peak_gib", "rel_err",
+                       "err_vs_fp32", "max_abs_err", "error"])  # fmt: skip
+    path = write_json(
+        "vae_speed.json",
+        {
+            "environment": environment(),
+            "frames": FRAMES,
+            "runs": args.runs,
+            "variants": {
+                n: {"options": asdict(VARIANTS[n][0]), "encode_chunk": VARIANTS[n][1], "decode_chunk": VARIANTS[n][2]}
+                for n in variants
+            },
+            "rows": rows,
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

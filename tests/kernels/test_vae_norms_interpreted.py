@@ -1,0 +1,75 @@
+"""The VAE's fused RMSNorm+SiLU Triton kernel under Triton's interpreter (CPU) against its fp32 reference, and the
+tiny VAE's fused-norm path end to end with the interpreted kernel."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def vae_norms():
+    """kernels.vae_norms_triton with its @triton.jit kernel built for the interpreter (see conftest.py)."""
+    os.environ["TRITON_INTERPRET"] = "1"
+    pytest.importorskip("triton")
+    return importlib.reload(importlib.import_module("kernels.vae_norms_triton"))
+
+
+def _map(shape: tuple[int, ...], seed: int, channels_last: bool) -> torch.Tensor:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("channels", [12, 96])  # not powers of two: masked channel lanes
+def test_rms_norm_silu_matches_reference(vae_norms, channels_last: bool, silu: bool, channels: int) -> None:
+    x = _map((2, channels, 3, 5, 7), 0, channels_last)
+    gamma = 1 + 0.3 * torch.randn(channels, generator=torch.Generator().manual_seed(1))
+    out = vae_norms.rms_norm_silu(x, gamma, channels**0.5, silu=silu)
+    ref = vae_norms.rms_norm_silu_reference(x, gamma, channels**0.5, silu=silu)
+    assert out.stride() == x.stride()  # same layout as the input
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rms_norm_silu_writes_into_a_frame_slice(vae_norms, channels_last: bool) -> None:
+    """The VAE writes the norm's output after the cached frames of the conv's context buffer."""
+    x = _map((1, 8, 4, 6, 5), 2, channels_last)
+    gamma = torch.rand(8, generator=torch.Generator().manual_seed(3)) + 0.5
+    buf = _map((1, 8, 6, 6, 5), 4, channels_last)
+    head = buf[:, :, :2].clone()
+    vae_norms.rms_norm_silu(x, gamma, 8**0.5, out=buf[:, :, 2:])
+    torch.testing.assert_close(buf[:, :, 2:], vae_norms.rms_norm_silu_reference(x, gamma, 8**0.5), atol=1e-5, rtol=1e-5)
+    assert torch.equal(buf[:, :, :2], head)
+
+
+def test_rms_norm_silu_bf16_is_within_one_rounding_of_fp32(vae_norms) -> None:
+    x = _map((1, 16, 2, 4, 4), 5, True).bfloat16()
+    gamma = torch.rand(16, generator=torch.Generator().manual_seed(6)) + 0.5
+    out = vae_norms.rms_norm_silu(x, gamma, 4.0)
+    assert out.dtype == torch.bfloat16
+    # One bf16 ulp (2**-8 relative): the interpreter's fp32 -> bf16 cast need not round like the GPU's.
+    torch.testing.assert_close(out.float(), vae_norms.rms_norm_silu_reference(x.float(), gamma, 4.0),
+                               atol=1e-6, rtol=2**-7)  # fmt: skip
+
+
+def test_tiny_vae_fused_norm_matches_reference(vae_norms) -> None:
+    from inference.configs import TINY
+    from inference.vae import REFERENCE_OPTIONS, VAEOptions, build_vae
+
+    vae = build_vae(TINY.vae).eval()
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    video = torch.rand(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    z = torch.randn(1, 16, 2, 2, 2, generator=torch.Generator().manual_seed(8))
+    vae.options = REFERENCE_OPTIONS
+    z_ref, x_ref = vae.encode(video), vae.decode(z)
+    vae.options = VAEOptions(fused_norm=True)
+    torch.testing.assert_close(vae.encode(video), z_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vae.decode(z), x_ref, atol=1e-5, rtol=1e-5)
