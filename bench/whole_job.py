@@ -1,10 +1,13 @@
 """A whole image-to-video job on one GPU at full A14B size with random weights, through inference.pipeline:
 umT5-XXL text encode, VAE encode, 4 rCM steps over both experts (fp8 block linears, SLA), VAE decode, mp4.
 
-    python -m bench.whole_job [--res 720p 480p] [--jobs 2] [--linears fp8|bf16]
+    python -m bench.whole_job [--res 720p 480p] [--jobs 2] [--linears fp8|bf16] [--compile] [--baseline 480p ...]
 
 Both experts, the text encoder and the VAE stay resident. The first job of a size includes Triton/cuDNN warm-up;
-the reported numbers are from the last job. Writes whole_job.json ($OUT or bench/results/).
+the reported numbers are from the last job. `--baseline RES...` then frees that pipeline and runs one job per
+size on the baseline in the same process: bf16 experts, dense SDPA attention, the PyTorch reference ops (two bf16
+experts + umT5 take ~65 GiB, so 720p activations may not fit beside them on an 80 GB card: an OOM is recorded).
+Writes whole_job.json ($OUT or bench/results/).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ except ImportError:
 
     sys.modules["imageio_ffmpeg"] = types.ModuleType("imageio_ffmpeg")  # write_mp4 then fails: opencv stands in
 
-from bench.dit_step import build_dit
+from bench.dit_step import build_dit, set_dense
 from inference.configs import A14B
 from inference.pipeline import I2VPipeline
 from inference.text_encoder import TextEncoder, build_umt5, toy_tokenizer
@@ -44,13 +47,19 @@ PROMPT = (
 )
 
 
-def build_pipeline(linears: str) -> tuple[I2VPipeline, dict[str, float]]:
+def build_pipeline(linears: str, *, dense: bool = False, compile_blocks: bool = False) -> tuple[I2VPipeline, dict[str, float]]:
     sizes: dict[str, float] = {}
     experts = []
     for _ in ("high", "low"):
         dit = build_dit(A14B.dit.num_layers)
         if linears == "fp8":
             dit.use_fp8_linears()
+        if dense:
+            set_dense(dit, True, {})
+        if compile_blocks:
+            from kernels.graphs import compile_blocks as compile_dit_blocks
+
+            compile_dit_blocks(dit)
         torch.cuda.empty_cache()
         experts.append(dit)
     sizes["expert_gib"] = sum(t.numel() * t.element_size() for t in experts[0].state_dict().values()) / 2**30
@@ -96,6 +105,34 @@ def run_job(pipe: I2VPipeline, res: str) -> dict[str, Any]:
     return row
 
 
+def run_baseline(sizes: list[str], results: dict[str, Any]) -> None:
+    """One job per size on bf16 experts with dense SDPA and the reference ops, in this process."""
+    from kernels import dispatch
+
+    try:
+        pipe, _ = build_pipeline("bf16", dense=True)
+    except torch.OutOfMemoryError:
+        results.setdefault("errors", []).append("baseline: the bf16 experts did not fit\n" + traceback.format_exc())
+        return
+    dispatch.set_backend("reference")
+    try:
+        for res in sizes:
+            try:
+                row = {"job": "baseline dense bf16", **run_job(pipe, res)}
+            except torch.OutOfMemoryError:
+                results.setdefault("errors", []).append(f"baseline {res}: out of memory\n{traceback.format_exc()}")
+                torch.cuda.empty_cache()
+                continue
+            fast = [r for r in results["rows"] if r["res"] == res and r["job"] != "baseline dense bf16"]
+            if fast:
+                fast[-1]["speedup"] = row["job_s"] / fast[-1]["job_s"]
+            results["rows"].append(row)
+            print(row, flush=True)
+            write_json("whole_job.json", results)
+    finally:
+        dispatch.set_backend(None)
+
+
 def _opencv_mp4_seconds(frames: np.ndarray, fps: int) -> float:
     import cv2
 
@@ -114,11 +151,14 @@ def main() -> None:
     parser.add_argument("--res", nargs="+", default=["720p", "480p"])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--linears", default="fp8", choices=["fp8", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block (TURBO_COMPILE=1)")
+    parser.add_argument("--baseline", nargs="*", default=[], help="sizes to run once on the dense bf16 baseline")
     args = parser.parse_args()
-    results: dict[str, Any] = {"environment": environment(), "linears": args.linears, "rows": []}
+    results: dict[str, Any] = {"environment": environment(), "linears": args.linears, "compile": args.compile,
+                               "rows": []}
     print(results["environment"], flush=True)
     started = time.perf_counter()
-    pipe, sizes = build_pipeline(args.linears)
+    pipe, sizes = build_pipeline(args.linears, compile_blocks=args.compile)
     results.update(sizes, build_s=time.perf_counter() - started)
     print(sizes, flush=True)
     for res in args.res:
@@ -132,8 +172,12 @@ def main() -> None:
             results["rows"].append(row)
             print(row, flush=True)
             write_json("whole_job.json", results)
+    if args.baseline:
+        del pipe
+        torch.cuda.empty_cache()
+        run_baseline(args.baseline, results)
     print_table(results["rows"], ["res", "job", "text_encode", "image_encode", "denoise", "decode", "mp4_s",
-                                  "job_s", "peak_gib"])
+                                  "job_s", "speedup", "peak_gib"])
     print("wrote", write_json("whole_job.json", results))
 
 
