@@ -8,7 +8,8 @@ one model; the first is the baseline every other output is compared with:
 - default:          VAEOptions() (autotuning + channels_last_3d + fewer copies), exact math;
 - default_chunk2:   as default with 2 latent frames a chunk (fewer, bigger convolutions; more memory);
 - fused_norm:       default + the Triton RMSNorm+SiLU written into the conv buffers (bf16 rounding differs);
-- fused_norm_chunk2: fused_norm with 2 latent frames a chunk.
+- fused_norm_chunk2: fused_norm with 2 latent frames a chunk;
+- contiguous_fused: fused_norm in the contiguous layout (the fallback if channels_last_3d convs turn out slower).
 
     python3 -m bench.vae_speed [--res 720p 480p] [--variants ...] [--runs 2]
 
@@ -47,6 +48,7 @@ VARIANTS: dict[str, tuple[VAEOptions, int, int]] = {
     "default_chunk2": (VAEOptions(), 2, 2),
     "fused_norm": (VAEOptions(fused_norm=True), 1, 1),
     "fused_norm_chunk2": (VAEOptions(fused_norm=True), 2, 2),
+    "contiguous_fused": (VAEOptions(channels_last=False, fused_norm=True), 1, 1),
 }
 
 
