@@ -45,12 +45,12 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("pointer + fused side", {"side_impl": "fused"}),
     ("tma bpi2 w8 s2", {"sparse_impl": "tma"}),
     ("tma bpi2 w8 s3", {"sparse_impl": "tma", "num_stages": 3}),
+    ("tma bpi1 w8 s2", {"sparse_impl": "tma", "blocks_per_iter": 1}),
     ("tma bpi1 w8 s3", {"sparse_impl": "tma", "blocks_per_iter": 1, "num_stages": 3}),
-    ("tma bpi1 w8 s4", {"sparse_impl": "tma", "blocks_per_iter": 1, "num_stages": 4}),
     ("tma bpi2 m64 w4 s3", {"sparse_impl": "tma", "block_m": 64, "num_warps": 4, "num_stages": 3}),
     ("tma bpi2 w8 s2 + fused side", {"sparse_impl": "tma", "side_impl": "fused"}),
+    ("tma bpi2 w8 s2 int8 QK (approx.)", {"sparse_impl": "tma", "qk_int8": True}),
     ("tma bpi2 w8 s2 warp-spec", {"sparse_impl": "tma", "warp_specialize": True}),
-    ("tma bpi1 w8 s2", {"sparse_impl": "tma", "blocks_per_iter": 1}),
 ]
 SIDE_KEYS = ("side_impl",)  # keyword arguments that go to side_inputs, the rest to sparse_forward
 

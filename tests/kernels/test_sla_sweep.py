@@ -55,7 +55,8 @@ def test_every_sweep_variant_runs_and_matches(interpreted_kernels, label, kwargs
     w, b = torch.randn(16, 16, generator=gen) * 0.2, torch.randn(16, generator=gen) * 0.2
     out = sla.sla_attention(q, k, v, w, b, 0.4, sla_sweep.BLOCK_Q, sla_sweep.BLOCK_K, **kwargs)
     ref = reference.sla_attention(q, k, v, w, b, 0.4, sla_sweep.BLOCK_Q, sla_sweep.BLOCK_K)
-    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+    # int8 QK^T is approximate by design (its exactness on dequantised operands is tested elsewhere).
+    assert ((out - ref).norm() / ref.norm()).item() < (3e-2 if kwargs.get("qk_int8") else 1e-5)
 
 
 def test_sweep_end_to_end_on_cpu(interpreted_kernels, monkeypatch, tmp_path, capsys):

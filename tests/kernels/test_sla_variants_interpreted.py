@@ -99,3 +99,61 @@ def test_linear_kv_pool_is_linear_kv_plus_block_means(interpreted_kernels):
     assert _rel(ksum, ksum_ref) < 1e-5
     assert _rel(pooled, sla.block_means(k, 32)) < 1e-6
     assert _rel(pooled, reference._block_mean(k.float(), 32)) < 1e-6
+
+
+def test_quantize_int8_blocks_matches_torch(interpreted_kernels):
+    sla = interpreted_kernels["sla_triton"]
+    gen = torch.Generator().manual_seed(24)
+    _, k, _ = _qkv("model", 2, 2, 150, 16, gen)
+    mean = k.mean(dim=-2, keepdim=True)
+    for block, m in ((32, None), (16, mean)):
+        xq, scale = sla.quantize_int8_blocks(k, block, m)
+        x = k - m if m is not None else k
+        n_blocks = -(-150 // block)
+        padded = torch.nn.functional.pad(x, (0, 0, 0, n_blocks * block - 150))
+        absmax = padded.abs().reshape(2, 2, n_blocks, block * 16).amax(dim=-1).reshape(4, n_blocks)
+        assert torch.allclose(scale, absmax / 127, rtol=1e-6)
+        per_row = scale.reshape(2, 2, n_blocks).repeat_interleave(block, dim=-1)[..., :150, None]
+        # torch.round sends exact halves to even, the kernel away from zero: random data has no exact halves.
+        assert torch.equal(xq.float(), torch.round(x / per_row))
+        assert xq.dtype == torch.int8 and xq.is_contiguous()
+
+
+def _sparse_with_block_map(q, k, v, block_map, block_q, block_k):
+    length = q.shape[-2]
+    mask = block_map.repeat_interleave(block_k, dim=-1)[..., :length].repeat_interleave(block_q, dim=-2)[..., :length, :]
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize("blocks_per_iter", [1, 2])
+def test_sla_int8_qk_is_exact_on_dequantised_operands(interpreted_kernels, blocks_per_iter):
+    """The int8 QK^T variant equals exact sparse attention over the dequantised q and smoothed k (same block map),
+    plus the linear branch: the kernel adds no error beyond the quantisation itself."""
+    sla = interpreted_kernels["sla_triton"]
+    gen = torch.Generator().manual_seed(25 + blocks_per_iter)
+    q, k, v = _qkv("model", 1, 2, 200, 32, gen)
+    w, b = torch.randn(32, 32, generator=gen) * 0.2, torch.randn(32, generator=gen) * 0.2
+    topk, block_q, block_k = 1.0, 32, 16  # every block chosen: the partial last key block is in the tail step
+    out = sla.sla_attention(q, k, v, w, b, topk, block_q, block_k, sparse_impl="tma", qk_int8=True,
+                            blocks_per_iter=blocks_per_iter)
+    k_mean = k.mean(dim=-2, keepdim=True)
+
+    def dequantised(x, block, mean=None):
+        xq, scale = sla.quantize_int8_blocks(x, block, mean)
+        rows = scale.reshape(*x.shape[:2], -1).repeat_interleave(block, dim=-1)[..., : x.shape[-2], None]
+        return xq.float() * rows
+
+    block_map = reference.sla_block_map(q, k, topk, block_q, block_k)
+    exact_sparse = _sparse_with_block_map(q, k, v, block_map, block_q, block_k)
+    int8_sparse = _sparse_with_block_map(dequantised(q, block_q), dequantised(k, block_k, k_mean), v, block_map,
+                                         block_q, block_k)
+    ref = reference.sla_attention(q, k, v, w, b, topk, block_q, block_k)
+    assert _rel(out, ref - exact_sparse + int8_sparse) < 1e-5
+    assert _rel(out, ref) < 3e-2  # and the quantisation error itself is small
+
+
+def test_sla_int8_qk_needs_the_tma_kernel(interpreted_kernels):
+    sla = interpreted_kernels["sla_triton"]
+    q = torch.randn(1, 1, 64, 16)
+    with pytest.raises(ValueError, match="qk_int8"):
+        sla.sla_attention(q, q, q, torch.eye(16), torch.zeros(16), 0.5, 16, 16, qk_int8=True)
