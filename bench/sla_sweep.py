@@ -7,7 +7,8 @@ q, k, v are laid out as the DiT hands them over: (B, H, L, D) views of one fused
 (row stride 3*H*D), so the TMA kernel is timed on the strides it will see; one extra row times the default kernel on
 contiguous (B, H, L, D) tensors, the layout of bench/kernels_micro.py's numbers.
 
-Per variant: the whole op and the sparse kernel alone (given the default side inputs), median of 10 (CUDA events);
+Per variant: the whole op and the sparse kernel alone (given the default side inputs; for int8 QK^T that includes
+quantising q and k and one extra pooling pass over k for its mean), median of 10 (CUDA events);
 accuracy against kernels.reference.sla_attention on 3 heads (the reference keeps a token-level mask; the block map is
 per head, so this is exact) and against the default kernel's output on all heads. A variant that fails to build or
 run is recorded with its error and the sweep goes on; if the CUDA context itself dies (a sticky error), the rest of

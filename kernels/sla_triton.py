@@ -214,6 +214,27 @@ if HAVE_TRITON:
         return m_new, l_i, acc
 
     @triton.jit
+    def _main_step(
+        it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L, m_i, l_i, acc,
+        BLOCK_KB: tl.constexpr, TWO: tl.constexpr, QK_INT8: tl.constexpr, S_DTYPE: tl.constexpr,
+    ):
+        # One unmasked iteration of the TMA kernel's key loop: slots it*STEP (and +1), never the last slot.
+        STEP: tl.constexpr = 2 if TWO else 1
+        blk0 = tl.load(lut_row + it * STEP)
+        blk1 = blk0
+        if TWO:
+            blk1 = tl.load(lut_row + it * STEP + 1)
+        scale0 = scale_q
+        scale1 = scale_q
+        if QK_INT8:
+            scale0 = scale_q * tl.load(kscale_row + blk0)
+            scale1 = scale_q * tl.load(kscale_row + blk1)
+        return _attend_keys(
+            q, k_desc, v_desc, blk0, blk1, True, k_row0, k_col0, v_row0, v_col0, L, scale0, scale1,
+            m_i, l_i, acc, BLOCK_KB, TWO, False, S_DTYPE,
+        )
+
+    @triton.jit
     def _sla_sparse_tma_kernel(
         q_desc, k_desc, v_desc, Q, QSCALE, KSCALE, Out, LUT, KV, KSUM, W, BIAS,
         L, n_heads, n_sel, qk_scale, n_kblocks,
@@ -256,20 +277,19 @@ if HAVE_TRITON:
         STEP: tl.constexpr = 2 if TWO else 1
         # All but the last 1..STEP slots need no mask; the tail step handles those.
         n_main = (n_sel - 1) // STEP
-        for it in tl.range(0, n_main, num_stages=NUM_STAGES, warp_specialize=WARP_SPECIALIZE):
-            blk0 = tl.load(lut_row + it * STEP)
-            blk1 = blk0
-            if TWO:
-                blk1 = tl.load(lut_row + it * STEP + 1)
-            scale0 = scale_q
-            scale1 = scale_q
-            if QK_INT8:
-                scale0 = scale_q * tl.load(kscale_row + blk0)
-                scale1 = scale_q * tl.load(kscale_row + blk1)
-            m_i, l_i, acc = _attend_keys(
-                q, k_desc, v_desc, blk0, blk1, True, k_row0, k_col0, v_row0, v_col0, L, scale0, scale1,
-                m_i, l_i, acc, BLOCK_KB, TWO, False, S_DTYPE,
-            )
+        # warp_specialize is passed only when asked for, so a triton without the keyword still builds the rest.
+        if WARP_SPECIALIZE:
+            for it in tl.range(0, n_main, num_stages=NUM_STAGES, warp_specialize=True):
+                m_i, l_i, acc = _main_step(
+                    it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L,
+                    m_i, l_i, acc, BLOCK_KB, TWO, QK_INT8, S_DTYPE,
+                )
+        else:
+            for it in tl.range(0, n_main, num_stages=NUM_STAGES):
+                m_i, l_i, acc = _main_step(
+                    it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L,
+                    m_i, l_i, acc, BLOCK_KB, TWO, QK_INT8, S_DTYPE,
+                )
         j = n_main * STEP
         blk0 = tl.load(lut_row + j)
         # An odd tail re-reads slot j as its (masked-out) second block instead of branching.
