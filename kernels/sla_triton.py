@@ -14,7 +14,8 @@ Variants, chosen by keyword of `sla_attention` (defaults = the kernels above, th
   tensor descriptors (Hopper+): the gathered key blocks are TMA copies at a dynamic row, so the loads no longer
   cost address arithmetic and registers. Two key blocks per iteration are two loads and two score chains merged in
   one online-softmax update. Only when the layout maps onto a 2-D descriptor (see `_tma_layout`); else the
-  pointer kernel runs. `warp_specialize=True` asks Triton to warp-specialize its loop (guarded by the caller).
+  pointer kernel runs. `warp_specialize=True` passes warp_specialize=True to the key loop's tl.range (triton
+  documents it for Blackwell; triton 3.9 compiles it for sm_90 but leaves the loop unpartitioned).
 - `qk_int8=True` (with "tma"): QK^T on int8 copies of q (one scale per BLOCK_M rows) and of k minus its mean over L
   (one scale per key block), made by `_quant_int8_blocks_kernel`: int8 wgmma runs at twice the bf16 rate; P.V
   stays bf16. Approximate (SageAttention's scheme); held to cosine >= 0.999 against the reference.
