@@ -5,7 +5,8 @@ umT5-XXL text encode, VAE encode, 4 rCM steps over both experts (fp8 block linea
 
 Both experts, the text encoder and the VAE stay resident. The first job of a size includes Triton/cuDNN warm-up;
 the reported numbers are from the last job. `--baseline RES...` then frees that pipeline and runs one job per
-size on the baseline in the same process: bf16 experts, dense SDPA attention, the PyTorch reference ops (two bf16
+size on the baseline in the same process: bf16 experts, dense SDPA attention, the PyTorch reference ops, the VAE's
+reference options (two bf16
 experts + umT5 take ~65 GiB, so 720p activations may not fit beside them on an 80 GB card: an OOM is recorded).
 Writes whole_job.json ($OUT or bench/results/).
 """
@@ -38,7 +39,7 @@ from inference.configs import A14B
 from inference.pipeline import I2VPipeline
 from inference.text_encoder import TextEncoder, build_umt5, toy_tokenizer
 from inference.types import GenerationRequest
-from inference.vae import build_vae
+from inference.vae import REFERENCE_OPTIONS, build_vae
 
 PROMPT = (
     "A golden retriever runs along a wide sandy beach at sunset, waves rolling in behind it, its fur lifting in "
@@ -115,6 +116,7 @@ def run_baseline(sizes: list[str], results: dict[str, Any]) -> None:
         results.setdefault("errors", []).append("baseline: the bf16 experts did not fit\n" + traceback.format_exc())
         return
     dispatch.set_backend("reference")
+    pipe.vae.options = REFERENCE_OPTIONS  # the VAE as first written too
     try:
         for res in sizes:
             try:

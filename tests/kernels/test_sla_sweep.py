@@ -13,7 +13,9 @@ from kernels import reference
 def test_variant_table_is_sane():
     labels = [label for label, _ in sla_sweep.VARIANTS]
     assert len(set(labels)) == len(labels)
-    assert sla_sweep.VARIANTS[0][1] == {}  # the default kernel comes first: the others are compared with it
+    # The first kernel comes first, every choice spelled out: the others are compared with it.
+    assert sla_sweep.VARIANTS[0][1] == {"sparse_impl": "pointer", "side_impl": "separate"}
+    assert all({"sparse_impl", "side_impl"} <= set(kwargs) for _, kwargs in sla_sweep.VARIANTS)
     assert len(sla_sweep.VARIANTS) + 2 <= 12  # + dense SDPA and the contiguous-layout row: the time budget
 
 
@@ -22,7 +24,7 @@ def test_select_variants_keeps_the_default():
     assert chosen[0] == sla_sweep.VARIANTS[0]
     assert all("warp-spec" in label for label, _ in chosen[1:]) and len(chosen) > 1
     skipped = sla_sweep.select_variants(None, ["tma"])
-    assert [label for label, _ in skipped] == ["default pointer m128 bpi2 w8 s2", "pointer + fused side"]
+    assert [label for label, _ in skipped] == ["first kernel: pointer m128 bpi2 w8 s2", "pointer + fused side"]
 
 
 def test_split_kwargs_and_flops():
@@ -87,4 +89,4 @@ def test_sweep_end_to_end_on_cpu(interpreted_kernels, monkeypatch, tmp_path, cap
     assert "side_ms" in rows["pointer + fused side"]
     assert "sparse_impl" in rows["broken"]["error"]
     assert len(section["parts"]) == 9 and all("ms" in p for p in section["parts"])
-    assert "default pointer" in capsys.readouterr().out
+    assert "first kernel: pointer" in capsys.readouterr().out

@@ -156,4 +156,4 @@ def test_sla_int8_qk_needs_the_tma_kernel(interpreted_kernels):
     sla = interpreted_kernels["sla_triton"]
     q = torch.randn(1, 1, 64, 16)
     with pytest.raises(ValueError, match="qk_int8"):
-        sla.sla_attention(q, q, q, torch.eye(16), torch.zeros(16), 0.5, 16, 16, qk_int8=True)
+        sla.sla_attention(q, q, q, torch.eye(16), torch.zeros(16), 0.5, 16, 16, qk_int8=True, sparse_impl="pointer")
