@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from transformers import UMT5EncoderModel
 
@@ -478,6 +479,25 @@ class I2VPipeline:
             memory_policy=memory_policy,
             memory_plan=plan,
         )
+
+    def warm_up(self, resolutions: list[str] | None = None) -> dict[str, float]:
+        """One short job per resolution (default: all of the model's), so Triton compiles its kernels and cuDNN
+        tunes the VAE's convolutions before the first real job: on an H100 the first 720p job took 32 s against
+        20 s for the next (bench/README.md). Shapes that matter are per resolution, not per length: the VAE works
+        in fixed chunks and the kernels take lengths at run time, so 1 step on the fewest frames that give every
+        chunk shape is enough. Returns the seconds per resolution."""
+        frames = 1 + self.config.vae.temporal_stride * VAE_CHUNK_LATENTS  # a first chunk and one full chunk
+        seconds: dict[str, float] = {}
+        for resolution in resolutions or list(self.config.resolutions):
+            width, height = self.config.resolutions[resolution]
+            request = GenerationRequest(
+                image=Image.new("RGB", (width, height), (128, 128, 128)), prompt="warm-up", seed=0, num_steps=1,
+                resolution=resolution, num_frames=frames, adaptive_resolution=False,
+            )
+            start = time.perf_counter()
+            self.generate(request)
+            seconds[resolution] = time.perf_counter() - start
+        return seconds
 
     @torch.no_grad()
     def generate(

@@ -12,6 +12,7 @@ from PIL import Image
 from inference.configs import A14B, TINY
 from inference.image import preprocess_image, target_size
 from inference.pipeline import (
+    VAE_CHUNK_LATENTS,
     HostParking,
     I2VPipeline,
     MemoryPlan,
@@ -280,3 +281,23 @@ def test_linear_mode_resolves_per_device():
         resolve_linears("fp8", cpu)
     with pytest.raises(InferenceInputError, match="'int4'"):
         resolve_linears("int4", cpu)
+
+
+def test_warm_up_runs_one_short_job_per_resolution(pipeline, monkeypatch):
+    seen: list[GenerationRequest] = []
+    real_generate = pipeline.generate
+
+    def recording_generate(request, *args, **kwargs):
+        seen.append(request)
+        result = real_generate(request, *args, **kwargs)
+        assert (result.width, result.height) == TINY.resolutions[request.resolution]
+        return result
+
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
+    seconds = pipeline.warm_up()
+    assert list(seconds) == list(TINY.resolutions) and all(s > 0 for s in seconds.values())
+    # One step on 9 frames: three latent frames, i.e. the VAE's first chunk and one full 2-latent chunk.
+    assert [(r.resolution, r.num_steps, r.num_frames) for r in seen] == [
+        (res, 1, 1 + 4 * VAE_CHUNK_LATENTS) for res in TINY.resolutions
+    ]
+    assert pipeline.warm_up(["720p"]).keys() == {"720p"}

@@ -34,6 +34,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--preload", default=None,
                             help="model to load before taking jobs (default: TURBO_DEFAULT_MODEL; 'none' to skip)")
+        parser.add_argument("--no-warm-up", action="store_true",
+                            help="skip the short warm-up job per resolution after preloading on a GPU")
         parser.add_argument("--no-reaper", action="store_true", help="do not run the reaper thread in this process")
         parser.add_argument("--shutdown-timeout", type=int, default=30,
                             help="seconds to wait for the running job to hand itself back on shutdown")
@@ -58,6 +60,8 @@ class Command(BaseCommand):
                                    "(--preload none starts the worker without loading it)") from None
             device = getattr(pipeline, "device_name", "?")
             self.stdout.write(f"model {preload} loaded on {device} in {time.perf_counter() - start:.1f} s")
+            if not options["no_warm_up"]:
+                self._warm_up(pipeline)
         self._warn_if_several_gpus()
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -82,6 +86,15 @@ class Command(BaseCommand):
             if reaper is not None:
                 reaper.stop()
             dramatiq_worker.stop(timeout=options["shutdown_timeout"] * 1000)
+
+    def _warm_up(self, pipeline: Any) -> None:
+        """Compile the GPU kernels and tune the VAE's convolutions now rather than in the first user's job."""
+        device = getattr(pipeline, "device", None)
+        if getattr(device, "type", None) != "cuda" or not hasattr(pipeline, "warm_up"):
+            return
+        seconds = pipeline.warm_up()
+        done = ", ".join(f"{res} {secs:.1f} s" for res, secs in seconds.items())
+        self.stdout.write(f"warmed up: {done}")
 
     def _warn_if_several_gpus(self) -> None:
         torch = sys.modules.get("torch")
