@@ -1,7 +1,7 @@
 """Micro benchmarks at A14B shapes (81 frames, 480p and 720p): SLA vs dense SDPA (with accuracy vs the reference),
 the eight block linears (bf16 cuBLAS vs int8 W8A8 Triton vs fp8 row-scaled cuBLASLt), norms and RoPE.
 
-    python -m bench.kernels_micro [--res 480p 720p] [--sections sla linears block norms] [--no-compile]
+    python -m bench.kernels_micro [--res 480p 720p] [--sections sla linears gemm block norms] [--no-compile]
 
 "block" times one block's fp8 linears with its norms and residual adds (attention left out): the first fp8 path
 against the fused one (q/k/v in one GEMM, quantization inside the norm and GELU kernels, residual adds fused into
@@ -158,6 +158,52 @@ def _block_linear_work(m: int, gen: torch.Generator) -> tuple[Any, Any, dict[str
     return unfused, fused, {"flops": 2 * m * DIM * (8 * DIM + 2 * FFN)}
 
 
+# (label, scaling, use_fast_accum) of torch._scaled_mm; "row" is what Fp8Linear does.
+GEMM_OPTIONS = [("fp8 row scales", "row", False), ("fp8 row scales, fast accum", "row", True),
+                ("fp8 tensor scales", "tensor", False), ("fp8 tensor scales, fast accum", "tensor", True)]
+
+
+def gemm_section(res: str, results: dict[str, Any]) -> None:
+    """The fp8 GEMM alone under torch._scaled_mm's options, at the block's three GEMM shapes, against bf16."""
+    m = math.prod(GRIDS[res])
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    rows = []
+    for name, n, k_in in (("qkv", 3 * DIM, DIM), ("ffn up", FFN, DIM), ("ffn down", DIM, FFN)):
+        x = torch.randn(m, k_in, device="cuda", dtype=torch.bfloat16, generator=gen)
+        w = torch.randn(n, k_in, device="cuda", dtype=torch.bfloat16, generator=gen) * k_in**-0.5
+        exact = x.float() @ w.float().t()
+        qx, sx = fp8_linear.quantize_rows_fp8(x)
+        qw, sw = fp8_linear.quantize_rows_fp8(w)
+        flop = 2 * m * n * k_in
+        ms = bench_ms(lambda x=x, w=w: x @ w.t())
+        rows.append({"gemm": name, "kind": "bf16", "ms": ms, "TFLOP/s": flop / ms / 1e9,
+                     "rel_err_vs_fp32": rel_err(x @ w.t(), exact)})
+        base = ms
+        for label, scaling, fast in GEMM_OPTIONS:
+            if scaling == "row":
+                sa, sb = sx, sw.view(1, -1)
+            else:  # one scale per tensor: the largest row scale, so nothing overflows
+                sa, sb = sx.max().view(()), sw.max().view(())
+                qx_t = (qx.float() * sx / sa).to(fp8_linear.FP8_DTYPE)
+                qw_t = (qw.float() * sw / sb).to(fp8_linear.FP8_DTYPE)
+            a, b = (qx, qw) if scaling == "row" else (qx_t, qw_t)
+
+            def run(a=a, b=b, sa=sa, sb=sb, fast=fast) -> torch.Tensor:
+                return torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
+                                        use_fast_accum=fast)
+            try:
+                ms = bench_ms(run)
+                rows.append({"gemm": name, "kind": label, "ms": ms, "TFLOP/s": flop / ms / 1e9,
+                             "speedup": base / ms, "rel_err_vs_fp32": rel_err(run(), exact)})
+            except Exception as exc:
+                rows.append({"gemm": name, "kind": label, "error": repr(exc)[:200]})
+        del x, w, exact, qx, sx, qw, sw
+        torch.cuda.empty_cache()
+    results[f"gemm_{res}"] = {"tokens": m, "rows": rows}
+    print(f"\n== fp8 GEMM options {res} (M={m})")
+    print_table(rows, ["gemm", "kind", "ms", "TFLOP/s", "speedup", "rel_err_vs_fp32", "error"])
+
+
 def block_linears_section(res: str, results: dict[str, Any]) -> None:
     m = math.prod(GRIDS[res])
     gen = torch.Generator(device="cuda").manual_seed(3)
@@ -230,6 +276,8 @@ def main() -> None:
                     sla_section(res, results)
                 elif section == "linears":
                     linears_section(res, results)
+                elif section == "gemm":
+                    gemm_section(res, results)
                 elif section == "block":
                     block_linears_section(res, results)
                 elif section == "norms":
