@@ -73,28 +73,28 @@ if HAVE_TRITON:
         HALF_D: tl.constexpr, BLOCK_PAIRS: tl.constexpr, APPLY_NORM: tl.constexpr,
     ):
         # One token: its heads side by side form a row of cols = H * D values, seen as cols/2 adjacent pairs;
-        # pair p belongs to head p // HALF_D and takes angle p % HALF_D of this token's cos/sin row.
+        # pair p belongs to head p // HALF_D and takes angle p % HALF_D of this token's cos/sin row. The row is
+        # loaded and stored contiguously and split into (even, odd) in registers: strided even/odd accesses
+        # halved the useful bandwidth.
         row = tl.program_id(0)
         b = row // seq_len
         pos = row % seq_len
-        pairs = tl.arange(0, BLOCK_PAIRS)
-        mask = pairs < cols // 2
-        x_row = X + b * sxb + pos * sxl
-        even = tl.load(x_row + 2 * pairs, mask=mask, other=0.0).to(tl.float32)
-        odd = tl.load(x_row + 2 * pairs + 1, mask=mask, other=0.0).to(tl.float32)
+        offs = tl.arange(0, 2 * BLOCK_PAIRS)
+        mask = offs < cols
+        x = tl.load(X + b * sxb + pos * sxl + offs, mask=mask, other=0.0).to(tl.float32)
         if APPLY_NORM:
-            inv = tl.rsqrt((tl.sum(even * even, axis=0) + tl.sum(odd * odd, axis=0)) / cols + eps)
-            w_even = tl.load(W + 2 * pairs, mask=mask, other=0.0).to(tl.float32)
-            w_odd = tl.load(W + 2 * pairs + 1, mask=mask, other=0.0).to(tl.float32)
+            inv = tl.rsqrt(tl.sum(x * x, axis=0) / cols + eps)
+            w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
             # The reference rounds the norm's output to x's dtype before rotating; do the same.
-            even = (even * inv * w_even).to(OUT.dtype.element_ty).to(tl.float32)
-            odd = (odd * inv * w_odd).to(OUT.dtype.element_ty).to(tl.float32)
+            x = (x * inv * w).to(OUT.dtype.element_ty).to(tl.float32)
+        even, odd = tl.split(tl.reshape(x, (BLOCK_PAIRS, 2)))
+        pairs = tl.arange(0, BLOCK_PAIRS)
+        pair_ok = pairs < cols // 2
         angle = pairs % HALF_D
-        c = tl.load(COS + pos * scl + angle, mask=mask, other=0.0)
-        s = tl.load(SIN + pos * scl + angle, mask=mask, other=0.0)
-        o_row = OUT + b * sob + pos * sol
-        tl.store(o_row + 2 * pairs, (even * c - odd * s).to(OUT.dtype.element_ty), mask=mask)
-        tl.store(o_row + 2 * pairs + 1, (even * s + odd * c).to(OUT.dtype.element_ty), mask=mask)
+        c = tl.load(COS + pos * scl + angle, mask=pair_ok, other=0.0)
+        s = tl.load(SIN + pos * scl + angle, mask=pair_ok, other=0.0)
+        out = tl.reshape(tl.join(even * c - odd * s, even * s + odd * c), (2 * BLOCK_PAIRS,))
+        tl.store(OUT + b * sob + pos * sol + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
 def _warps(block: int) -> int:

@@ -113,6 +113,11 @@ def test_rms_norm_and_rope(interpreted_kernels):
     composed = reference.apply_rope(reference.rms_norm(x, w, 1e-6).view(2, 12, 3, 32), cos, sin)
     assert fused.shape == (2, 12, 3, 32)
     assert _rel(fused, composed) < 1e-6
+    # The model feeds views into a fused q/k/v output (row stride 3 * C): same result as a contiguous input.
+    qkv = torch.cat([torch.randn(2, 12, 96, generator=gen), x, torch.randn(2, 12, 96, generator=gen)], dim=-1)
+    k_view = qkv.split(96, dim=-1)[1]
+    assert k_view.stride(1) == 288
+    assert torch.equal(norms.rms_norm_rope(k_view, w, 1e-6, cos, sin, 3), fused)
 
 
 def test_dispatch_kernel_backend_runs_kernels(interpreted_kernels, kernel_backend):
