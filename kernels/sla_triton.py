@@ -171,42 +171,9 @@ if HAVE_TRITON:
                  out.to(Out.dtype.element_ty), mask=row_ok[:, None])
 
     @triton.jit
-    def _exp2_poly(x):
-        # 2^x for x <= 0 on the FMA units: MUFU (tl.exp2) issues 16 results per clock per SM against 128 FMAs,
-        # and an attention step needs one exponential per score. x = i + f with f in [0, 1): 2^f by a cubic
-        # (relative error 1.2e-4, far below P's bf16 rounding), 2^i added to the exponent bits. -inf and
-        # anything under 2^-126 give 0.
-        xc = tl.maximum(x, -126.0)
-        xi = tl.floor(xc)
-        f = xc - xi
-        frac = 1.0 + f * (0.6955645761740883 + f * (0.2261672824220505 + f * 0.07814288079628977))
-        bits = frac.to(tl.int32, bitcast=True) + (xi.to(tl.int32) << 23)
-        return tl.where(x < -126.0, 0.0, bits.to(tl.float32, bitcast=True))
-
-    @triton.jit
-    def _exp2_bf16(x):
-        # 2^x rounded to bf16, two per MUFU instruction (sm_90's ex2.approx.ftz.bf16x2): P is rounded to bf16
-        # for the P.V product anyway; the input's own bf16 rounding adds |x| * 2^-9 relative error.
-        return tl.inline_asm_elementwise(
-            asm="ex2.approx.ftz.bf16x2 $0, $1;", constraints="=r,r", args=[x.to(tl.bfloat16)],
-            dtype=tl.bfloat16, is_pure=True, pack=2,
-        )
-
-    @triton.jit
-    def _exp2_scores(x, EXP_MODE: tl.constexpr):
-        """exp2 of logits in log2 units: 0 MUFU fp32, 1 MUFU bf16x2, 2 FMA polynomial (fp32)."""
-        if EXP_MODE == 1:
-            return _exp2_bf16(x)
-        elif EXP_MODE == 2:
-            return _exp2_poly(x)
-        else:
-            return tl.exp2(x)
-
-    @triton.jit
     def _attend_keys(
         q, k_desc, v_desc, blk0, blk1, use1, k_row0, k_col0, v_row0, v_col0, L, scale0, scale1, m_i, l_i, acc,
         BLOCK_KB: tl.constexpr, TWO: tl.constexpr, MASK: tl.constexpr, S_DTYPE: tl.constexpr,
-        EXP0: tl.constexpr, EXP1: tl.constexpr,
     ):
         # One online-softmax update over key block blk0 (and blk1 when TWO), loaded by TMA at a dynamic row.
         # scale0/scale1: what turns each block's raw products into log2-unit logits (log2(e)/sqrt(d), times the
@@ -234,13 +201,11 @@ if HAVE_TRITON:
         # blk0 always holds a real key, so m_new is finite; m is in scaled log2 units (one FMA per score).
         m_new = tl.maximum(m_i, row_max)
         alpha = tl.exp2(m_i - m_new)
-        # EXP0/EXP1: how each block's exponentials are computed (_exp2_scores); mixing MUFU for one block with
-        # the FMA polynomial for the other spreads the work over both units.
-        p0 = _exp2_scores(s0 * scale0 - m_new[:, None], EXP0)
-        l_i = l_i * alpha + tl.sum(p0.to(tl.float32), axis=1)
+        p0 = tl.exp2(s0 * scale0 - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p0, axis=1)
         if TWO:
-            p1 = _exp2_scores(s1 * scale1 - m_new[:, None], EXP1)
-            l_i += tl.sum(p1.to(tl.float32), axis=1)
+            p1 = tl.exp2(s1 * scale1 - m_new[:, None])
+            l_i += tl.sum(p1, axis=1)
         acc = acc * alpha[:, None]
         v0 = v_desc.load([v_row0 + blk0 * BLOCK_KB, v_col0])
         acc = tl.dot(p0.to(v0.dtype), v0, acc)
@@ -253,7 +218,6 @@ if HAVE_TRITON:
     def _main_step(
         it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L, m_i, l_i, acc,
         BLOCK_KB: tl.constexpr, TWO: tl.constexpr, QK_INT8: tl.constexpr, S_DTYPE: tl.constexpr,
-        EXP0: tl.constexpr, EXP1: tl.constexpr,
     ):
         # One unmasked iteration of the TMA kernel's key loop: slots it*STEP (and +1), never the last slot.
         STEP: tl.constexpr = 2 if TWO else 1
@@ -268,7 +232,7 @@ if HAVE_TRITON:
             scale1 = scale_q * tl.load(kscale_row + blk1)
         return _attend_keys(
             q, k_desc, v_desc, blk0, blk1, True, k_row0, k_col0, v_row0, v_col0, L, scale0, scale1,
-            m_i, l_i, acc, BLOCK_KB, TWO, False, S_DTYPE, EXP0, EXP1,
+            m_i, l_i, acc, BLOCK_KB, TWO, False, S_DTYPE,
         )
 
     @triton.jit
@@ -281,7 +245,7 @@ if HAVE_TRITON:
         slut_bh, slut_q,
         BLOCK_M: tl.constexpr, BLOCK_QB: tl.constexpr, BLOCK_KB: tl.constexpr, TWO: tl.constexpr,
         HEAD_DIM: tl.constexpr, FUSE_LINEAR: tl.constexpr, NUM_STAGES: tl.constexpr,
-        WARP_SPECIALIZE: tl.constexpr, QK_INT8: tl.constexpr, EXP0: tl.constexpr, EXP1: tl.constexpr,
+        WARP_SPECIALIZE: tl.constexpr, QK_INT8: tl.constexpr,
     ):
         # QK_INT8: q_desc/k_desc address int8 copies of q and of the smoothed k (k - mean_L k: a per-query-row shift
         # of the logits, which softmax ignores), one scale per BLOCK_M query rows (QSCALE) and per key block
@@ -319,13 +283,13 @@ if HAVE_TRITON:
             for it in tl.range(0, n_main, num_stages=NUM_STAGES, warp_specialize=True):
                 m_i, l_i, acc = _main_step(
                     it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L,
-                    m_i, l_i, acc, BLOCK_KB, TWO, QK_INT8, S_DTYPE, EXP0, EXP1,
+                    m_i, l_i, acc, BLOCK_KB, TWO, QK_INT8, S_DTYPE,
                 )
         else:
             for it in tl.range(0, n_main, num_stages=NUM_STAGES):
                 m_i, l_i, acc = _main_step(
                     it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L,
-                    m_i, l_i, acc, BLOCK_KB, TWO, QK_INT8, S_DTYPE, EXP0, EXP1,
+                    m_i, l_i, acc, BLOCK_KB, TWO, QK_INT8, S_DTYPE,
                 )
         j = n_main * STEP
         blk0 = tl.load(lut_row + j)
@@ -338,7 +302,7 @@ if HAVE_TRITON:
             scale1 = scale_q * tl.load(kscale_row + blk1)
         m_i, l_i, acc = _attend_keys(
             q, k_desc, v_desc, blk0, blk1, j + 1 < n_sel, k_row0, k_col0, v_row0, v_col0, L, scale0, scale1,
-            m_i, l_i, acc, BLOCK_KB, TWO, True, S_DTYPE, EXP0, EXP1,
+            m_i, l_i, acc, BLOCK_KB, TWO, True, S_DTYPE,
         )
         out = acc / l_i[:, None]
 
@@ -427,12 +391,6 @@ if HAVE_TRITON:
         part = bh * n_splits + split
         tl.store(KV_PART + part * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :], kv)
         tl.store(KSUM_PART + part * HEAD_DIM + offs_d, ksum)
-
-
-# exp_impl -> (EXP0, EXP1): the _exp2_scores mode of each of the two key blocks of a step. "mufu": tl.exp2 (exact
-# to fp32); "bf16": sm_90's paired bf16 exponential, approximate, CUDA only (inline PTX); "split": tl.exp2 for the
-# first block and the FMA polynomial for the second.
-EXP_IMPLS: dict[str, tuple[int, int]] = {"mufu": (0, 0), "bf16": (1, 1), "split": (0, 2), "poly": (2, 2)}
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -603,14 +561,10 @@ def sparse_forward(
     warp_specialize: bool = False,
     qk_int8: bool = False,
     k_mean: torch.Tensor | None = None,
-    exp_impl: str = "mufu",
 ) -> torch.Tensor:
     """The sparse kernel (plus the linear branch) given `side_inputs`; split out so benchmarks can time it alone.
 
-    qk_int8 (TMA kernel only): k_mean is fp32 (B, H, 1, D) mean over L of k (computed here when None).
-    exp_impl (TMA kernel only; see EXP_IMPLS): how the softmax exponentials are computed."""
-    if exp_impl not in EXP_IMPLS:
-        raise ValueError(f"exp_impl must be one of {', '.join(EXP_IMPLS)}, got {exp_impl!r}")
+    qk_int8 (TMA kernel only): k_mean is fp32 (B, H, 1, D) mean over L of k (computed here when None)."""
     if sparse_impl not in ("pointer", "tma"):
         raise ValueError(f"sparse_impl must be 'pointer' or 'tma', got {sparse_impl!r}")
     if qk_int8 and sparse_impl != "tma":
@@ -645,7 +599,7 @@ def sparse_forward(
             *q.stride(), *out.stride(), lut.stride(1), lut.stride(2),
             BLOCK_M=block_m, BLOCK_QB=block_q, BLOCK_KB=block_k, TWO=blocks_per_iter == 2, HEAD_DIM=d,
             FUSE_LINEAR=fuse_linear, NUM_STAGES=num_stages, WARP_SPECIALIZE=warp_specialize, QK_INT8=qk_int8,
-            EXP0=EXP_IMPLS[exp_impl][0], EXP1=EXP_IMPLS[exp_impl][1], num_warps=num_warps, num_stages=num_stages,
+            num_warps=num_warps, num_stages=num_stages,
         )
     else:
         _sla_sparse_kernel[grid](
@@ -683,7 +637,6 @@ def sla_attention(
     warp_specialize: bool = False,
     side_impl: str = "fused",
     qk_int8: bool = False,
-    exp_impl: str = "mufu",
 ) -> torch.Tensor:
     """Drop-in for kernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype).
 
@@ -693,9 +646,7 @@ def sla_attention(
     warp_specialize: TMA kernel only, Triton's automatic warp specialisation of the key loop (no gain on Hopper);
     side_impl: "fused" (default: k pooled inside the kv pass) or "separate" (pool q, pool k, kv reduction);
     qk_int8: TMA kernel only, QK^T on int8 copies of q and smoothed k with per-block scales (SageAttention's
-    idea; int32 products, twice the bf16 tensor-core rate); P.V stays bf16. Approximate: the sweep and GPU tests
-    hold it to cosine >= 0.999 against the reference.
-    exp_impl: TMA kernel only, how the softmax exponentials are computed (EXP_IMPLS; "mufu" is exact).
+    idea; int32 products, twice the bf16 tensor-core rate); P.V stays bf16. Approximate: the sweep and GPU tests hold it to cosine >= 0.999 against the reference.
     """
     _check_inputs(q, k, v)
     if sparse_impl not in ("pointer", "tma"):  # checked before the side kernels run
@@ -707,5 +658,5 @@ def sla_attention(
         q, k, v, lut, kv, ksum, proj_l_weight, proj_l_bias, block_q, block_k, blocks_per_iter=blocks_per_iter,
         block_m=block_m, num_warps=num_warps, num_stages=num_stages, fuse_linear=fuse_linear,
         sparse_impl=sparse_impl, warp_specialize=warp_specialize, qk_int8=qk_int8,
-        k_mean=_k_mean(pooled_k, q.shape[-2], block_k) if qk_int8 else None, exp_impl=exp_impl,
+        k_mean=_k_mean(pooled_k, q.shape[-2], block_k) if qk_int8 else None,
     )

@@ -57,10 +57,6 @@ SLA_GPU_VARIANTS = [
     ("tma bpi2 m64 w4", {"sparse_impl": "tma", "block_m": 64, "num_warps": 4, "num_stages": 3}),
     ("fused side", {"side_impl": "fused"}),
     ("tma + fused side", {"sparse_impl": "tma", "side_impl": "fused"}),
-    ("first kernel", {"sparse_impl": "pointer", "side_impl": "separate"}),
-    ("exp bf16x2", {"exp_impl": "bf16"}),
-    ("exp mufu + poly", {"exp_impl": "split"}),
-    ("exp poly", {"exp_impl": "poly"}),
 ]
 
 
