@@ -9,6 +9,8 @@ back) makes this worker let go without writing anything.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import io
 import logging
 import os
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection
@@ -31,6 +33,9 @@ from PIL import Image
 
 from generation.models import Job
 from inference.types import GenerationCanceled, GenerationRequest, InferenceInputError, ProgressEvent, WeightsError
+
+if TYPE_CHECKING:
+    from inference.video import Mp4Stream
 
 log = logging.getLogger(__name__)
 
@@ -354,16 +359,24 @@ def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
         adaptive_resolution=bool(job.adaptive_resolution),
         ode=bool(job.ode),
     )
-    result = pipeline.generate(request, progress=run.on_progress, should_cancel=run.should_cancel)
-    run.timings.update({name: round(float(value), 4) for name, value in result.timings.items()})
-
-    run.set_stage("encoding")
-    t0 = time.perf_counter()
     mp4_name = storage.output_name(job)
     poster_name = storage.poster_name(job)
     poster_format, poster_type = _POSTER_TYPES.get(Path(poster_name).suffix.lower(), ("JPEG", "image/jpeg"))
-    video_data, poster_data = _encode(result, poster_format)
-    run.timings["encode"] = round(time.perf_counter() - t0, 4)
+    with tempfile.TemporaryDirectory(prefix="turbosite-job-") as folder:
+        video_path = Path(folder) / "video.mp4"
+        stream = _open_stream(pipeline, video_path)
+        # Leaving this block by any exception (cancel, failure, shutdown) kills ffmpeg and deletes its partial file.
+        with stream if stream is not None else contextlib.nullcontext():
+            sink = {"frame_sink": stream.write} if stream is not None else {}
+            result = pipeline.generate(request, progress=run.on_progress, should_cancel=run.should_cancel, **sink)
+            run.timings.update({name: round(float(value), 4) for name, value in result.timings.items()})
+
+            # Streaming, most of the mp4 was encoded during the decode: this stage only waits for the tail, and
+            # "encode" is its own time, so the stages still add up to the job's total.
+            run.set_stage("encoding")
+            t0 = time.perf_counter()
+            video_data, poster_data = _encode(result, video_path, poster_format, stream)
+            run.timings["encode"] = round(time.perf_counter() - t0, 4)
 
     run.set_stage("uploading")
     t0 = time.perf_counter()
@@ -392,15 +405,43 @@ def _read_input(job: Job) -> Image.Image:
     return image.convert("RGB")
 
 
-def _encode(result: Any, poster_format: str) -> tuple[bytes, bytes]:
+def _accepts_frame_sink(pipeline: Any) -> bool:
+    """Whether pipeline.generate takes frame_sink (the real pipeline does; older or fake ones may not)."""
+    try:
+        parameters = inspect.signature(pipeline.generate).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "frame_sink" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _open_stream(pipeline: Any, video_path: Path) -> Mp4Stream | None:
+    """An Mp4Stream at `video_path` for a pipeline that can feed one while it decodes, else None (the mp4 is
+    then written after generate). The stream needs the frame rate up front: a pipeline must say it (config.fps)."""
+    fps = getattr(getattr(pipeline, "config", None), "fps", None)
+    if not isinstance(fps, int) or fps <= 0 or not _accepts_frame_sink(pipeline):
+        return None
+    from inference.video import Mp4Stream
+
+    return Mp4Stream(video_path, fps)
+
+
+def _encode(result: Any, video_path: Path, poster_format: str, stream: Mp4Stream | None) -> tuple[bytes, bytes]:
+    """The mp4 and poster bytes: finishes `stream` (fed during generate) or, without one, encodes result.frames."""
     from inference.video import write_mp4, write_poster
 
-    with tempfile.TemporaryDirectory(prefix="turbosite-job-") as folder:
-        video_path = Path(folder) / "video.mp4"
-        poster_path = Path(folder) / f"poster.{poster_format.lower()}"
+    num_frames = len(result.frames)
+    if stream is not None and stream.frames_written == num_frames and stream.fps == result.fps:
+        stream.finish()
+    else:
+        if stream is not None:
+            # A pipeline that streamed a different video than it returned (or none): the result is the truth.
+            log.warning("streamed %d frames at %s fps but the result has %d at %s fps; encoding the result again",
+                        stream.frames_written, stream.fps, num_frames, result.fps)
+            stream.abort()
         write_mp4(result.frames, video_path, result.fps)
-        write_poster(result.frames[0], poster_path, poster_format)
-        return video_path.read_bytes(), poster_path.read_bytes()
+    poster_path = video_path.with_name(f"poster.{poster_format.lower()}")
+    write_poster(result.frames[0], poster_path, poster_format)
+    return video_path.read_bytes(), poster_path.read_bytes()
 
 
 def _stopped(run: _Run) -> str | None:

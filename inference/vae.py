@@ -511,10 +511,19 @@ class WanVAE(nn.Module):
         return ((mu - mean) / std).contiguous()
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, *, chunk_latents: int | None = 1) -> torch.Tensor:
+    def decode(
+        self,
+        z: torch.Tensor,
+        *,
+        chunk_latents: int | None = 1,
+        on_chunk: Callable[[torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
         """z [B, 16, T, h, w] (normalised) -> video [B, 3, 1 + 4(T-1), 8h, 8w] clamped to [-1, 1].
 
         Decodes `chunk_latents` latent frames at a time (None: all at once), carrying the causal caches.
+        `on_chunk(video_chunk)` gets each chunk's frames [B, 3, n, 8h, 8w] (clamped) as soon as they exist, in
+        order, so a caller can move them off the GPU or encode them while later chunks decode; the chunks
+        concatenate to the returned video.
         """
         if z.ndim != 5 or z.shape[1] != self.config.z_dim:
             raise ValueError(f"decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(z.shape)}")
@@ -524,9 +533,15 @@ class WanVAE(nn.Module):
         cache = StreamCache()
         with self._running():
             x = self.conv2(z * std + mean)
-            parts = [self.decoder(x[:, :, i : i + step], cache) for i in range(0, x.shape[2], step)]
+            parts: list[torch.Tensor] = []
+            for i in range(0, x.shape[2], step):
+                # Clamped per chunk (not after the concatenation) so on_chunk sees the values decode returns.
+                part = self.decoder(x[:, :, i : i + step], cache).clamp(-1.0, 1.0)
+                if on_chunk is not None:
+                    on_chunk(part)
+                parts.append(part)
         # Contiguous whatever the working layout, as callers have always got it.
-        return torch.cat(parts, dim=2).clamp_(-1.0, 1.0).contiguous()
+        return torch.cat(parts, dim=2).contiguous()
 
 
 def build_vae(config: VAEConfig, *, seed: int = RANDOM_WEIGHTS_SEED) -> WanVAE:

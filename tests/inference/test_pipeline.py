@@ -78,6 +78,40 @@ def test_tiny_generates_default_frames_and_size(pipeline: I2VPipeline, image: Im
     assert result.frames.std() > 0  # not a blank video
 
 
+def test_frame_sink_gets_exactly_the_result_frames_chunk_by_chunk(pipeline: I2VPipeline, image: Image.Image) -> None:
+    plain = pipeline.generate(_request(image, num_frames=13, num_steps=2))
+    received: list[np.ndarray] = []
+    events: list[ProgressEvent] = []
+
+    def sink(frames: np.ndarray) -> None:
+        # Each chunk arrives during the decode (its progress event comes after), as uint8 [n, H, W, 3].
+        assert not any(event.stage == "decode" for event in events)
+        received.append(frames.copy())
+
+    streamed = pipeline.generate(_request(image, num_frames=13, num_steps=2), progress=events.append,
+                                 frame_sink=sink)
+    # One call per VAE chunk: latent frame 0 decodes to 1 frame, every later one to temporal_stride frames.
+    stride, latents = TINY.vae.temporal_stride, 1 + 12 // TINY.vae.temporal_stride
+    expected = [stride * min(VAE_CHUNK_LATENTS, latents - i) - (stride - 1 if i == 0 else 0)
+                for i in range(0, latents, VAE_CHUNK_LATENTS)]
+    assert [len(chunk) for chunk in received] == expected and sum(expected) == 13
+    assert all(chunk.dtype == np.uint8 and chunk.shape[1:] == streamed.frames.shape[1:] for chunk in received)
+    assert np.array_equal(np.concatenate(received), streamed.frames)
+    assert np.array_equal(streamed.frames, plain.frames)  # streaming changes nothing in the result
+    assert set(streamed.timings) == {"text_encode", "image_encode", "denoise", "decode", "frame_sink"}
+    assert 0 <= streamed.timings["frame_sink"] <= streamed.timings["decode"]
+    assert events[-1] == ProgressEvent(stage="done", progress=1.0)
+
+
+def test_a_failing_frame_sink_stops_the_job(pipeline: I2VPipeline, image: Image.Image) -> None:
+    def sink(frames: np.ndarray) -> None:
+        raise OSError("the encoder is gone")
+
+    with pytest.raises(OSError, match="the encoder is gone"):
+        pipeline.generate(_request(image, num_frames=5, num_steps=1), frame_sink=sink)
+    assert pipeline.generate(_request(image, num_frames=5, num_steps=1)).num_frames == 5  # and it still works
+
+
 def test_fixed_and_adaptive_sizes_follow_image_shape(pipeline: I2VPipeline) -> None:
     wide = Image.new("RGB", (320, 180), (200, 40, 40))
     tall = Image.new("RGB", (180, 320), (40, 200, 40))

@@ -158,6 +158,17 @@ def test_chunked_decode_equals_whole_decode(vae: WanVAE) -> None:
     torch.testing.assert_close(vae.decode(z, chunk_latents=3), streamed, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("chunk_latents", "sizes"), [(1, [1, 4, 4, 4]), (2, [5, 8]), (None, [13])])
+def test_on_chunk_gets_each_decoded_chunk_in_order(vae: WanVAE, chunk_latents: int | None, sizes: list[int]) -> None:
+    z = torch.randn(1, 16, 4, 2, 3, generator=torch.Generator().manual_seed(8)) * 3  # big: clamping matters
+    chunks: list[torch.Tensor] = []
+    video = vae.decode(z, chunk_latents=chunk_latents, on_chunk=lambda chunk: chunks.append(chunk.clone()))
+    assert [chunk.shape[2] for chunk in chunks] == sizes
+    assert torch.equal(torch.cat(chunks, dim=2), video)  # exactly what decode returns, clamped alike
+    assert video.abs().max() <= 1
+    torch.testing.assert_close(video, vae.decode(z, chunk_latents=chunk_latents), atol=0, rtol=0)
+
+
 def test_random_tiny_vae_is_seeded_and_usable() -> None:
     a, b = load_vae(TINY, None), load_vae(TINY, None)
     for (key, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):

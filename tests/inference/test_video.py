@@ -9,7 +9,10 @@ import torch
 from PIL import Image
 
 from inference.video import (
+    EncodeError,
+    Mp4Stream,
     frames_to_uint8,
+    frames_to_uint8_into,
     mp4_top_level_boxes,
     probe_video,
     read_frames,
@@ -105,3 +108,112 @@ def test_mp4_box_reader_sees_file_order(tmp_path) -> None:
         + (8).to_bytes(4, "big") + b"moov"
     )  # fmt: skip
     assert mp4_top_level_boxes(path) == ["ftyp", "mdat", "moov"]
+
+
+def test_frames_to_uint8_into_fills_the_given_array() -> None:
+    video = torch.linspace(-1.2, 1.2, 3 * 4 * 6 * 8).reshape(3, 4, 6, 8)
+    out = np.zeros((6, 6, 8, 3), np.uint8)
+    frames_to_uint8_into(video, out[1:5])
+    assert np.array_equal(out[1:5], frames_to_uint8(video))
+    assert not out[0].any() and not out[5].any()
+    with pytest.raises(ValueError, match="contiguous uint8"):
+        frames_to_uint8_into(video, np.zeros((4, 6, 8, 3), np.int16))
+
+
+def test_stream_in_chunks_equals_write_mp4(tmp_path) -> None:
+    frames = _moving_gradient(17, 96, 160)
+    whole = write_mp4(frames, tmp_path / "whole.mp4", fps=16)
+    # Tiny queue: the writer must block on a full queue and still deliver every frame in order.
+    stream = Mp4Stream(tmp_path / "streamed.mp4", fps=16, max_pending_frames=2)
+    for a, b in ((0, 1), (1, 9), (9, 9), (9, 17)):  # the VAE's shapes: 1 frame, then chunks (and an empty one)
+        stream.write(frames[a:b])
+    path = stream.finish()
+    assert path == tmp_path / "streamed.mp4"
+    assert probe_video(path) == probe_video(whole) == (17, 160, 96, 16.0)
+    assert np.array_equal(read_frames(path), read_frames(whole))  # same encoder, same settings: same pictures
+    boxes = mp4_top_level_boxes(path)
+    assert boxes.index("moov") < boxes.index("mdat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.mp4", "whole.mp4"]
+
+
+def test_stream_is_named_partial_until_finished(tmp_path) -> None:
+    stream = Mp4Stream(tmp_path / "v.mp4")
+    stream.write(_moving_gradient(5, 32, 32))
+    assert not (tmp_path / "v.mp4").exists()
+    stream.finish()
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+    stream.abort()  # after finish: the file is the caller's
+    assert (tmp_path / "v.mp4").exists()
+
+
+def test_abort_kills_ffmpeg_and_leaves_no_file(tmp_path) -> None:
+    stream = Mp4Stream(tmp_path / "v.mp4", max_pending_frames=2)
+    stream.write(_moving_gradient(9, 64, 64))
+    process = stream._process
+    stream.abort()
+    assert process is not None and process.poll() is not None
+    assert not list(tmp_path.iterdir())
+    stream.abort()  # idempotent
+    with pytest.raises(RuntimeError, match="aborted"):
+        stream.write(_moving_gradient(1, 64, 64))
+    with pytest.raises(RuntimeError, match="aborted"):
+        stream.finish()
+
+
+def test_context_manager_aborts_on_exception_and_finishes_otherwise(tmp_path) -> None:
+    with pytest.raises(KeyboardInterrupt), Mp4Stream(tmp_path / "canceled.mp4") as stream:
+        stream.write(_moving_gradient(5, 32, 32))
+        raise KeyboardInterrupt
+    assert not list(tmp_path.iterdir())
+    with Mp4Stream(tmp_path / "done.mp4") as stream:
+        stream.write(_moving_gradient(5, 32, 32))
+    assert probe_video(tmp_path / "done.mp4")[:3] == (5, 32, 32)
+    assert [p.name for p in tmp_path.iterdir()] == ["done.mp4"]
+
+
+def test_ffmpeg_failure_in_the_feeding_thread_surfaces_from_finish(tmp_path) -> None:
+    stream = Mp4Stream(tmp_path / "v.mp4")
+    stream.write(_moving_gradient(3, 32, 32))
+    stream._process.kill()  # ffmpeg dies under the stream, as on a crash or an OOM kill
+    stream._process.wait()
+    with pytest.raises(EncodeError, match=r"encoding v\.mp4 failed"):
+        for _ in range(50):  # the pipe buffers some frames; the failure shows once writing to it fails
+            stream.write(_moving_gradient(3, 32, 32))
+        stream.finish()
+    assert not list(tmp_path.iterdir())
+
+
+def test_write_error_in_the_feeding_thread_surfaces_from_finish(tmp_path, monkeypatch) -> None:
+    stream = Mp4Stream(tmp_path / "v.mp4")
+    stream.write(_moving_gradient(1, 32, 32))
+    feeder = stream._thread
+
+    def broken_write(data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stream._process.stdin, "write", broken_write)
+    stream.write(_moving_gradient(2, 32, 32))
+    with pytest.raises(EncodeError, match="No space left on device") as caught:
+        stream.finish()
+    assert isinstance(caught.value.__cause__, OSError)
+    assert feeder is not None and not feeder.is_alive()
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_encoder_settings_fail_with_ffmpegs_reason(tmp_path) -> None:
+    stream = Mp4Stream(tmp_path / "v.mp4", preset="no-such-preset")
+    with pytest.raises(EncodeError, match=r"ffmpeg exited with status \d+; ffmpeg says: .*preset"):
+        stream.write(_moving_gradient(3, 32, 32))
+        stream.finish()
+    assert not list(tmp_path.iterdir())
+
+
+def test_stream_refuses_mixed_sizes_and_empty_videos(tmp_path) -> None:
+    stream = Mp4Stream(tmp_path / "v.mp4")
+    stream.write(_moving_gradient(2, 32, 32))
+    with pytest.raises(ValueError, match="32x16 written to a 32x32"):
+        stream.write(_moving_gradient(2, 16, 32))
+    stream.abort()
+    with pytest.raises(ValueError, match="at least one frame"):
+        Mp4Stream(tmp_path / "empty.mp4").finish()
+    assert not list(tmp_path.iterdir())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,11 +70,54 @@ class FakePipeline:
 
 
 @dataclass
+class FakeConfig:
+    fps: int = 16
+
+
+@dataclass
+class StreamingFakePipeline(FakePipeline):
+    """FakePipeline that, like the real one, hands each "decoded" chunk (1 frame, then 4 at a time) to
+    `frame_sink` before returning; `on_chunk(index)` runs after each chunk is handed over."""
+
+    config: FakeConfig = field(default_factory=FakeConfig)
+    on_chunk: Callable[[int], None] | None = None
+    chunks_sent: int = 0
+
+    def generate(self, request: GenerationRequest, progress: Callable[[ProgressEvent], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None,
+                 frame_sink: Callable[[np.ndarray], None] | None = None) -> GenerationResult:
+        def streaming_progress(event: ProgressEvent) -> None:
+            if event.stage == "decode" and frame_sink is not None:
+                self._stream(self._frames(request), frame_sink, should_cancel)
+            if progress is not None:
+                progress(event)
+
+        return super().generate(request, streaming_progress, should_cancel)
+
+    def _frames(self, request: GenerationRequest) -> np.ndarray:
+        width, height = FAKE_SIZE
+        return np.random.default_rng(request.seed).integers(
+            0, 256, size=(request.num_frames or 17, height, width, 3), dtype=np.uint8)
+
+    def _stream(self, frames: np.ndarray, sink: Callable[[np.ndarray], None],
+                should_cancel: Callable[[], bool] | None) -> None:
+        bounds = [0, *range(1, len(frames), 4), len(frames)]  # 1 frame, then 4 at a time, as the VAE decodes
+        for index, (start, end) in enumerate(itertools.pairwise(bounds)):
+            sink(frames[start:end])
+            self.chunks_sent += 1
+            if self.on_chunk is not None:
+                self.on_chunk(index)
+            if should_cancel is not None and should_cancel():
+                raise GenerationCanceled("canceled while decoding")
+
+
+@dataclass
 class FakeLoader:
     pipelines: dict[str, FakePipeline] = field(default_factory=dict)
     loads: list[str] = field(default_factory=list)
     error: BaseException | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    streaming: bool = False  # build StreamingFakePipeline (generate takes frame_sink)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, model: str) -> FakePipeline:
@@ -81,7 +125,7 @@ class FakeLoader:
             self.loads.append(model)
             if self.error is not None:
                 raise self.error
-            pipeline = FakePipeline(model, **self.options)
+            pipeline = (StreamingFakePipeline if self.streaming else FakePipeline)(model, **self.options)
             self.pipelines[model] = pipeline
             return pipeline
 
