@@ -3,11 +3,12 @@ umT5-XXL text encode, VAE encode, 4 rCM steps over both experts (fp8 block linea
 
     python -m bench.whole_job [--res 720p 480p] [--jobs 2] [--linears fp8|bf16] [--compile] [--baseline 480p ...]
 
-Both experts, the text encoder and the VAE stay resident. The first job of a size includes Triton/cuDNN warm-up;
-the reported numbers are from the last job. `--baseline RES...` then frees that pipeline and runs one job per
-size on the baseline in the same process: bf16 experts, dense SDPA attention, the PyTorch reference ops, the VAE's
-reference options (two bf16
-experts + umT5 take ~65 GiB, so 720p activations may not fit beside them on an 80 GB card: an OOM is recorded).
+Both experts, the text encoder and the VAE stay resident. The first job of a size includes Triton/cuDNN warm-up
+(the GPU worker does that warm-up at start); the reported numbers are from the last job. The mp4 is encoded while
+the VAE decodes, as the worker does; mp4_tail_s is what is left after generate returns. `--baseline RES...` then
+frees that pipeline and runs one job per size on the baseline in the same process: bf16 experts, dense SDPA
+attention, the PyTorch reference ops, the VAE's reference options (two bf16 experts + umT5 take ~65 GiB, so 720p
+activations may not fit beside them on an 80 GB card: an OOM is recorded).
 Writes whole_job.json ($OUT or bench/results/).
 """
 
@@ -25,21 +26,13 @@ import torch
 from PIL import Image
 
 from bench.common import environment, print_table, write_json
-
-try:  # inference.video imports imageio_ffmpeg at the top; its wheel is too big to carry to the device machine.
-    import imageio_ffmpeg  # noqa: F401
-except ImportError:
-    import sys
-    import types
-
-    sys.modules["imageio_ffmpeg"] = types.ModuleType("imageio_ffmpeg")  # write_mp4 then fails: opencv stands in
-
 from bench.dit_step import build_dit, set_dense
 from inference.configs import A14B
 from inference.pipeline import I2VPipeline
 from inference.text_encoder import TextEncoder, build_umt5, toy_tokenizer
 from inference.types import GenerationRequest
 from inference.vae import REFERENCE_OPTIONS, build_vae
+from inference.video import Mp4Stream
 
 PROMPT = (
     "A golden retriever runs along a wide sandy beach at sunset, waves rolling in behind it, its fur lifting in "
@@ -78,32 +71,27 @@ def build_pipeline(linears: str, *, dense: bool = False, compile_blocks: bool = 
 
 
 def run_job(pipe: I2VPipeline, res: str) -> dict[str, Any]:
+    """One job as the worker runs it: the mp4 is encoded while the VAE decodes (inference.video.Mp4Stream fed by
+    the pipeline's frame_sink), so the job ends when the encoder's tail is written."""
     width, height = A14B.resolutions[res]
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
     request = GenerationRequest(image=image, prompt=PROMPT, seed=1, num_steps=4, resolution=res, num_frames=81)
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    result = pipe.generate(request)
-    torch.cuda.synchronize()
-    generate_s = time.perf_counter() - started
-    row: dict[str, Any] = {"res": res, **{k: round(v, 3) for k, v in result.timings.items()},
-                           "generate_s": generate_s, "peak_gib": (result.peak_memory_bytes or 0) / 2**30,
-                           "frames": result.num_frames, "size": f"{result.width}x{result.height}"}
-    try:
-        from inference.video import write_mp4
-
-        with tempfile.TemporaryDirectory() as folder:
-            mp4_start = time.perf_counter()
-            write_mp4(result.frames, Path(folder) / "out.mp4", result.fps)
-            row["mp4_s"] = time.perf_counter() - mp4_start
-        row["mp4_encoder"] = "inference.video.write_mp4"
-    except Exception as exc:  # imageio-ffmpeg is missing on the device image (its wheel is over the carry limit)
-        row["mp4_error"] = repr(exc)[:160]
-        row["mp4_s"] = _opencv_mp4_seconds(result.frames, result.fps)
-        row["mp4_encoder"] = "opencv mp4v (stand-in)"
-    row["job_s"] = generate_s + row.get("mp4_s", 0.0)
-    return row
+    with tempfile.TemporaryDirectory() as folder:
+        stream = Mp4Stream(Path(folder) / "out.mp4", A14B.fps)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        with stream:
+            result = pipe.generate(request, frame_sink=stream.write)
+            torch.cuda.synchronize()
+            generate_s = time.perf_counter() - started
+            stream.finish()
+        job_s = time.perf_counter() - started
+        mp4_bytes = (Path(folder) / "out.mp4").stat().st_size
+    return {"res": res, **{k: round(v, 3) for k, v in result.timings.items()}, "generate_s": generate_s,
+            "mp4_tail_s": job_s - generate_s, "mp4_mib": mp4_bytes / 2**20, "job_s": job_s,
+            "peak_gib": (result.peak_memory_bytes or 0) / 2**30, "frames": result.num_frames,
+            "size": f"{result.width}x{result.height}"}
 
 
 def run_baseline(sizes: list[str], results: dict[str, Any]) -> None:
@@ -133,19 +121,6 @@ def run_baseline(sizes: list[str], results: dict[str, Any]) -> None:
             write_json("whole_job.json", results)
     finally:
         dispatch.set_backend(None)
-
-
-def _opencv_mp4_seconds(frames: np.ndarray, fps: int) -> float:
-    import cv2
-
-    with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        height, width = frames.shape[1:3]
-        writer = cv2.VideoWriter(str(Path(folder) / "out.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        for frame in frames:
-            writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
-        writer.release()
-        return time.perf_counter() - start
 
 
 def main() -> None:
@@ -178,7 +153,7 @@ def main() -> None:
         del pipe
         torch.cuda.empty_cache()
         run_baseline(args.baseline, results)
-    print_table(results["rows"], ["res", "job", "text_encode", "image_encode", "denoise", "decode", "mp4_s",
+    print_table(results["rows"], ["res", "job", "text_encode", "image_encode", "denoise", "decode", "frame_sink", "mp4_tail_s",
                                   "job_s", "speedup", "peak_gib"])
     print("wrote", write_json("whole_job.json", results))
 
