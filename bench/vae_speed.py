@@ -5,11 +5,11 @@ Variants (inference.vae.VAEOptions; chunk sizes are `chunk_latents` of encode / 
 one model; the first is the baseline every other output is compared with:
 - reference:        REFERENCE_OPTIONS, chunks 1/1 (the code as it was: F.pad + cat, contiguous, cuDNN heuristics);
 - cudnn_benchmark:  only cuDNN autotuning on;
-- default:          VAEOptions() (autotuning + channels_last_3d + fewer copies), exact math;
-- default_chunk2:   as default with 2 latent frames a chunk (fewer, bigger convolutions; more memory);
-- fused_norm:       default + the Triton RMSNorm+SiLU written into the conv buffers (bf16 rounding differs);
-- fused_norm_chunk2: fused_norm with 2 latent frames a chunk;
-- contiguous_fused: fused_norm in the contiguous layout (the fallback if channels_last_3d convs turn out slower).
+- exact:            autotuning + channels_last_3d + fewer copies, eager norms (same math as reference);
+- default_chunk1:   VAEOptions() (exact + the Triton RMSNorm+SiLU written into the conv buffers), chunks 1/1;
+- default:          VAEOptions() with the pipeline's chunks (VAE_CHUNK_LATENTS latent frames);
+- default_chunk3/4: VAEOptions() with 3 / 4 latent frames a chunk (fewer, bigger convolutions; more memory);
+- contiguous_fused: VAEOptions() in the contiguous layout (the fallback if channels_last_3d convs were slower).
 
     python3 -m bench.vae_speed [--res 720p 480p] [--variants ...] [--runs 2]
 
@@ -35,6 +35,7 @@ import torch
 
 from bench.common import environment, print_table, rel_err, wall_s, write_json
 from inference.configs import A14B, VAEConfig
+from inference.pipeline import VAE_CHUNK_LATENTS
 from inference.vae import REFERENCE_OPTIONS, VAEOptions, WanVAE, build_vae
 
 RESOLUTIONS = {"480p": (832, 480), "720p": (1280, 720)}
@@ -43,12 +44,13 @@ FRAMES = 81
 # name -> (options, encode chunk_latents, decode chunk_latents)
 VARIANTS: dict[str, tuple[VAEOptions, int, int]] = {
     "reference": (REFERENCE_OPTIONS, 1, 1),
-    "cudnn_benchmark": (VAEOptions(channels_last=False, fewer_copies=False), 1, 1),
-    "default": (VAEOptions(), 1, 1),
-    "default_chunk2": (VAEOptions(), 2, 2),
-    "fused_norm": (VAEOptions(fused_norm=True), 1, 1),
-    "fused_norm_chunk2": (VAEOptions(fused_norm=True), 2, 2),
-    "contiguous_fused": (VAEOptions(channels_last=False, fused_norm=True), 1, 1),
+    "cudnn_benchmark": (VAEOptions(channels_last=False, fewer_copies=False, fused_norm=False), 1, 1),
+    "exact": (VAEOptions(fused_norm=False), 1, 1),
+    "default_chunk1": (VAEOptions(), 1, 1),
+    "default": (VAEOptions(), VAE_CHUNK_LATENTS, VAE_CHUNK_LATENTS),
+    "default_chunk3": (VAEOptions(), 3, 3),
+    "default_chunk4": (VAEOptions(), 4, 4),
+    "contiguous_fused": (VAEOptions(channels_last=False), 1, 1),
 }
 
 
