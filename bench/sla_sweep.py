@@ -185,7 +185,7 @@ def sla_sweep(res: str, variants: list[tuple[str, dict[str, Any]]], results: dic
         "  same, 4 warps": lambda: sla_triton.linear_kv_pool(k, v, BLOCK_K, num_warps=4),
         "  same, 4096 rows per split, 2 stages": lambda: sla_triton.linear_kv_pool(
             k, v, BLOCK_K, rows_per_split=4096, num_stages=2),
-        "side inputs, separate": lambda: sla_triton.side_inputs(q, k, v, TOPK, BLOCK_Q, BLOCK_K),
+        "side inputs, separate": lambda: sla_triton.side_inputs(q, k, v, TOPK, BLOCK_Q, BLOCK_K, "separate"),
         "side inputs, fused": lambda: sla_triton.side_inputs(q, k, v, TOPK, BLOCK_Q, BLOCK_K, "fused"),
     }
     for name, fn in parts.items():

@@ -534,7 +534,7 @@ def _side_inputs_and_pool(
 
 def side_inputs(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: float, block_q: int, block_k: int,
-    side_impl: str = "separate",
+    side_impl: str = "fused",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What the sparse kernel reads besides q, k, v: (block lut, kv, ksum); see `sla_attention` for side_impl."""
     return _side_inputs_and_pool(q, k, v, topk, block_q, block_k, side_impl)[:3]
@@ -557,7 +557,7 @@ def sparse_forward(
     num_warps: int = 8,
     num_stages: int = 2,
     fuse_linear: bool = True,
-    sparse_impl: str = "pointer",
+    sparse_impl: str = "tma",
     warp_specialize: bool = False,
     qk_int8: bool = False,
     k_mean: torch.Tensor | None = None,
