@@ -153,7 +153,7 @@ def main() -> None:
         del pipe
         torch.cuda.empty_cache()
         run_baseline(args.baseline, results)
-    print_table(results["rows"], ["res", "job", "text_encode", "image_encode", "denoise", "decode", "frame_sink", "mp4_tail_s",
+    print_table(results["rows"], ["res", "job", "text_encode", "image_encode", "denoise", "decode", "decode_encoder_wait", "mp4_tail_s",
                                   "job_s", "speedup", "peak_gib"])
     print("wrote", write_json("whole_job.json", results))
 

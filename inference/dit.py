@@ -19,7 +19,14 @@ from torch import nn
 
 from inference.configs import DiTConfig
 from kernels import dispatch
-from kernels.fp8_linear import Fp8Linear, Fp8Rows, convert_linears_to_fp8, fuse_fp8_linears, quantize_activation
+from kernels.fp8_linear import (
+    Fp8Linear,
+    Fp8Rows,
+    convert_linears_to_fp8,
+    fuse_fp8_linears,
+    quantize_activation,
+    split_fp8_linear,
+)
 
 ATTENTION_KINDS = ("sla", "dense")
 
@@ -104,8 +111,18 @@ class SelfAttention(AttentionProjections):
         self.attn_op = (
             SLAAttentionOp(cfg.head_dim, cfg.sla_topk, cfg.sla_block_q, cfg.sla_block_k) if attention == "sla" else None
         )
-        # One fp8 GEMM for q, k and v (set by WanDiT.use_fp8_linears); q/k/v then hold views of its weights.
+        # One fp8 GEMM for q, k and v (WanDiT.use_fp8_linears); q, k and v are then None (one copy of the weights).
         self.qkv: Fp8Linear | None = None
+
+    def fuse_qkv(self, fuse: bool) -> None:
+        """Move between separate fp8 q/k/v layers and one fused layer (the weights are held once either way)."""
+        if fuse and self.qkv is None:
+            self.qkv = fuse_fp8_linears([self.q, self.k, self.v])
+            self.q = self.k = self.v = None
+        elif not fuse and self.qkv is not None:
+            dim = self.qkv.in_features
+            self.q, self.k, self.v = split_fp8_linear(self.qkv, [dim, dim, dim])
+            self.qkv = None
 
     def forward(
         self, x: torch.Tensor | Fp8Rows, rope_cos: torch.Tensor, rope_sin: torch.Tensor
@@ -246,11 +263,7 @@ class WanDiT(nn.Module):
         comparison). Returns the number of linears converted by this call."""
         count = convert_linears_to_fp8(self)
         for block in self.blocks:
-            attn = block.self_attn
-            if not fuse:
-                attn.qkv = None
-            elif attn.qkv is None:
-                attn.qkv = fuse_fp8_linears([attn.q, attn.k, attn.v])
+            block.self_attn.fuse_qkv(fuse)
             block.fp8_inputs = fuse
         return count
 

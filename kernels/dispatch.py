@@ -78,8 +78,13 @@ def _check_ln(x, shift, scale, eps) -> str | None:
 def _check_residual(x, y, gate, shift=None, scale=None, eps=0.0, out_dtype=None) -> str | None:
     if y.shape != x.shape:
         return f"y {tuple(y.shape)} must have x's shape {tuple(x.shape)}"
-    if gate is not None and torch.broadcast_shapes(gate.shape, x.shape) != x.shape:
-        return f"gate {tuple(gate.shape)} does not broadcast to x {tuple(x.shape)}"
+    if gate is not None:
+        try:
+            fits = torch.broadcast_shapes(gate.shape, x.shape) == x.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            return f"gate {tuple(gate.shape)} does not broadcast to x {tuple(x.shape)}"
     if x.dim() != 3:
         return f"x must be (B, L, C), got {tuple(x.shape)}"
     return None if shift is None else _check_ln(x, shift, scale, eps)

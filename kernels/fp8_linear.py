@@ -226,10 +226,9 @@ class Fp8Linear(nn.Module):
 
 
 def fuse_fp8_linears(layers: list[Fp8Linear]) -> Fp8Linear:
-    """One Fp8Linear computing the given linears (same input) side by side: the caller splits its output.
-
-    The parts' buffers are re-pointed at views of the fused ones, so they keep working (and their keys) at no extra
-    memory. Row scales make this exact: each output column keeps its own weight scale."""
+    """One Fp8Linear computing the given linears (same input) side by side: the caller splits its output. Row
+    scales make this exact: each output column keeps its own weight scale. The parts are left as they are; a
+    caller that keeps only the fused layer frees them (split_fp8_linear gives them back)."""
     in_features = {layer.in_features for layer in layers}
     if len(in_features) != 1:
         raise ValueError(f"fused linears must share in_features, got {sorted(in_features)}")
@@ -242,15 +241,24 @@ def fuse_fp8_linears(layers: list[Fp8Linear]) -> Fp8Linear:
     fused.weight_scale = torch.cat([layer.weight_scale for layer in layers], dim=1)
     if fused.bias is not None:
         fused.bias = torch.cat([layer.bias for layer in layers])
-    start = 0
-    for layer in layers:
-        stop = start + layer.out_features
-        layer.weight_fp8 = fused.weight_fp8[start:stop]
-        layer.weight_scale = fused.weight_scale[:, start:stop]
-        if fused.bias is not None:
-            layer.bias = fused.bias[start:stop]
-        start = stop
     return fused
+
+
+def split_fp8_linear(fused: Fp8Linear, out_features: list[int]) -> list[Fp8Linear]:
+    """The inverse of fuse_fp8_linears: separate layers (own copies) of the given output sizes."""
+    if sum(out_features) != fused.out_features:
+        raise ValueError(f"sizes {out_features} do not add up to the fused layer's {fused.out_features} outputs")
+    parts = []
+    start = 0
+    for size in out_features:
+        part = Fp8Linear(fused.in_features, size, bias=fused.bias is not None, device=fused.weight_fp8.device)
+        part.weight_fp8 = fused.weight_fp8[start:start + size].clone()
+        part.weight_scale = fused.weight_scale[:, start:start + size].clone()
+        if fused.bias is not None:
+            part.bias = fused.bias[start:start + size].clone()
+        parts.append(part)
+        start += size
+    return parts
 
 
 def _is_int8_linear(module: nn.Module) -> bool:

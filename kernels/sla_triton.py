@@ -508,7 +508,10 @@ def quantize_int8_blocks(
 
 
 def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether `sparse_impl="tma"` takes the TMA kernel for these tensors (else it falls back to pointers)."""
+    """Whether `sparse_impl="tma"` takes the TMA kernel for these tensors (else it falls back to pointers):
+    the tensor-copy engine exists from Hopper (sm_90) on; CPU tensors are the interpreter's (tests)."""
+    if q.is_cuda and torch.cuda.get_device_capability(q.device) < (9, 0):
+        return False
     return HAVE_TENSOR_DESCRIPTOR and all(_tma_layout(x) is not None for x in (q, k, v))
 
 

@@ -73,7 +73,7 @@ def test_submitted_job_runs_on_the_worker_and_the_mp4_decodes(api, gpu_worker):
     assert progresses == sorted(progresses), "progress went backwards"
     assert done["frames"] == 9 and done["fps"] == 16
     assert done["timings"]["denoise"] > 0 and done["timings"]["total"] > 0
-    assert done["timings"]["frame_sink"] >= 0, "the worker did not stream the decode into the mp4 encoder"
+    assert done["timings"]["decode_encoder_wait"] >= 0, "the worker did not stream the decode into the mp4 encoder"
     response = requests.get(done["output_url"], timeout=30)
     assert response.status_code == 200 and response.headers["Content-Type"] == "video/mp4"
     with tempfile.TemporaryDirectory() as folder:

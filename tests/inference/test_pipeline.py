@@ -98,8 +98,8 @@ def test_frame_sink_gets_exactly_the_result_frames_chunk_by_chunk(pipeline: I2VP
     assert all(chunk.dtype == np.uint8 and chunk.shape[1:] == streamed.frames.shape[1:] for chunk in received)
     assert np.array_equal(np.concatenate(received), streamed.frames)
     assert np.array_equal(streamed.frames, plain.frames)  # streaming changes nothing in the result
-    assert set(streamed.timings) == {"text_encode", "image_encode", "denoise", "decode", "frame_sink"}
-    assert 0 <= streamed.timings["frame_sink"] <= streamed.timings["decode"]
+    assert set(streamed.timings) == {"text_encode", "image_encode", "denoise", "decode", "decode_encoder_wait"}
+    assert 0 <= streamed.timings["decode_encoder_wait"] <= streamed.timings["decode"]
     assert events[-1] == ProgressEvent(stage="done", progress=1.0)
 
 
@@ -317,21 +317,29 @@ def test_linear_mode_resolves_per_device():
         resolve_linears("int4", cpu)
 
 
-def test_warm_up_runs_one_short_job_per_resolution(pipeline, monkeypatch):
+def test_warm_up_runs_one_job_per_resolution_through_both_experts(pipeline, monkeypatch):
     seen: list[GenerationRequest] = []
+    experts: list[str] = []
     real_generate = pipeline.generate
 
     def recording_generate(request, *args, **kwargs):
         seen.append(request)
         result = real_generate(request, *args, **kwargs)
         assert (result.width, result.height) == TINY.resolutions[request.resolution]
+        assert result.num_frames == TINY.default_frames  # the default length: every VAE shape of a real job
         return result
 
     monkeypatch.setattr(pipeline, "generate", recording_generate)
-    seconds = pipeline.warm_up()
-    assert list(seconds) == list(TINY.resolutions) and all(s > 0 for s in seconds.values())
-    # One step on 9 frames: three latent frames, i.e. the VAE's first chunk and one full 2-latent chunk.
-    assert [(r.resolution, r.num_steps, r.num_frames) for r in seen] == [
-        (res, 1, 1 + 4 * VAE_CHUNK_LATENTS) for res in TINY.resolutions
+    handles = [
+        pipeline._experts[name].module.register_forward_hook(lambda *_, name=name: experts.append(name))
+        for name in ("high", "low")
     ]
+    try:
+        seconds = pipeline.warm_up()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert list(seconds) == list(TINY.resolutions) and all(s > 0 for s in seconds.values())
+    assert [(r.resolution, r.num_frames, r.num_steps) for r in seen] == [(res, None, 3) for res in TINY.resolutions]
+    assert set(experts) == {"high", "low"}  # compiled blocks of both experts exist afterwards
     assert pipeline.warm_up(["720p"]).keys() == {"720p"}

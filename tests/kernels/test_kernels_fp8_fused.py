@@ -21,6 +21,7 @@ from kernels.fp8_linear import (
     gelu_quantize_rows_fp8_reference,
     quantize_activation,
     quantize_rows_fp8_reference,
+    split_fp8_linear,
 )
 
 
@@ -108,19 +109,22 @@ def test_layer_norm_modulate_fp8_dispatch_gives_rows_for_a_linear(kernel_backend
         kernel_backend.layer_norm_modulate_fp8(x[0], torch.zeros(64), torch.zeros(64), 1e-6, torch.bfloat16)
 
 
-def test_fused_linears_equal_the_separate_ones_and_share_their_weights():
+def test_fused_linears_equal_the_separate_ones_and_split_back_exactly():
     torch.manual_seed(0)
     parts = [Fp8Linear.from_linear(nn.Linear(64, n)) for n in (64, 32, 48)]
     x = torch.randn(2, 5, 64)
     separate = [part(x) for part in parts]
     fused = fuse_fp8_linears(parts)
     assert (fused.in_features, fused.out_features) == (64, 144)
-    out = fused(x)
-    assert torch.equal(out, torch.cat(separate, dim=-1))
-    rows = quantize_activation(x)  # one quantization serves every part
-    for part, expected, start in zip(parts, separate, (0, 64, 96), strict=True):
-        assert torch.equal(part(rows), expected)  # the parts still work on their (now shared) weights
-        assert part.weight_fp8.data_ptr() == fused.weight_fp8[start:].data_ptr()
+    assert torch.equal(fused(x), torch.cat(separate, dim=-1))
+    rows = quantize_activation(x)  # one quantization serves the fused layer as it would each part
+    assert torch.equal(fused(rows), torch.cat(separate, dim=-1))
+    again = split_fp8_linear(fused, [64, 32, 48])
+    for part, expected in zip(again, separate, strict=True):
+        assert torch.equal(part(x), expected)
+        assert part.weight_fp8.untyped_storage().data_ptr() != fused.weight_fp8.untyped_storage().data_ptr()
+    with pytest.raises(ValueError, match="add up"):
+        split_fp8_linear(fused, [64, 64])
 
 
 def test_fusing_linears_of_different_inputs_is_refused():
@@ -140,6 +144,10 @@ def _tiny_inputs(cfg, seed: int = 0):
     return x, t, context
 
 
+def _buffer_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
 def _tiny_dit() -> WanDiT:
     torch.manual_seed(0)
     dit = WanDiT(TINY.dit, attention="dense").eval().requires_grad_(False)
@@ -152,19 +160,22 @@ def _tiny_dit() -> WanDiT:
 def test_fused_fp8_blocks_match_the_unfused_fp8_path_and_the_float_model():
     x, t, context = _tiny_inputs(TINY.dit)
     dit = _tiny_dit()
-    calls = {"qkv": 0, "q": 0}
+    calls = {"qkv": 0}
     with torch.inference_mode():
         exact = dit(x, t, context)
         converted = dit.use_fp8_linears(fuse=False)
         unfused = dit(x, t, context)
+        weight_bytes = _buffer_bytes(dit)
         assert dit.use_fp8_linears() == 0  # already fp8: only the fusion is new
         for block in dit.blocks:
             block.self_attn.qkv.register_forward_hook(lambda *_: calls.__setitem__("qkv", calls["qkv"] + 1))
-            block.self_attn.q.register_forward_hook(lambda *_: calls.__setitem__("q", calls["q"] + 1))
         fused = dit(x, t, context)
     per_block = 6 + 2 + 2  # self q,k,v,o; cross q,k,v,o; ffn up, down
     assert converted == per_block * TINY.dit.num_layers
-    assert calls == {"qkv": TINY.dit.num_layers, "q": 0}
+    assert calls == {"qkv": TINY.dit.num_layers}
+    # The separate q/k/v are gone: the weights are held once (an offloading memory policy copies every buffer).
+    assert all(b.self_attn.q is None and b.self_attn.v is None for b in dit.blocks)
+    assert _buffer_bytes(dit) == weight_bytes
     # The tiny model computes in fp32 on CPU, where quantizing inside the norm/GELU sees the same fp32 values
     # as quantizing their outputs: the fused path must give the unfused numbers.
     assert _rel(fused, unfused) < 1e-5
@@ -225,6 +236,8 @@ def test_residual_norm_dispatch_checks_shapes(kernel_backend, interpreted_kernel
     x = torch.randn(1, 4, 32)
     with pytest.raises(RuntimeError, match="must have x's shape"):
         kernel_backend.gated_residual(x, torch.randn(1, 5, 32), None)
+    with pytest.raises(RuntimeError, match="does not broadcast"):
+        kernel_backend.gated_residual(x, torch.randn(1, 4, 32), torch.randn(1, 1, 7))
     x_new, rows = kernel_backend.residual_norm(
         x, torch.ones(1, 4, 32), None, torch.zeros(32), torch.zeros(32), 1e-6, torch.bfloat16, fp8=True
     )
