@@ -1,7 +1,8 @@
 """A whole image-to-video job on one GPU at full A14B size with random weights, through inference.pipeline:
 umT5-XXL text encode, VAE encode, 4 rCM steps over both experts (fp8 block linears, SLA), VAE decode, mp4.
 
-    python -m bench.whole_job [--res 720p 480p] [--jobs 2] [--linears fp8|bf16] [--compile] [--baseline 480p ...]
+    python -m bench.whole_job [--res 720p 480p] [--jobs 2] [--linears fp8|bf16] [--compile] [--warm-up]
+                              [--baseline 480p ...]
 
 Both experts, the text encoder and the VAE stay resident. The first job of a size includes Triton/cuDNN warm-up
 (the GPU worker does that warm-up at start); the reported numbers are from the last job. The mp4 is encoded while
@@ -130,6 +131,8 @@ def main() -> None:
     parser.add_argument("--linears", default="fp8", choices=["fp8", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block (TURBO_COMPILE=1)")
     parser.add_argument("--baseline", nargs="*", default=[], help="sizes to run once on the dense bf16 baseline")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="run I2VPipeline.warm_up() first, as the GPU worker does (job 0 is then a warmed first job)")
     args = parser.parse_args()
     results: dict[str, Any] = {"environment": environment(), "linears": args.linears, "compile": args.compile,
                                "rows": []}
@@ -138,6 +141,9 @@ def main() -> None:
     pipe, sizes = build_pipeline(args.linears, compile_blocks=args.compile)
     results.update(sizes, build_s=time.perf_counter() - started)
     print(sizes, flush=True)
+    if args.warm_up:
+        results["warm_up_s"] = pipe.warm_up(args.res)
+        print("warm-up seconds:", results["warm_up_s"], flush=True)
     for res in args.res:
         for job in range(args.jobs):
             try:
