@@ -104,6 +104,20 @@ if HAVE_TRITON:
         tl.store(KSUM_PART + part * HEAD_DIM + offs_d, ksum)
 
     @triton.jit
+    def _linear_branch(qf, KV, KSUM, W, BIAS, bh, HEAD_DIM: tl.constexpr):
+        # SLA's linear branch for these query rows (fp32 q): phi(q) kv / (1e-5 + phi(q).ksum), then proj_l.
+        offs_d = tl.arange(0, HEAD_DIM)
+        qf = qf - tl.max(qf, axis=1)[:, None]
+        e = tl.exp(qf)
+        phi_q = e / tl.sum(e, axis=1)[:, None]
+        kv = tl.load(KV + bh * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :])
+        ksum = tl.load(KSUM + bh * HEAD_DIM + offs_d)
+        lin = tl.dot(phi_q, kv) / (1e-5 + tl.sum(phi_q * ksum[None, :], axis=1))[:, None]
+        # proj_l: lin @ W^T + bias, W stored [out, in]; load it transposed as [in, out].
+        w_t = tl.load(W + offs_d[None, :] * HEAD_DIM + offs_d[:, None])
+        return tl.dot(lin, w_t) + tl.load(BIAS + offs_d)[None, :]
+
+    @triton.jit
     def _sla_sparse_kernel(
         Q, K, V, Out, LUT, KV, KSUM, W, BIAS,
         L, n_heads, n_sel, qk_scale,
@@ -156,16 +170,7 @@ if HAVE_TRITON:
         out = acc / l_i[:, None]
 
         if FUSE_LINEAR:
-            qf = q.to(tl.float32)
-            qf = qf - tl.max(qf, axis=1)[:, None]
-            e = tl.exp(qf)
-            phi_q = e / tl.sum(e, axis=1)[:, None]
-            kv = tl.load(KV + bh * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :])
-            ksum = tl.load(KSUM + bh * HEAD_DIM + offs_d)
-            lin = tl.dot(phi_q, kv) / (1e-5 + tl.sum(phi_q * ksum[None, :], axis=1))[:, None]
-            # proj_l: lin @ W^T + bias, W stored [out, in]; load it transposed as [in, out].
-            w_t = tl.load(W + offs_d[None, :] * HEAD_DIM + offs_d[:, None])
-            out += tl.dot(lin, w_t) + tl.load(BIAS + offs_d)[None, :]
+            out += _linear_branch(q.to(tl.float32), KV, KSUM, W, BIAS, bh, HEAD_DIM)
 
         tl.store(Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :] * sod,
                  out.to(Out.dtype.element_ty), mask=row_ok[:, None])
@@ -312,14 +317,7 @@ if HAVE_TRITON:
                              mask=(offs_m < L)[:, None], other=0.0).to(tl.float32)
             else:
                 qf = q.to(tl.float32)
-            qf = qf - tl.max(qf, axis=1)[:, None]
-            e = tl.exp(qf)
-            phi_q = e / tl.sum(e, axis=1)[:, None]
-            kv = tl.load(KV + bh * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :])
-            ksum = tl.load(KSUM + bh * HEAD_DIM + offs_d)
-            lin = tl.dot(phi_q, kv) / (1e-5 + tl.sum(phi_q * ksum[None, :], axis=1))[:, None]
-            w_t = tl.load(W + offs_d[None, :] * HEAD_DIM + offs_d[:, None])
-            out += tl.dot(lin, w_t) + tl.load(BIAS + offs_d)[None, :]
+            out += _linear_branch(qf, KV, KSUM, W, BIAS, bh, HEAD_DIM)
 
         row_ok = offs_m < L
         tl.store(Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :] * sod,
