@@ -176,14 +176,16 @@ def test_ffmpeg_failure_in_the_feeding_thread_surfaces_from_finish(tmp_path) -> 
     stream.write(_moving_gradient(3, 32, 32))
     stream._process.kill()  # ffmpeg dies under the stream, as on a crash or an OOM kill
     stream._process.wait()
-    with pytest.raises(EncodeError, match=r"encoding v\.mp4 failed"):
+    # The failure shows in a write (once the pipe stops taking frames) or in finish; leaving the block aborts, as
+    # the worker's does, so nothing is left behind either way.
+    with pytest.raises(EncodeError, match=r"encoding v\.mp4 failed"), stream:
         for _ in range(50):  # the pipe buffers some frames; the failure shows once writing to it fails
             stream.write(_moving_gradient(3, 32, 32))
         stream.finish()
     assert not list(tmp_path.iterdir())
 
 
-def test_write_error_in_the_feeding_thread_surfaces_from_finish(tmp_path, monkeypatch) -> None:
+def test_write_error_in_the_feeding_thread_surfaces_to_the_producer(tmp_path, monkeypatch) -> None:
     stream = Mp4Stream(tmp_path / "v.mp4")
     stream.write(_moving_gradient(1, 32, 32))
     feeder = stream._thread
@@ -192,8 +194,10 @@ def test_write_error_in_the_feeding_thread_surfaces_from_finish(tmp_path, monkey
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(stream._process.stdin, "write", broken_write)
-    stream.write(_moving_gradient(2, 32, 32))
-    with pytest.raises(EncodeError, match="No space left on device") as caught:
+    # The feeder meets the error on the frame already queued (then the next write raises) or on the next one
+    # (then finish raises): either way the producer gets it, and leaving the block aborts as the worker's does.
+    with pytest.raises(EncodeError, match="No space left on device") as caught, stream:
+        stream.write(_moving_gradient(2, 32, 32))
         stream.finish()
     assert isinstance(caught.value.__cause__, OSError)
     assert feeder is not None and not feeder.is_alive()
