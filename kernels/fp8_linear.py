@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.graphs import opaque_to_compile
+from kernels.norms_triton import row_warps
 
 try:
     import triton
@@ -74,9 +75,10 @@ if HAVE_TRITON:
         tl.store(SCALE + row, scale)
 
 
-def quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp8 e4m3 [rows, cols], fp32 scale [rows, 1]) with scale = absmax / 448 per row; pure PyTorch."""
-    xf = x.float()
+def quantize_rows_fp8_reference(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 e4m3 [rows, cols], fp32 scale [rows, 1]) with scale = absmax / 448 per row, of x or (gelu) of
+    GELU(tanh)(x) computed in fp32; pure PyTorch."""
+    xf = F.gelu(x.float(), approximate="tanh") if gelu else x.float()
     scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(_MIN_AMAX) / FP8_MAX
     return (xf / scale).to(FP8_DTYPE), scale
 
@@ -114,7 +116,7 @@ def launch_quantize_rows(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.
     if cols <= _ONE_PASS_COLS:
         block = triton.next_power_of_2(cols)
         _quantize_row_once_kernel[(rows,)](x, qx, scale, cols, x.stride(0), BLOCK=block, GELU=gelu,
-                                           num_warps=_warps(block))
+                                           num_warps=row_warps(block))
     elif gelu:
         raise ValueError(f"the fused GELU quantizer takes rows up to {_ONE_PASS_COLS} wide, got {cols}")
     else:
@@ -123,39 +125,21 @@ def launch_quantize_rows(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.
     return qx, scale
 
 
-def _warps(block: int) -> int:
-    return 4 if block <= 2048 else 8 if block <= 8192 else 16
-
-
 @opaque_to_compile
-def quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row fp8 quantization of a 2-D tensor: the Triton kernel on CUDA, else the reference."""
+def quantize_rows_fp8(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row fp8 quantization of a 2-D tensor, optionally of GELU(tanh)(x): the Triton kernel on CUDA (one pass
+    with the GELU fused, for rows up to 16384 wide), else the reference."""
     if x.dim() != 2:
         raise ValueError(f"quantize_rows_fp8 expects a 2-D tensor, got shape {tuple(x.shape)}")
-    if HAVE_TRITON and x.is_cuda:
-        return launch_quantize_rows(x)
-    return quantize_rows_fp8_reference(x)
-
-
-def gelu_quantize_rows_fp8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """GELU (tanh approximation) in fp32, then per-row fp8 quantization; pure PyTorch."""
-    return quantize_rows_fp8_reference(F.gelu(x.float(), approximate="tanh"))
-
-
-@opaque_to_compile
-def gelu_quantize_rows_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """GELU(tanh) then per-row fp8 quantization of a 2-D tensor, one pass on CUDA; else the reference."""
-    if x.dim() != 2:
-        raise ValueError(f"gelu_quantize_rows_fp8 expects a 2-D tensor, got shape {tuple(x.shape)}")
-    if HAVE_TRITON and x.is_cuda and x.shape[1] <= _ONE_PASS_COLS:
-        return launch_quantize_rows(x, gelu=True)
-    return gelu_quantize_rows_fp8_reference(x)
+    if HAVE_TRITON and x.is_cuda and (not gelu or x.shape[1] <= _ONE_PASS_COLS):
+        return launch_quantize_rows(x, gelu=gelu)
+    return quantize_rows_fp8_reference(x, gelu=gelu)
 
 
 def quantize_activation(x: torch.Tensor, *, gelu: bool = False) -> Fp8Rows:
     """x (..., cols) -> Fp8Rows for an Fp8Linear, optionally through GELU(tanh) first."""
     x2 = x.reshape(-1, x.shape[-1])
-    data, scale = gelu_quantize_rows_fp8(x2) if gelu else quantize_rows_fp8(x2)
+    data, scale = quantize_rows_fp8(x2, gelu=gelu)
     return Fp8Rows(data, scale, tuple(x.shape[:-1]), x.dtype)
 
 

@@ -97,7 +97,9 @@ if HAVE_TRITON:
         tl.store(OUT + b * sob + pos * sol + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
-def _warps(block: int) -> int:
+def row_warps(block: int) -> int:
+    """Warps for a kernel that holds one row of `block` elements per program (the row kernels here and in
+    kernels.fp8_linear)."""
     return 4 if block <= 2048 else 8 if block <= 8192 else 16
 
 
@@ -127,7 +129,7 @@ def _ln_modulate(x, shift, scale, eps, out_dtype, quantize, *, y=None, gate=None
         x.stride(0), x.stride(1), y_arg.stride(0), y_arg.stride(1), gate_arg.stride(0), gate_arg.stride(1),
         shift_e.stride(0), shift_e.stride(1), scale_e.stride(0), scale_e.stride(1),
         (out if norm else x).stride(0), (out if norm else x).stride(1),
-        BLOCK=block, QUANT=quantize, ADD=y is not None, GATED=gate is not None, NORM=norm, num_warps=_warps(block),
+        BLOCK=block, QUANT=quantize, ADD=y is not None, GATED=gate is not None, NORM=norm, num_warps=row_warps(block),
     )
     return x_out, out, row_scale
 
@@ -192,7 +194,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty((x2.shape[0], cols), device=x.device, dtype=x.dtype)
     block = triton.next_power_of_2(cols)
     _rms_norm_kernel[(x2.shape[0],)](x2, weight, out, cols, eps, x2.stride(0), out.stride(0), BLOCK=block,
-                                     num_warps=_warps(block))
+                                     num_warps=row_warps(block))
     return out.view(x.shape)
 
 
@@ -210,7 +212,7 @@ def _rope_rows(x, weight, eps, cos, sin, num_heads, apply_norm):
     _rope_rows_kernel[(b * length,)](
         x, weight if weight is not None else cos_c, cos_c, sin_c, out, length, cols, eps,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1), cos_c.stride(0),
-        HALF_D=d // 2, BLOCK_PAIRS=block, APPLY_NORM=apply_norm, num_warps=_warps(block),
+        HALF_D=d // 2, BLOCK_PAIRS=block, APPLY_NORM=apply_norm, num_warps=row_warps(block),
     )
     return out.view(b, length, num_heads, d)
 

@@ -541,6 +541,15 @@ def side_inputs(
     return _side_inputs_and_pool(q, k, v, topk, block_q, block_k, side_impl)[:3]
 
 
+def _check_sparse_options(sparse_impl: str, qk_int8: bool, blocks_per_iter: int) -> None:
+    if sparse_impl not in ("pointer", "tma"):
+        raise ValueError(f"sparse_impl must be 'pointer' or 'tma', got {sparse_impl!r}")
+    if qk_int8 and sparse_impl != "tma":
+        raise ValueError("qk_int8 needs sparse_impl='tma'")
+    if blocks_per_iter not in (1, 2) and sparse_impl == "tma":
+        raise ValueError(f"the TMA kernel takes 1 or 2 key blocks per iteration, got {blocks_per_iter}")
+
+
 def sparse_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -566,12 +575,7 @@ def sparse_forward(
     """The sparse kernel (plus the linear branch) given `side_inputs`; split out so benchmarks can time it alone.
 
     qk_int8 (TMA kernel only): k_mean is fp32 (B, H, 1, D) mean over L of k (computed here when None)."""
-    if sparse_impl not in ("pointer", "tma"):
-        raise ValueError(f"sparse_impl must be 'pointer' or 'tma', got {sparse_impl!r}")
-    if qk_int8 and sparse_impl != "tma":
-        raise ValueError("qk_int8 needs sparse_impl='tma'")
-    if blocks_per_iter not in (1, 2) and sparse_impl == "tma":
-        raise ValueError(f"the TMA kernel takes 1 or 2 key blocks per iteration, got {blocks_per_iter}")
+    _check_sparse_options(sparse_impl, qk_int8, blocks_per_iter)
     b, h, length, d = q.shape
     w = proj_l_weight.to(device=q.device, dtype=torch.float32).contiguous()
     bias = proj_l_bias.to(device=q.device, dtype=torch.float32).contiguous()
@@ -641,19 +645,17 @@ def sla_attention(
 ) -> torch.Tensor:
     """Drop-in for kernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype).
 
-    Defaults are the fastest exact choice on an H100 (bench/README.md: 34.7 ms against 38.0 ms for the first
-    kernel at 720p, 8.3 against 9.5 ms at 480p).
+    Defaults are the fastest exact choice on an H100 (bench/README.md: 34.4 ms against 38.0 ms for the first
+    kernel at 720p, 8.5 against 9.5 ms at 480p).
     sparse_impl: "tma" (default; falls back to "pointer" where `tma_supported` is false) or "pointer";
     warp_specialize: TMA kernel only, Triton's automatic warp specialisation of the key loop (no gain on Hopper);
     side_impl: "fused" (default: k pooled inside the kv pass) or "separate" (pool q, pool k, kv reduction);
     qk_int8: TMA kernel only, QK^T on int8 copies of q and smoothed k with per-block scales (SageAttention's
-    idea; int32 products, twice the bf16 tensor-core rate); P.V stays bf16. Approximate: the sweep and GPU tests hold it to cosine >= 0.999 against the reference.
+    idea; int32 products, twice the bf16 tensor-core rate); P.V stays bf16. Approximate: the sweep and GPU tests
+    hold it to cosine >= 0.999 against the reference.
     """
     _check_inputs(q, k, v)
-    if sparse_impl not in ("pointer", "tma"):  # checked before the side kernels run
-        raise ValueError(f"sparse_impl must be 'pointer' or 'tma', got {sparse_impl!r}")
-    if qk_int8 and sparse_impl != "tma":
-        raise ValueError("qk_int8 needs sparse_impl='tma'")
+    _check_sparse_options(sparse_impl, qk_int8, blocks_per_iter)  # before the side kernels run
     lut, kv, ksum, pooled_k = _side_inputs_and_pool(q, k, v, topk, block_q, block_k, side_impl)
     return sparse_forward(
         q, k, v, lut, kv, ksum, proj_l_weight, proj_l_bias, block_q, block_k, blocks_per_iter=blocks_per_iter,

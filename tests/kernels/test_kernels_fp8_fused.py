@@ -17,9 +17,8 @@ from kernels.fp8_linear import (
     FP8_DTYPE,
     Fp8Linear,
     fuse_fp8_linears,
-    gelu_quantize_rows_fp8,
-    gelu_quantize_rows_fp8_reference,
     quantize_activation,
+    quantize_rows_fp8,
     quantize_rows_fp8_reference,
     split_fp8_linear,
 )
@@ -69,7 +68,7 @@ def test_gelu_quantizer_kernel_matches_reference(interpreted_kernels):
     x = torch.randn(9, 1000, generator=gen) * 4
     x[1, :4] = torch.tensor([60.0, -60.0, 1e4, -1e4])  # the tanh tails must not overflow into NaN
     q, s = fp8.launch_quantize_rows(x.to(torch.bfloat16), gelu=True)
-    q_ref, s_ref = gelu_quantize_rows_fp8_reference(x.to(torch.bfloat16))
+    q_ref, s_ref = quantize_rows_fp8_reference(x.to(torch.bfloat16), gelu=True)
     _assert_same_quantization(q, s, q_ref, s_ref)
     assert torch.isfinite(_dequant(q, s)).all()
     # The reference itself is GELU(tanh) then quantization.
@@ -81,7 +80,7 @@ def test_gelu_quantizer_refuses_rows_it_cannot_hold(interpreted_kernels):
     with pytest.raises(ValueError, match="up to 16384"):
         fp8.launch_quantize_rows(torch.randn(2, 20000), gelu=True)
     with pytest.raises(ValueError, match="2-D"):
-        gelu_quantize_rows_fp8(torch.randn(2, 3, 4))
+        quantize_rows_fp8(torch.randn(2, 3, 4), gelu=True)
 
 
 def test_layer_norm_modulate_fp8_kernel_matches_reference(interpreted_kernels):
