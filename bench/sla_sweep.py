@@ -51,10 +51,10 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("tma bpi2 w8 s2", _TMA),
     ("tma bpi2 w8 s3", {**_TMA, "num_stages": 3}),
     ("tma bpi1 w8 s2", {**_TMA, "blocks_per_iter": 1}),
-    ("tma bpi1 w8 s3", {**_TMA, "blocks_per_iter": 1, "num_stages": 3}),
     ("tma bpi2 m64 w4 s3", {**_TMA, "block_m": 64, "num_warps": 4, "num_stages": 3}),
     ("tma bpi2 w8 s2 + fused side (default)", {**_TMA, "side_impl": "fused"}),
     ("tma bpi2 w8 s2 int8 QK (approx.)", {**_TMA, "qk_int8": True}),
+    ("gluon wgmma pipeline + fused side", {"sparse_impl": "gluon", "side_impl": "fused"}),
     ("tma bpi2 w8 s2 warp-spec", {**_TMA, "warp_specialize": True}),
 ]
 SIDE_KEYS = ("side_impl",)  # keyword arguments that go to side_inputs, the rest to sparse_forward

@@ -391,6 +391,28 @@ if HAVE_TRITON:
         tl.store(KSUM_PART + part * HEAD_DIM + offs_d, ksum)
 
 
+    @triton.jit
+    def _add_linear_branch_kernel(
+        Q, Out, KV, KSUM, W, BIAS, L, n_heads,
+        sqb, sqh, sql, sqd,
+        sob, soh, sol, sod,
+        BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ):
+        # out += the linear branch of these query rows, for sparse kernels that leave it out (the Gluon one).
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // n_heads
+        h = bh % n_heads
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = (offs_m < L)[:, None]
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :] * sqd, mask=row_ok, other=0.0)
+        o_ptr = Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :] * sod
+        o = tl.load(o_ptr, mask=row_ok, other=0.0).to(tl.float32)
+        o += _linear_branch(q.to(tl.float32), KV, KSUM, W, BIAS, bh, HEAD_DIM)
+        tl.store(o_ptr, o.to(Out.dtype.element_ty), mask=row_ok)
+
+
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"SLA needs q, k, v of one shape (B, H, L, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -541,13 +563,43 @@ def side_inputs(
     return _side_inputs_and_pool(q, k, v, topk, block_q, block_k, side_impl)[:3]
 
 
+def gluon_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_k: int) -> bool:
+    """Whether `sparse_impl="gluon"` takes the Gluon kernel (else the TMA Triton kernel runs): wgmma exists on
+    sm_90 only, Gluon has no interpreter, and its tiles are fixed at 128 query rows, key blocks of 32 or 64 and
+    head dims 64 or 128 (what fits the staged shared memory)."""
+    from kernels.sla_gluon import HAVE_GLUON
+
+    return (
+        HAVE_GLUON and q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
+        and block_q == 128 and block_k in (32, 64) and q.shape[-1] in (64, 128) and tma_supported(q, k, v)
+    )
+
+
 def _check_sparse_options(sparse_impl: str, qk_int8: bool, blocks_per_iter: int) -> None:
-    if sparse_impl not in ("pointer", "tma"):
-        raise ValueError(f"sparse_impl must be 'pointer' or 'tma', got {sparse_impl!r}")
+    if sparse_impl not in ("pointer", "tma", "gluon"):
+        raise ValueError(f"sparse_impl must be 'pointer', 'tma' or 'gluon', got {sparse_impl!r}")
     if qk_int8 and sparse_impl != "tma":
         raise ValueError("qk_int8 needs sparse_impl='tma'")
     if blocks_per_iter not in (1, 2) and sparse_impl == "tma":
         raise ValueError(f"the TMA kernel takes 1 or 2 key blocks per iteration, got {blocks_per_iter}")
+
+
+def _gluon_sparse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lut: torch.Tensor, out: torch.Tensor, block_q: int, block_k: int,
+    qk_scale: float,
+) -> None:
+    from kernels import sla_gluon
+
+    b, h, length, d = q.shape
+    maps = [_tma_layout(x) for x in (q, k, v)]
+    q_desc = sla_gluon.descriptor(q, block_q, maps[0])
+    k_desc = sla_gluon.descriptor(k, block_k, maps[1])
+    v_desc = sla_gluon.descriptor(v, block_k, maps[2])
+    sla_gluon._sla_sparse_gluon_kernel[(triton.cdiv(length, block_q), b * h)](
+        q_desc, k_desc, v_desc, out, lut, length, h, lut.shape[-1], qk_scale,
+        *maps[0][3:], *maps[1][3:], *maps[2][3:], *out.stride(), lut.stride(1), lut.stride(2),
+        BLOCK_M=block_q, BLOCK_KB=block_k, HEAD_DIM=d, K_STAGES=3, V_STAGES=2, CONSUMER_REGS=240, num_warps=4,
+    )
 
 
 def sparse_forward(
@@ -586,7 +638,14 @@ def sparse_forward(
         raise ValueError(f"SLA kernel: block_m {block_m} must divide block_q {block_q}")
     qk_scale = (1.0 / math.sqrt(d)) * 1.4426950408889634  # log2(e) / sqrt(d): the kernels use exp2
     grid = (triton.cdiv(length, block_m), b * h)
-    if sparse_impl == "tma" and tma_supported(q, k, v):
+    if sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k):
+        _gluon_sparse(q, k, v, lut, out, block_q, block_k, qk_scale)
+        if fuse_linear:
+            _add_linear_branch_kernel[(triton.cdiv(length, block_q), b * h)](
+                q, out, kv, ksum, w, bias, length, h, *q.stride(), *out.stride(), BLOCK_M=block_q, HEAD_DIM=d,
+                num_warps=8,
+            )
+    elif sparse_impl in ("tma", "gluon") and tma_supported(q, k, v):
         q_scale = k_scale = lut  # placeholders: the bf16 kernel never reads them
         if qk_int8:
             if k_mean is None:

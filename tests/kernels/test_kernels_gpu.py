@@ -57,6 +57,7 @@ SLA_GPU_VARIANTS = [
     ("tma bpi2 m64 w4", {"sparse_impl": "tma", "block_m": 64, "num_warps": 4, "num_stages": 3}),
     ("fused side", {"side_impl": "fused"}),
     ("tma + fused side", {"sparse_impl": "tma", "side_impl": "fused"}),
+    ("gluon + fused side", {"sparse_impl": "gluon", "side_impl": "fused"}),
 ]
 
 
@@ -80,6 +81,42 @@ def test_sla_variants_match_reference_and_default(length, label, variant):
     assert _rel(out, ref) < 2e-2
     assert max_err < 2e-2 * ref.float().abs().max().item()
     assert _rel(out, default) < 1e-2  # the same op as the default kernel, up to bf16 rounding
+
+
+@pytest.mark.parametrize("length", [4000, 5000, 8192])  # 5000: an odd number of chosen blocks (7) and a partial one
+def test_sla_gluon_kernel_matches_reference(length):
+    """The Gluon (wgmma-pipelined) sparse kernel really runs on the H100 (no fallback) and holds the same bounds."""
+    from kernels import sla_triton
+
+    q, k, v = _model_layout_qkv(length, 4, length + 11)
+    assert sla_triton.gluon_supported(q, k, v, 128, 64)
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    w = torch.randn(128, 128, device="cuda", generator=gen) * 0.05
+    b = torch.randn(128, device="cuda", generator=gen) * 0.05
+    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    tma = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="tma")
+    out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="gluon")
+    max_err = (out.float() - ref.float()).abs().max().item()
+    print(f"gluon L={length}: cos {_cos(out, ref):.7f} rel {_rel(out, ref):.2e} max {max_err:.2e}")
+    assert _cos(out, ref) > 0.9995
+    assert _rel(out, ref) < 2e-2
+    assert max_err < 2e-2 * ref.float().abs().max().item()
+    assert _rel(out, tma) < 1e-2
+
+
+def test_sla_gluon_on_contiguous_heads():
+    """Heads one after another (B=2, contiguous (B, H, L, D)): the other descriptor layout."""
+    from kernels import sla_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(10)
+    q, k, v = (torch.randn(2, 3, 4000, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3))
+    w = torch.randn(128, 128, device="cuda", generator=gen) * 0.05
+    b = torch.randn(128, device="cuda", generator=gen) * 0.05
+    assert sla_triton.gluon_supported(q, k, v, 128, 64)
+    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="gluon")
+    assert _cos(out, ref) > 0.9995
+    assert _rel(out, ref) < 2e-2
 
 
 @pytest.mark.parametrize("blocks_per_iter", [1, 2])

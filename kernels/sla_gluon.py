@@ -1,0 +1,227 @@
+"""SLA's sparse branch for Hopper in Gluon (Triton's lower-level language): explicit wgmma waits and TMA stages.
+
+Why not plain Triton: Triton 3.6 waits on every Q.K^T product before it starts the softmax, and on every gathered
+key block separately, so the tensor cores sit idle while the CUDA cores compute exponentials (bench/README.md: the
+TMA Triton kernel reaches ~370 TFLOP/s at 720p). This kernel software-pipelines the loop as FlashAttention-3
+does within a warpgroup: the scores of key pair j are issued, then P_{j-1}.V_{j-1}; the softmax of pair j runs
+while that product is on the tensor cores.
+
+Work split (same as kernels.sla_triton's kernels): a program takes one query block (BLOCK_M = block_q rows) of one
+head; its chosen key blocks (block_k = 64 keys each) are taken two at a time, so each score tile is 128 x 128 and
+each P.V product has K = 128. Keys come by TMA at dynamic rows of the 2-D views that `sla_triton._tma_layout`
+describes, K three pairs ahead (K_STAGES) and V two (V_STAGES). Both warpgroups share the staged tiles, so a
+CTA barrier precedes each refill.
+
+The linear branch is not fused here: `sla_triton.add_linear_branch` adds it in place afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    HAVE_GLUON = True
+except ImportError:  # pragma: no cover - triton without Gluon's Hopper API
+    HAVE_GLUON = False
+
+
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _load_pair(desc, smem, bar, lut_row, pair, n_sel, row0, col0, BLOCK_KB: gl.constexpr):
+        # Key blocks 2*pair and 2*pair+1 of the lut into the two halves of one staged tile; an odd tail repeats
+        # the last block (its scores are masked).
+        blk0 = gl.load(lut_row + gl.minimum(2 * pair, n_sel - 1))
+        blk1 = gl.load(lut_row + gl.minimum(2 * pair + 1, n_sel - 1))
+        mbarrier.expect(bar, 2 * desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc, [row0 + blk0 * BLOCK_KB, col0], bar, smem.slice(0, BLOCK_KB))
+        tma.async_copy_global_to_shared(desc, [row0 + blk1 * BLOCK_KB, col0], bar, smem.slice(BLOCK_KB, BLOCK_KB))
+
+    @gluon.jit
+    def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
+                  lut_row, n_sel, n_pairs, q_row, q_col, k_row0, k_col0, v_row0, v_col0,
+                  BLOCK_KB: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr):
+        # One warp issues every TMA copy: q once, then K and V pairs as the consumers free their stages.
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem)
+        for j in range(n_pairs):
+            ks = j % K_STAGES
+            # A fresh barrier counts as having completed the phase before its first: round 0 does not wait.
+            mbarrier.wait(k_empty.index(ks), ((j // K_STAGES) & 1) ^ 1)
+            _load_pair(k_desc, k_smem.index(ks), k_ready.index(ks), lut_row, j, n_sel, k_row0, k_col0, BLOCK_KB)
+            vs = j % V_STAGES
+            mbarrier.wait(v_empty.index(vs), ((j // V_STAGES) & 1) ^ 1)
+            _load_pair(v_desc, v_smem.index(vs), v_ready.index(vs), lut_row, j, n_sel, v_row0, v_col0, BLOCK_KB)
+
+    @gluon.jit
+    def _softmax_update(s, m_i, l_i, qk_scale, lut_row, pair, n_sel, L, s_layout: gl.constexpr,
+                        BLOCK_KB: gl.constexpr, MASK: gl.constexpr):
+        # Online softmax over one 128-key score tile; m in log2 units (scale folded into one FMA per score).
+        if MASK:
+            # Keys past L (partial last block) and the repeated block of an odd tail score -inf; slot 2*pair
+            # always holds a real key, so m stays finite.
+            offs = gl.arange(0, 2 * BLOCK_KB, layout=gl.SliceLayout(0, s_layout))
+            slot = 2 * pair + offs // BLOCK_KB
+            blk = gl.load(lut_row + gl.minimum(slot, n_sel - 1))
+            ok = (slot < n_sel) & (blk * BLOCK_KB + offs % BLOCK_KB < L)
+            s = gl.where(ok[None, :], s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+        alpha = gl.exp2(m_i - m_new)
+        p = gl.exp2(s * qk_scale - m_new[:, None])
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        return p, m_new, l_i, alpha
+
+    @gluon.jit
+    def _pair_step(
+        j, p, o, m_i, l_i, q_half, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, lut_row, n_sel, L, qk_scale,
+        s_layout: gl.constexpr, p_layout: gl.constexpr, ROWS: gl.constexpr, BLOCK_KB: gl.constexpr,
+        K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, MASK: gl.constexpr,
+    ):
+        # Scores of pair j, then P_{j-1}.V_{j-1} behind them on the tensor cores; the softmax of pair j runs while
+        # the latter is in flight. Each stage is released (one arrive per warpgroup) as soon as its product is done.
+        ks = j % K_STAGES
+        vs = (j - 1) % V_STAGES
+        mbarrier.wait(k_ready.index(ks), (j // K_STAGES) & 1)
+        s = warpgroup_mma(q_half, k_smem.index(ks).permute((1, 0)),
+                          gl.zeros([ROWS, 2 * BLOCK_KB], gl.float32, s_layout), use_acc=False, is_async=True)
+        mbarrier.wait(v_ready.index(vs), ((j - 1) // V_STAGES) & 1)
+        o = warpgroup_mma(p, v_smem.index(vs), o, is_async=True)
+        s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+        mbarrier.arrive(k_empty.index(ks), count=1)
+        p_new, m_i, l_i, alpha = _softmax_update(s, m_i, l_i, qk_scale, lut_row, j, n_sel, L, s_layout, BLOCK_KB,
+                                                 MASK)
+        p_new = gl.convert_layout(p_new.to(gl.bfloat16), p_layout)
+        o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
+        mbarrier.arrive(v_empty.index(vs), count=1)
+        o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o.type.layout))[:, None]
+        return p_new, o, m_i, l_i
+
+    @gluon.jit
+    def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, Out, lut_row, n_sel, n_pairs,
+                  L, qk_scale, row0, out_base, sol, sod,
+                  WG: gl.constexpr, ROWS: gl.constexpr, BLOCK_KB: gl.constexpr, HEAD_DIM: gl.constexpr,
+                  K_STAGES: gl.constexpr, V_STAGES: gl.constexpr):
+        # One warpgroup: query rows [WG*ROWS, (WG+1)*ROWS) of the program's block, over all its key pairs.
+        BLOCK_N: gl.constexpr = 2 * BLOCK_KB
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BLOCK_N, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        q_half = q_smem.slice(WG * ROWS, ROWS)
+
+        m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+        l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
+        o = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
+        # Pair 0: scores and softmax only (masked: it may also be the last pair).
+        mbarrier.wait(q_bar, 0)
+        mbarrier.wait(k_ready.index(0), 0)
+        s = warpgroup_mma(q_half, k_smem.index(0).permute((1, 0)),
+                          gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+        mbarrier.arrive(k_empty.index(0), count=1)
+        p, m_i, l_i, _ = _softmax_update(s, m_i, l_i, qk_scale, lut_row, 0, n_sel, L, s_layout, BLOCK_KB, True)
+        p = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+
+        for j in range(1, n_pairs - 1):
+            p, o, m_i, l_i = _pair_step(
+                j, p, o, m_i, l_i, q_half, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, lut_row, n_sel, L,
+                qk_scale, s_layout, p_layout, ROWS, BLOCK_KB, K_STAGES, V_STAGES, False,
+            )
+        if n_pairs > 1:
+            p, o, m_i, l_i = _pair_step(
+                n_pairs - 1, p, o, m_i, l_i, q_half, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, lut_row,
+                n_sel, L, qk_scale, s_layout, p_layout, ROWS, BLOCK_KB, K_STAGES, V_STAGES, True,
+            )
+        last = n_pairs - 1
+        vs = last % V_STAGES
+        mbarrier.wait(v_ready.index(vs), (last // V_STAGES) & 1)
+        o = warpgroup_mma(p, v_smem.index(vs), o, is_async=True)
+        o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
+
+        o = o / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
+        offs_m = row0 + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
+        offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        gl.store(out_base + offs_m[:, None] * sol + offs_d[None, :] * sod, o.to(Out.dtype.element_ty),
+                 mask=(offs_m < L)[:, None])
+
+    @gluon.jit
+    def _sla_sparse_gluon_kernel(
+        q_desc, k_desc, v_desc, Out, LUT,
+        L, n_heads, n_sel, qk_scale,
+        q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
+        sob, soh, sol, sod,
+        slut_bh, slut_q,
+        BLOCK_M: gl.constexpr, BLOCK_KB: gl.constexpr, HEAD_DIM: gl.constexpr,
+        K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    ):
+        # Warp-specialised as FlashAttention-3: two consumer warpgroups (64 query rows each, this partition and a
+        # worker) and one producer warp; full/empty barriers per stage instead of CTA-wide barriers, so the two
+        # warpgroups drift apart and one's softmax overlaps the other's products.
+        BLOCK_N: gl.constexpr = 2 * BLOCK_KB
+        ROWS: gl.constexpr = BLOCK_M // 2
+        pid_m = gl.program_id(0)
+        bh = gl.program_id(1)
+        b = bh // n_heads
+        h = bh % n_heads
+        lut_row = LUT + bh * slut_bh + pid_m * slut_q
+        n_pairs = (n_sel + 1) // 2
+
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        for i in gl.static_range(K_STAGES):
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)
+        for i in gl.static_range(V_STAGES):
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(v_empty.index(i), count=2)
+
+        out_base = Out + b * sob + h * soh
+        row0 = pid_m * BLOCK_M
+        gl.warp_specialize(
+            [
+                (_consumer, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, Out, lut_row, n_sel,
+                             n_pairs, L, qk_scale, row0, out_base, sol, sod, gl.constexpr(0), ROWS, BLOCK_KB,
+                             HEAD_DIM, K_STAGES, V_STAGES)),
+                (_consumer, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, Out, lut_row, n_sel,
+                             n_pairs, L, qk_scale, row0, out_base, sol, sod, gl.constexpr(1), ROWS, BLOCK_KB,
+                             HEAD_DIM, K_STAGES, V_STAGES)),
+                (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
+                             v_empty, lut_row, n_sel, n_pairs, b * q_rb + h * q_rh + row0, h * q_ch,
+                             b * k_rb + h * k_rh, h * k_ch, b * v_rb + h * v_rh, h * v_ch, BLOCK_KB, K_STAGES,
+                             V_STAGES)),
+            ],
+            [4, 1],
+            [CONSUMER_REGS, 24],
+        )
+        mbarrier.invalidate(q_bar)
+        for i in gl.static_range(K_STAGES):
+            mbarrier.invalidate(k_ready.index(i))
+            mbarrier.invalidate(k_empty.index(i))
+        for i in gl.static_range(V_STAGES):
+            mbarrier.invalidate(v_ready.index(i))
+            mbarrier.invalidate(v_empty.index(i))
+
+
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16} if HAVE_GLUON else {}
+
+
+def descriptor(x, block_rows: int, layout_map: tuple[int, int, int, int, int, int]):
+    """A Gluon TMA descriptor over the 2-D view `layout_map` (see sla_triton._tma_layout) with [block_rows, D]
+    boxes in the 128-byte-swizzled shared layout wgmma reads."""
+    rows, cols, row_stride = layout_map[:3]
+    block = [block_rows, x.shape[-1]]
+    layout = gl.NVMMASharedLayout.get_default_for(block, _GL_DTYPES[x.dtype])
+    return TensorDescriptor(x, [rows, cols], [row_stride, 1], block, layout)
