@@ -16,6 +16,9 @@ Variants, chosen by keyword of `sla_attention` (defaults = the kernels above, th
   one online-softmax update. Only when the layout maps onto a 2-D descriptor (see `_tma_layout`); else the
   pointer kernel runs. `warp_specialize=True` passes warp_specialize=True to the key loop's tl.range (triton
   documents it for Blackwell; triton 3.9 compiles it for sm_90 but leaves the loop unpartitioned).
+- `sparse_impl="gluon"` (default): kernels.sla_gluon, the same work split in Gluon, warp-specialised with the
+  score and P.V products software-pipelined (FlashAttention-3's scheme); on sm_90 only, else "tma" runs. Its linear
+  branch is added by `_add_linear_branch_kernel` afterwards.
 - `qk_int8=True` (with "tma"): QK^T on int8 copies of q (one scale per BLOCK_M rows) and of k minus its mean over L
   (one scale per key block), made by `_quant_int8_blocks_kernel`: int8 wgmma runs at twice the bf16 rate; P.V
   stays bf16. Approximate (SageAttention's scheme); held to cosine >= 0.999 against the reference.
@@ -619,7 +622,7 @@ def sparse_forward(
     num_warps: int = 8,
     num_stages: int = 2,
     fuse_linear: bool = True,
-    sparse_impl: str = "tma",
+    sparse_impl: str = "gluon",
     warp_specialize: bool = False,
     qk_int8: bool = False,
     k_mean: torch.Tensor | None = None,
@@ -697,16 +700,17 @@ def sla_attention(
     num_warps: int = 8,
     num_stages: int = 2,
     fuse_linear: bool = True,
-    sparse_impl: str = "tma",
+    sparse_impl: str = "gluon",
     warp_specialize: bool = False,
     side_impl: str = "fused",
     qk_int8: bool = False,
 ) -> torch.Tensor:
     """Drop-in for kernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype).
 
-    Defaults are the fastest exact choice on an H100 (bench/README.md: 34.4 ms against 38.0 ms for the first
-    kernel at 720p, 8.5 against 9.5 ms at 480p).
-    sparse_impl: "tma" (default; falls back to "pointer" where `tma_supported` is false) or "pointer";
+    Defaults are the fastest exact choice on an H100 (bench/README.md: the Gluon kernel 26.1 ms against 34.5 ms for
+    the TMA Triton kernel and 38.0 ms for the first kernel at 720p; 6.4 / 8.8 / 9.3 ms at 480p).
+    sparse_impl: "gluon" (default: kernels.sla_gluon on sm_90, else "tma"), "tma" (falls back to "pointer" where
+    `tma_supported` is false) or "pointer";
     warp_specialize: TMA kernel only, Triton's automatic warp specialisation of the key loop (no gain on Hopper);
     side_impl: "fused" (default: k pooled inside the kv pass) or "separate" (pool q, pool k, kv reduction);
     qk_int8: TMA kernel only, QK^T on int8 copies of q and smoothed k with per-block scales (SageAttention's
