@@ -416,6 +416,44 @@ if HAVE_TRITON:
         tl.store(o_ptr, o.to(Out.dtype.element_ty), mask=row_ok)
 
 
+    @triton.jit
+    def _block_topk_kernel(
+        PQ, PK, LUT, n_q, n_k, keep,
+        BLOCK_R: tl.constexpr, NK_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ):
+        # The block map in one launch: scores of BLOCK_R query blocks against all key blocks (fp32), the top
+        # `keep` of each row, written as ascending key-block ids. The keep-th largest score is found exactly by
+        # building its order-preserving uint32 key bit by bit (count of keys >= candidate); then every key above
+        # it and the lowest-indexed ties fill the slots in column order (torch.topk leaves ties unspecified).
+        pid = tl.program_id(0)
+        bh = tl.program_id(1)
+        rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, NK_PAD)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = rows < n_q
+        pq = tl.load(PQ + (bh * n_q + rows[:, None]) * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        pk = tl.load(PK + (bh * n_k + cols[:, None]) * HEAD_DIM + offs_d[None, :], mask=(cols < n_k)[:, None],
+                     other=0.0)
+        score = tl.dot(pq, tl.trans(pk), input_precision="ieee")
+        bits = score.to(tl.uint32, bitcast=True)
+        key = tl.where((bits >> 31) != 0, ~bits, bits | 0x80000000)
+        key = tl.where((cols < n_k)[None, :], key, 0)  # padding sorts below every real score
+        t = tl.zeros([BLOCK_R], dtype=tl.uint32)
+        bit = tl.full([BLOCK_R], 0x80000000, dtype=tl.uint32)
+        for _ in range(32):  # a runtime loop: unrolled, 32 reductions over the tile take minutes to compile
+            cand = t | bit
+            bit = bit >> 1
+            count = tl.sum((key >= cand[:, None]).to(tl.int32), axis=1)
+            t = tl.where(count >= keep, cand, t)
+        above = key > t[:, None]
+        tie = key == t[:, None]
+        need = keep - tl.sum(above.to(tl.int32), axis=1)
+        chosen = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=1) <= need[:, None]))
+        slot = tl.cumsum(chosen.to(tl.int32), axis=1) - 1
+        dest = LUT + (bh * n_q + rows[:, None]) * keep + slot
+        tl.store(dest, tl.broadcast_to(cols[None, :], (BLOCK_R, NK_PAD)), mask=chosen & row_ok[:, None])
+
+
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"SLA needs q, k, v of one shape (B, H, L, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -444,20 +482,44 @@ def _k_mean(pooled_k: torch.Tensor, length: int, block_k: int) -> torch.Tensor:
     return (pooled_k * weights[:, None]).sum(dim=-2, keepdim=True) / length
 
 
+def block_topk(pooled_q: torch.Tensor, pooled_k: torch.Tensor, keep: int) -> torch.Tensor:
+    """int32 (B, H, n_q, keep): for every row of pooled_q @ pooled_k^T (fp32 (B, H, n, D) inputs), the ids of its
+    `keep` largest scores in ascending order; one Triton launch (`_block_topk_kernel`)."""
+    b, h, n_q, d = pooled_q.shape
+    n_k = pooled_k.shape[-2]
+    lut = torch.empty((b, h, n_q, keep), device=pooled_q.device, dtype=torch.int32)
+    block_r = 16
+    nk_pad = max(16, triton.next_power_of_2(n_k))
+    _block_topk_kernel[(triton.cdiv(n_q, block_r), b * h)](
+        pooled_q.contiguous(), pooled_k.contiguous(), lut, n_q, n_k, keep,
+        BLOCK_R=block_r, NK_PAD=nk_pad, HEAD_DIM=d, num_warps=8 if nk_pad >= 1024 else 4,
+    )
+    return lut
+
+
+# Above this many key blocks the one-tile top-k kernel would hold too many scores per thread; torch.topk then.
+_TOPK_KERNEL_MAX_BLOCKS = 4096
+
+
 def _lut_from_pooled(pooled_q: torch.Tensor, pooled_k: torch.Tensor, length: int, topk: float,
-                     block_k: int) -> torch.Tensor:
+                     block_k: int, topk_impl: str = "kernel") -> torch.Tensor:
+    """topk_impl: "kernel" (`block_topk`, where the key blocks fit its tile) or "torch" (matmul, topk, sort)."""
     n_kb = pooled_k.shape[-2]
-    score = pooled_q @ (pooled_k - _k_mean(pooled_k, length, block_k)).transpose(-1, -2)
+    centred_k = pooled_k - _k_mean(pooled_k, length, block_k)
     keep = min(n_kb, max(1, int(topk * n_kb)))
+    if topk_impl == "kernel" and n_kb <= _TOPK_KERNEL_MAX_BLOCKS:
+        return block_topk(pooled_q, centred_k, keep)
+    score = pooled_q @ centred_k.transpose(-1, -2)
     chosen = torch.topk(score, keep, dim=-1, sorted=False).indices
     # Ascending: neighbouring programs walk keys in the same order (L2), and the TMA kernel relies on it (only
     # the last slot can hold the partial last key block).
     return torch.sort(chosen, dim=-1).values.to(torch.int32).contiguous()
 
 
-def block_lut(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int, block_k: int) -> torch.Tensor:
+def block_lut(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int, block_k: int,
+              topk_impl: str = "kernel") -> torch.Tensor:
     """int32 (B, H, n_qblocks, keep): the chosen key blocks of every query block, ascending (see reference)."""
-    return _lut_from_pooled(block_means(q, block_q), block_means(k, block_k), q.shape[-2], topk, block_k)
+    return _lut_from_pooled(block_means(q, block_q), block_means(k, block_k), q.shape[-2], topk, block_k, topk_impl)
 
 
 def linear_kv(k: torch.Tensor, v: torch.Tensor, rows_per_split: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
