@@ -183,7 +183,10 @@ def sla_sweep(res: str, variants: list[tuple[str, dict[str, Any]]], results: dic
         "pool k alone": lambda: sla_triton.block_means(k, BLOCK_K),
         "kv reduction, default (fp32/tf32 dot)": lambda: sla_triton.linear_kv(k, v),
         "kv reduction + pool k fused (bf16 dot)": lambda: sla_triton.linear_kv_pool(k, v, BLOCK_K),
-        "  same, 4 warps": lambda: sla_triton.linear_kv_pool(k, v, BLOCK_K, num_warps=4),
+        "  same, 8 warps": lambda: sla_triton.linear_kv_pool(k, v, BLOCK_K, num_warps=8),
+        "  same, 1024 rows per split": lambda: sla_triton.linear_kv_pool(k, v, BLOCK_K, rows_per_split=1024),
+        "  same, 512 rows per split, 4 stages": lambda: sla_triton.linear_kv_pool(
+            k, v, BLOCK_K, rows_per_split=512, num_stages=4),
         "  same, 4096 rows per split, 2 stages": lambda: sla_triton.linear_kv_pool(
             k, v, BLOCK_K, rows_per_split=4096, num_stages=2),
         "side inputs, separate": lambda: sla_triton.side_inputs(q, k, v, TOPK, BLOCK_Q, BLOCK_K, "separate"),

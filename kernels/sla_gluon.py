@@ -12,7 +12,8 @@ each P.V product has K = 128. Keys come by TMA at dynamic rows of the 2-D views 
 describes, K three pairs ahead (K_STAGES) and V two (V_STAGES). Both warpgroups share the staged tiles, so a
 CTA barrier precedes each refill.
 
-The linear branch is not fused here: `sla_triton.add_linear_branch` adds it in place afterwards.
+The linear branch is fused into the epilogue (FUSE_LINEAR): with M = kv proj_l^T folded per head on the host (bf16,
+as upstream runs the branch), it is one more [64 x D] x [D x D] wgmma per warpgroup.
 """
 
 from __future__ import annotations
@@ -43,12 +44,16 @@ if HAVE_GLUON:
         tma.async_copy_global_to_shared(desc, [row0 + blk1 * BLOCK_KB, col0], bar, smem.slice(BLOCK_KB, BLOCK_KB))
 
     @gluon.jit
-    def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
-                  lut_row, n_sel, n_pairs, q_row, q_col, k_row0, k_col0, v_row0, v_col0,
-                  BLOCK_KB: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr):
-        # One warp issues every TMA copy: q once, then K and V pairs as the consumers free their stages.
+    def _producer(q_desc, k_desc, v_desc, m_desc, q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, k_ready, k_empty,
+                  v_ready, v_empty, lut_row, n_sel, n_pairs, q_row, q_col, k_row0, k_col0, v_row0, v_col0, m_row,
+                  BLOCK_KB: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, FUSE_LINEAR: gl.constexpr):
+        # One warp issues every TMA copy: q (and the linear branch's matrix) once, then K and V pairs as the
+        # consumers free their stages.
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem)
+        if FUSE_LINEAR:
+            mbarrier.expect(m_bar, m_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(m_desc, [m_row, 0], m_bar, m_smem)
         for j in range(n_pairs):
             ks = j % K_STAGES
             # A fresh barrier counts as having completed the phase before its first: round 0 does not wait.
@@ -102,10 +107,10 @@ if HAVE_GLUON:
         return p_new, o, m_i, l_i
 
     @gluon.jit
-    def _consumer(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, Out, lut_row, n_sel, n_pairs,
-                  L, qk_scale, row0, out_base, sol, sod,
+    def _consumer(q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, k_ready, k_empty, v_ready, v_empty, Out, lut_row,
+                  n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod, ksum_row, bias_ptr,
                   WG: gl.constexpr, ROWS: gl.constexpr, BLOCK_KB: gl.constexpr, HEAD_DIM: gl.constexpr,
-                  K_STAGES: gl.constexpr, V_STAGES: gl.constexpr):
+                  K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, FUSE_LINEAR: gl.constexpr):
         # One warpgroup: query rows [WG*ROWS, (WG+1)*ROWS) of the program's block, over all its key pairs.
         BLOCK_N: gl.constexpr = 2 * BLOCK_KB
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -147,18 +152,31 @@ if HAVE_GLUON:
         o = o / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
         offs_m = row0 + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, o_layout))
         offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+        if FUSE_LINEAR:
+            # SLA's linear branch for these rows: phi(q) M / (1e-5 + phi(q).ksum) + bias, where M = kv proj_l^T
+            # (bf16, folded on the host), so one more wgmma; phi = softmax over the head dim.
+            qf = q_half.load(o_layout).to(gl.float32)
+            e = gl.exp2((qf - gl.max(qf, axis=1)[:, None]) * 1.4426950408889634)
+            phi = e / gl.sum(e, axis=1)[:, None]
+            ksum = gl.load(ksum_row + offs_d)
+            denom = 1e-5 + gl.sum(phi * ksum[None, :], axis=1)
+            mbarrier.wait(m_bar, 0)
+            lin = warpgroup_mma(gl.convert_layout(phi.to(gl.bfloat16), p_layout), m_smem,
+                                gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout), use_acc=False, is_async=True)
+            lin = warpgroup_mma_wait(num_outstanding=0, deps=(lin,))
+            o = o + lin / denom[:, None] + gl.load(bias_ptr + offs_d)[None, :]
         gl.store(out_base + offs_m[:, None] * sol + offs_d[None, :] * sod, o.to(Out.dtype.element_ty),
                  mask=(offs_m < L)[:, None])
 
     @gluon.jit
     def _sla_sparse_gluon_kernel(
-        q_desc, k_desc, v_desc, Out, LUT,
+        q_desc, k_desc, v_desc, m_desc, Out, LUT, KSUM, BIAS,
         L, n_heads, n_sel, qk_scale,
         q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
         sob, soh, sol, sod,
         slut_bh, slut_q,
         BLOCK_M: gl.constexpr, BLOCK_KB: gl.constexpr, HEAD_DIM: gl.constexpr,
-        K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+        K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, FUSE_LINEAR: gl.constexpr,
     ):
         # Warp-specialised as FlashAttention-3: two consumer warpgroups (64 query rows each, this partition and a
         # worker) and one producer warp; full/empty barriers per stage instead of CTA-wide barriers, so the two
@@ -175,12 +193,16 @@ if HAVE_GLUON:
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M, HEAD_DIM], q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [K_STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [V_STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+        # The linear branch's matrix takes the last 32 KB: 192 KB of q/K/V stages + 32 KB fit the 227 KB a CTA gets.
+        m_smem = gl.allocate_shared_memory(m_desc.dtype, [HEAD_DIM, HEAD_DIM], m_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        m_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
         v_empty = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
         mbarrier.init(q_bar, count=1)
+        mbarrier.init(m_bar, count=1)
         for i in gl.static_range(K_STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(k_empty.index(i), count=2)
@@ -192,21 +214,22 @@ if HAVE_GLUON:
         row0 = pid_m * BLOCK_M
         gl.warp_specialize(
             [
-                (_consumer, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, Out, lut_row, n_sel,
-                             n_pairs, L, qk_scale, row0, out_base, sol, sod, gl.constexpr(0), ROWS, BLOCK_KB,
-                             HEAD_DIM, K_STAGES, V_STAGES)),
-                (_consumer, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, Out, lut_row, n_sel,
-                             n_pairs, L, qk_scale, row0, out_base, sol, sod, gl.constexpr(1), ROWS, BLOCK_KB,
-                             HEAD_DIM, K_STAGES, V_STAGES)),
-                (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
-                             v_empty, lut_row, n_sel, n_pairs, b * q_rb + h * q_rh + row0, h * q_ch,
-                             b * k_rb + h * k_rh, h * k_ch, b * v_rb + h * v_rh, h * v_ch, BLOCK_KB, K_STAGES,
-                             V_STAGES)),
+                (_consumer, (q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, k_ready, k_empty, v_ready, v_empty, Out,
+                             lut_row, n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod, KSUM + bh * HEAD_DIM,
+                             BIAS, gl.constexpr(0), ROWS, BLOCK_KB, HEAD_DIM, K_STAGES, V_STAGES, FUSE_LINEAR)),
+                (_consumer, (q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, k_ready, k_empty, v_ready, v_empty, Out,
+                             lut_row, n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod, KSUM + bh * HEAD_DIM,
+                             BIAS, gl.constexpr(1), ROWS, BLOCK_KB, HEAD_DIM, K_STAGES, V_STAGES, FUSE_LINEAR)),
+                (_producer, (q_desc, k_desc, v_desc, m_desc, q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, k_ready,
+                             k_empty, v_ready, v_empty, lut_row, n_sel, n_pairs, b * q_rb + h * q_rh + row0,
+                             h * q_ch, b * k_rb + h * k_rh, h * k_ch, b * v_rb + h * v_rh, h * v_ch,
+                             bh * HEAD_DIM, BLOCK_KB, K_STAGES, V_STAGES, FUSE_LINEAR)),
             ],
             [4, 1],
             [CONSUMER_REGS, 24],
         )
         mbarrier.invalidate(q_bar)
+        mbarrier.invalidate(m_bar)
         for i in gl.static_range(K_STAGES):
             mbarrier.invalidate(k_ready.index(i))
             mbarrier.invalidate(k_empty.index(i))

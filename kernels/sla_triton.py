@@ -18,7 +18,7 @@ Variants, chosen by keyword of `sla_attention` (defaults = the kernels above, th
   documents it for Blackwell; triton 3.9 compiles it for sm_90 but leaves the loop unpartitioned).
 - `sparse_impl="gluon"` (default): kernels.sla_gluon, the same work split in Gluon, warp-specialised with the
   score and P.V products software-pipelined (FlashAttention-3's scheme); on sm_90 only, else "tma" runs. Its linear
-  branch is added by `_add_linear_branch_kernel` afterwards.
+  branch runs in the epilogue as one more wgmma (kv and proj_l folded into one bf16 matrix per head).
 - `qk_int8=True` (with "tma"): QK^T on int8 copies of q (one scale per BLOCK_M rows) and of k minus its mean over L
   (one scale per key block), made by `_quant_int8_blocks_kernel`: int8 wgmma runs at twice the bf16 rate; P.V
   stays bf16. Approximate (SageAttention's scheme); held to cosine >= 0.999 against the reference.
@@ -395,63 +395,30 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _add_linear_branch_kernel(
-        Q, Out, KV, KSUM, W, BIAS, L, n_heads,
-        sqb, sqh, sql, sqd,
-        sob, soh, sol, sod,
-        BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
-    ):
-        # out += the linear branch of these query rows, for sparse kernels that leave it out (the Gluon one).
-        pid_m = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // n_heads
-        h = bh % n_heads
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
-        row_ok = (offs_m < L)[:, None]
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :] * sqd, mask=row_ok, other=0.0)
-        o_ptr = Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :] * sod
-        o = tl.load(o_ptr, mask=row_ok, other=0.0).to(tl.float32)
-        o += _linear_branch(q.to(tl.float32), KV, KSUM, W, BIAS, bh, HEAD_DIM)
-        tl.store(o_ptr, o.to(Out.dtype.element_ty), mask=row_ok)
-
-
-    @triton.jit
-    def _block_topk_kernel(
-        PQ, PK, LUT, n_q, n_k, keep,
-        BLOCK_R: tl.constexpr, NK_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-    ):
-        # The block map in one launch: scores of BLOCK_R query blocks against all key blocks (fp32), the top
-        # `keep` of each row, written as ascending key-block ids. The keep-th largest score is found exactly by
-        # building its order-preserving uint32 key bit by bit (count of keys >= candidate); then every key above
-        # it and the lowest-indexed ties fill the slots in column order (torch.topk leaves ties unspecified).
-        pid = tl.program_id(0)
-        bh = tl.program_id(1)
-        rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    def _row_topk_kernel(SCORE, LUT, n_k, keep, NK_PAD: tl.constexpr):
+        # Top `keep` of one score row as ascending column ids (the block map's topk + sort in one launch). The
+        # keep-th largest score is found exactly by building its order-preserving uint32 key bit by bit (count
+        # of keys >= candidate); every key above it, then the lowest-indexed ties, fill the slots in column
+        # order (torch.topk leaves ties unspecified).
+        row = tl.program_id(0)
         cols = tl.arange(0, NK_PAD)
-        offs_d = tl.arange(0, HEAD_DIM)
-        row_ok = rows < n_q
-        pq = tl.load(PQ + (bh * n_q + rows[:, None]) * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        pk = tl.load(PK + (bh * n_k + cols[:, None]) * HEAD_DIM + offs_d[None, :], mask=(cols < n_k)[:, None],
-                     other=0.0)
-        score = tl.dot(pq, tl.trans(pk), input_precision="ieee")
+        score = tl.load(SCORE + row * n_k + cols, mask=cols < n_k, other=0.0)
         bits = score.to(tl.uint32, bitcast=True)
         key = tl.where((bits >> 31) != 0, ~bits, bits | 0x80000000)
-        key = tl.where((cols < n_k)[None, :], key, 0)  # padding sorts below every real score
-        t = tl.zeros([BLOCK_R], dtype=tl.uint32)
-        bit = tl.full([BLOCK_R], 0x80000000, dtype=tl.uint32)
-        for _ in range(32):  # a runtime loop: unrolled, 32 reductions over the tile take minutes to compile
+        key = tl.where(cols < n_k, key, 0)  # padding sorts below every real score
+        t = tl.zeros([1], dtype=tl.uint32)
+        bit = tl.full([1], 0x80000000, dtype=tl.uint32)
+        for _ in range(32):  # a runtime loop: unrolled, 32 reductions take long to compile
             cand = t | bit
             bit = bit >> 1
-            count = tl.sum((key >= cand[:, None]).to(tl.int32), axis=1)
+            count = tl.sum((key[None, :] >= cand[:, None]).to(tl.int32), axis=1)
             t = tl.where(count >= keep, cand, t)
-        above = key > t[:, None]
-        tie = key == t[:, None]
+        above = key[None, :] > t[:, None]
+        tie = key[None, :] == t[:, None]
         need = keep - tl.sum(above.to(tl.int32), axis=1)
         chosen = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=1) <= need[:, None]))
         slot = tl.cumsum(chosen.to(tl.int32), axis=1) - 1
-        dest = LUT + (bh * n_q + rows[:, None]) * keep + slot
-        tl.store(dest, tl.broadcast_to(cols[None, :], (BLOCK_R, NK_PAD)), mask=chosen & row_ok[:, None])
+        tl.store(LUT + row * keep + slot, cols[None, :], mask=chosen)
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -484,20 +451,17 @@ def _k_mean(pooled_k: torch.Tensor, length: int, block_k: int) -> torch.Tensor:
 
 def block_topk(pooled_q: torch.Tensor, pooled_k: torch.Tensor, keep: int) -> torch.Tensor:
     """int32 (B, H, n_q, keep): for every row of pooled_q @ pooled_k^T (fp32 (B, H, n, D) inputs), the ids of its
-    `keep` largest scores in ascending order; one Triton launch (`_block_topk_kernel`)."""
-    b, h, n_q, d = pooled_q.shape
+    `keep` largest scores in ascending order: the scores by cuBLAS, top-k and order by `_row_topk_kernel`."""
+    b, h, n_q, _ = pooled_q.shape
     n_k = pooled_k.shape[-2]
+    score = (pooled_q @ pooled_k.transpose(-1, -2)).contiguous()
     lut = torch.empty((b, h, n_q, keep), device=pooled_q.device, dtype=torch.int32)
-    block_r = 16
     nk_pad = max(16, triton.next_power_of_2(n_k))
-    _block_topk_kernel[(triton.cdiv(n_q, block_r), b * h)](
-        pooled_q.contiguous(), pooled_k.contiguous(), lut, n_q, n_k, keep,
-        BLOCK_R=block_r, NK_PAD=nk_pad, HEAD_DIM=d, num_warps=8 if nk_pad >= 1024 else 4,
-    )
+    _row_topk_kernel[(b * h * n_q,)](score, lut, n_k, keep, NK_PAD=nk_pad, num_warps=4)
     return lut
 
 
-# Above this many key blocks the one-tile top-k kernel would hold too many scores per thread; torch.topk then.
+# Above this many key blocks a row would hold too many scores per thread; torch.topk then.
 _TOPK_KERNEL_MAX_BLOCKS = 4096
 
 
@@ -650,8 +614,9 @@ def _check_sparse_options(sparse_impl: str, qk_int8: bool, blocks_per_iter: int)
 
 
 def _gluon_sparse(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lut: torch.Tensor, out: torch.Tensor, block_q: int, block_k: int,
-    qk_scale: float,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lut: torch.Tensor, out: torch.Tensor, kv: torch.Tensor,
+    ksum: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, block_q: int, block_k: int, qk_scale: float,
+    fuse_linear: bool,
 ) -> None:
     from kernels import sla_gluon
 
@@ -660,10 +625,15 @@ def _gluon_sparse(
     q_desc = sla_gluon.descriptor(q, block_q, maps[0])
     k_desc = sla_gluon.descriptor(k, block_k, maps[1])
     v_desc = sla_gluon.descriptor(v, block_k, maps[2])
+    # The linear branch's two products folded into one matrix per head: phi(q) kv W^T = phi(q) M (fp32 fold,
+    # bf16 operand as upstream runs the branch); rows b*h*d.. of a 2-D (B*H*D, D) tensor.
+    m = (kv.view(b * h, d, d) @ w.t()).to(q.dtype).reshape(b * h * d, d)
+    m_desc = sla_gluon.descriptor(m, d, (b * h * d, d, d, 0, 0, 0))
     sla_gluon._sla_sparse_gluon_kernel[(triton.cdiv(length, block_q), b * h)](
-        q_desc, k_desc, v_desc, out, lut, length, h, lut.shape[-1], qk_scale,
+        q_desc, k_desc, v_desc, m_desc, out, lut, ksum, bias, length, h, lut.shape[-1], qk_scale,
         *maps[0][3:], *maps[1][3:], *maps[2][3:], *out.stride(), lut.stride(1), lut.stride(2),
-        BLOCK_M=block_q, BLOCK_KB=block_k, HEAD_DIM=d, K_STAGES=3, V_STAGES=2, CONSUMER_REGS=240, num_warps=4,
+        BLOCK_M=block_q, BLOCK_KB=block_k, HEAD_DIM=d, K_STAGES=3, V_STAGES=2, CONSUMER_REGS=240,
+        FUSE_LINEAR=fuse_linear, num_warps=4,
     )
 
 
@@ -704,12 +674,7 @@ def sparse_forward(
     qk_scale = (1.0 / math.sqrt(d)) * 1.4426950408889634  # log2(e) / sqrt(d): the kernels use exp2
     grid = (triton.cdiv(length, block_m), b * h)
     if sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k):
-        _gluon_sparse(q, k, v, lut, out, block_q, block_k, qk_scale)
-        if fuse_linear:
-            _add_linear_branch_kernel[(triton.cdiv(length, block_q), b * h)](
-                q, out, kv, ksum, w, bias, length, h, *q.stride(), *out.stride(), BLOCK_M=block_q, HEAD_DIM=d,
-                num_warps=8,
-            )
+        _gluon_sparse(q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear)
     elif sparse_impl in ("tma", "gluon") and tma_supported(q, k, v):
         q_scale = k_scale = lut  # placeholders: the bf16 kernel never reads them
         if qk_int8:
