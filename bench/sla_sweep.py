@@ -176,9 +176,8 @@ def sla_sweep(res: str, variants: list[tuple[str, dict[str, Any]]], results: dic
     rows.append(row)
 
     parts: dict[str, Callable[[], Any]] = {
-        "block map, separate (pool q + pool k + top-k kernel)": lambda: sla_triton.block_lut(
+        "block map, separate (pool q + pool k + score/topk/sort)": lambda: sla_triton.block_lut(
             q, k, TOPK, BLOCK_Q, BLOCK_K),
-        "  same, torch matmul/topk/sort": lambda: sla_triton.block_lut(q, k, TOPK, BLOCK_Q, BLOCK_K, "torch"),
         "pool q alone": lambda: sla_triton.block_means(q, BLOCK_Q),
         "pool k alone": lambda: sla_triton.block_means(k, BLOCK_K),
         "kv reduction, default (fp32/tf32 dot)": lambda: sla_triton.linear_kv(k, v),

@@ -394,33 +394,6 @@ if HAVE_TRITON:
         tl.store(KSUM_PART + part * HEAD_DIM + offs_d, ksum)
 
 
-    @triton.jit
-    def _row_topk_kernel(SCORE, LUT, n_k, keep, NK_PAD: tl.constexpr):
-        # Top `keep` of one score row as ascending column ids (the block map's topk + sort in one launch). The
-        # keep-th largest score is found exactly by building its order-preserving uint32 key bit by bit (count
-        # of keys >= candidate); every key above it, then the lowest-indexed ties, fill the slots in column
-        # order (torch.topk leaves ties unspecified).
-        row = tl.program_id(0)
-        cols = tl.arange(0, NK_PAD)
-        score = tl.load(SCORE + row * n_k + cols, mask=cols < n_k, other=0.0)
-        bits = score.to(tl.uint32, bitcast=True)
-        key = tl.where((bits >> 31) != 0, ~bits, bits | 0x80000000)
-        key = tl.where(cols < n_k, key, 0)  # padding sorts below every real score
-        t = tl.zeros([1], dtype=tl.uint32)
-        bit = tl.full([1], 0x80000000, dtype=tl.uint32)
-        for _ in range(32):  # a runtime loop: unrolled, 32 reductions take long to compile
-            cand = t | bit
-            bit = bit >> 1
-            count = tl.sum((key[None, :] >= cand[:, None]).to(tl.int32), axis=1)
-            t = tl.where(count >= keep, cand, t)
-        above = key[None, :] > t[:, None]
-        tie = key[None, :] == t[:, None]
-        need = keep - tl.sum(above.to(tl.int32), axis=1)
-        chosen = above | (tie & (tl.cumsum(tie.to(tl.int32), axis=1) <= need[:, None]))
-        slot = tl.cumsum(chosen.to(tl.int32), axis=1) - 1
-        tl.store(LUT + row * keep + slot, cols[None, :], mask=chosen)
-
-
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"SLA needs q, k, v of one shape (B, H, L, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -449,41 +422,20 @@ def _k_mean(pooled_k: torch.Tensor, length: int, block_k: int) -> torch.Tensor:
     return (pooled_k * weights[:, None]).sum(dim=-2, keepdim=True) / length
 
 
-def block_topk(pooled_q: torch.Tensor, pooled_k: torch.Tensor, keep: int) -> torch.Tensor:
-    """int32 (B, H, n_q, keep): for every row of pooled_q @ pooled_k^T (fp32 (B, H, n, D) inputs), the ids of its
-    `keep` largest scores in ascending order: the scores by cuBLAS, top-k and order by `_row_topk_kernel`."""
-    b, h, n_q, _ = pooled_q.shape
-    n_k = pooled_k.shape[-2]
-    score = (pooled_q @ pooled_k.transpose(-1, -2)).contiguous()
-    lut = torch.empty((b, h, n_q, keep), device=pooled_q.device, dtype=torch.int32)
-    nk_pad = max(16, triton.next_power_of_2(n_k))
-    _row_topk_kernel[(b * h * n_q,)](score, lut, n_k, keep, NK_PAD=nk_pad, num_warps=4)
-    return lut
-
-
-# Above this many key blocks a row would hold too many scores per thread; torch.topk then.
-_TOPK_KERNEL_MAX_BLOCKS = 4096
-
-
 def _lut_from_pooled(pooled_q: torch.Tensor, pooled_k: torch.Tensor, length: int, topk: float,
-                     block_k: int, topk_impl: str = "kernel") -> torch.Tensor:
-    """topk_impl: "kernel" (`block_topk`, where the key blocks fit its tile) or "torch" (matmul, topk, sort)."""
+                     block_k: int) -> torch.Tensor:
     n_kb = pooled_k.shape[-2]
-    centred_k = pooled_k - _k_mean(pooled_k, length, block_k)
+    score = pooled_q @ (pooled_k - _k_mean(pooled_k, length, block_k)).transpose(-1, -2)
     keep = min(n_kb, max(1, int(topk * n_kb)))
-    if topk_impl == "kernel" and n_kb <= _TOPK_KERNEL_MAX_BLOCKS:
-        return block_topk(pooled_q, centred_k, keep)
-    score = pooled_q @ centred_k.transpose(-1, -2)
     chosen = torch.topk(score, keep, dim=-1, sorted=False).indices
     # Ascending: neighbouring programs walk keys in the same order (L2), and the TMA kernel relies on it (only
     # the last slot can hold the partial last key block).
     return torch.sort(chosen, dim=-1).values.to(torch.int32).contiguous()
 
 
-def block_lut(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int, block_k: int,
-              topk_impl: str = "kernel") -> torch.Tensor:
+def block_lut(q: torch.Tensor, k: torch.Tensor, topk: float, block_q: int, block_k: int) -> torch.Tensor:
     """int32 (B, H, n_qblocks, keep): the chosen key blocks of every query block, ascending (see reference)."""
-    return _lut_from_pooled(block_means(q, block_q), block_means(k, block_k), q.shape[-2], topk, block_k, topk_impl)
+    return _lut_from_pooled(block_means(q, block_q), block_means(k, block_k), q.shape[-2], topk, block_k)
 
 
 def linear_kv(k: torch.Tensor, v: torch.Tensor, rows_per_split: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:

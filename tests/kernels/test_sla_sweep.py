@@ -90,5 +90,5 @@ def test_sweep_end_to_end_on_cpu(interpreted_kernels, monkeypatch, tmp_path, cap
     assert rows["tma bpi2 w8 s2"]["rel_vs_default"] < 1e-5
     assert "side_ms" in rows["pointer + fused side"]
     assert "sparse_impl" in rows["broken"]["error"]
-    assert len(section["parts"]) == 12 and all("ms" in p for p in section["parts"])
+    assert len(section["parts"]) == 11 and all("ms" in p for p in section["parts"])
     assert "first kernel: pointer" in capsys.readouterr().out

@@ -158,23 +158,3 @@ def test_sla_int8_qk_needs_the_tma_kernel(interpreted_kernels):
     with pytest.raises(ValueError, match="qk_int8"):
         sla.sla_attention(q, q, q, torch.eye(16), torch.zeros(16), 0.5, 16, 16, qk_int8=True, sparse_impl="pointer")
 
-
-@pytest.mark.parametrize("n_q,n_k,keep", [(5, 40, 4), (37, 100, 10), (3, 17, 17), (16, 16, 1)])
-def test_block_topk_kernel_matches_torch_topk(interpreted_kernels, n_q, n_k, keep):
-    """The one-launch block map (scores, exact k-th largest by bisection on the float bits, ascending ids)."""
-    sla = interpreted_kernels["sla_triton"]
-    gen = torch.Generator().manual_seed(n_k)
-    pq = torch.randn(1, 2, n_q, 32, generator=gen)
-    pk = torch.randn(1, 2, n_k, 32, generator=gen)
-    lut = sla.block_topk(pq, pk, keep)
-    ref = torch.sort(torch.topk(pq @ pk.transpose(-1, -2), keep, dim=-1).indices, dim=-1).values.int()
-    assert torch.equal(lut, ref)
-
-
-def test_block_topk_kernel_breaks_ties_by_lowest_index(interpreted_kernels):
-    sla = interpreted_kernels["sla_triton"]
-    pq = torch.ones(1, 1, 2, 16)
-    pk = torch.zeros(1, 1, 20, 16)
-    pk[0, 0, [3, 7, 11]] = 1.0  # three clear winners, then 17 equal scores: the lowest ids fill the rest
-    lut = sla.block_topk(pq, pk, 5)
-    assert lut.tolist() == [[[[0, 1, 3, 7, 11], [0, 1, 3, 7, 11]]]]
