@@ -26,14 +26,16 @@ from inference.configs import A14B
 from kernels import dispatch
 
 # Kernel-name fragments -> group, first match wins (Triton kernels keep their Python names).
+# cuBLAS names its Hopper GEMM kernels nvjet_*/sm90_xmma_* for fp8 and bf16 alike; in the fused fp8 model the
+# block linears are fp8 and only the small fp32 block-map score product is not.
 GROUPS = (
     ("sla sparse", ("_sla_sparse",)),
     ("sla side (kv, pooling)", ("_linear_kv", "_block_mean", "_quant_int8_blocks")),
-    ("block map (score, topk, sort)", ("topk", "sort", "radix", "bitonic", "gatherTopK")),
-    ("fp8 GEMM", ("sm90_xmma_gemm_e4m3", "e4m3", "fp8", "cutlass")),
-    ("bf16 GEMM", ("gemm", "gemv", "sm90_xmma", "cublas", "nvjet")),
-    ("norms / quantize / residual", ("_layer_norm", "_rms", "_residual", "_quant", "_gated", "_rope", "norm")),
-    ("attention (cross, SDPA)", ("flash", "fmha", "attention")),
+    ("block map (score, topk, sort)", ("topk", "sort", "radix", "bitonic", "gatherTopK", "f32f32")),
+    ("GEMMs (cuBLAS)", ("nvjet", "xmma_gemm", "gemm", "gemv", "cublas", "cutlass")),
+    ("norms / quantize / residual / rope", ("_ln_", "_layer_norm", "_rms", "_residual", "_quant", "_gated", "_rope",
+                                            "norm")),
+    ("attention (cross, SDPA)", ("flash", "fmha", "attention", "sdpa")),
 )
 
 

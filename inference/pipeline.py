@@ -487,7 +487,8 @@ class I2VPipeline:
         """One job per resolution (default: all of the model's) at the default length, so Triton compiles its
         kernels, cuDNN tunes the VAE's convolutions (per shape: the VAE's chunk shapes and its whole-length first
         layers depend on the length) and compiled blocks of both experts exist before the first real job. On an H100
-        the first 720p job took 24.2 s against 17.2 s for the next without it (bench/README.md). The fewest steps
+        the first 720p job took 24.2 s against 17.2 s for the next without it (bench/README.md, measured before the
+        Gluon SLA kernel). The fewest steps
         that reach both experts keep it short. Returns the seconds per resolution."""
         steps = next(
             (n for n in range(1, MAX_STEPS + 1)
