@@ -1,19 +1,22 @@
-"""SLA's sparse branch for Hopper in Gluon (Triton's lower-level language): explicit wgmma waits and TMA stages.
+"""SLA's sparse branch for Hopper in Gluon (Triton's lower-level language): explicit wgmma waits, TMA stages and
+warp specialisation, FlashAttention-3's scheme on gathered key blocks.
 
-Why not plain Triton: Triton 3.6 waits on every Q.K^T product before it starts the softmax, and on every gathered
-key block separately, so the tensor cores sit idle while the CUDA cores compute exponentials (bench/README.md: the
-TMA Triton kernel reaches ~370 TFLOP/s at 720p). This kernel software-pipelines the loop as FlashAttention-3
-does within a warpgroup: the scores of key pair j are issued, then P_{j-1}.V_{j-1}; the softmax of pair j runs
-while that product is on the tensor cores.
+Why not plain Triton: Triton 3.6 waits on every Q.K^T product before it starts the softmax, and the two warpgroups
+of a program move in lockstep, so the tensor cores sit idle while the CUDA cores compute exponentials (the TMA
+Triton kernel in kernels.sla_triton reaches ~370 TFLOP/s at 720p; this one ~580, bench/README.md).
 
-Work split (same as kernels.sla_triton's kernels): a program takes one query block (BLOCK_M = block_q rows) of one
-head; its chosen key blocks (block_k = 64 keys each) are taken two at a time, so each score tile is 128 x 128 and
-each P.V product has K = 128. Keys come by TMA at dynamic rows of the 2-D views that `sla_triton._tma_layout`
-describes, K three pairs ahead (K_STAGES) and V two (V_STAGES). Both warpgroups share the staged tiles, so a
-CTA barrier precedes each refill.
-
+Work split (same as kernels.sla_triton's kernels): a program takes one query block (BLOCK_M = block_q = 128 rows)
+of one head; its chosen key blocks (block_k = 64 keys each) are taken two at a time, so each score tile is 64 x 128
+per warpgroup and each P.V product has K = 128. Partitions:
+- one producer warp issues every TMA copy: q, the linear branch's matrix, then K pairs (three stages) and V pairs
+  (two stages) at dynamic rows of the 2-D views that `sla_triton._tma_layout` describes, each refill after both
+  consumers released the stage (an "empty" barrier with two arrivals);
+- two consumer warpgroups, 64 query rows each, software-pipeline their loop: the scores of pair j are issued, then
+  P_{j-1}.V_{j-1}; the softmax of pair j runs while that product is on the tensor cores. No CTA-wide barrier, so
+  the warpgroups drift apart and one's softmax also overlaps the other's products.
 The linear branch is fused into the epilogue (FUSE_LINEAR): with M = kv proj_l^T folded per head on the host (bf16,
-as upstream runs the branch), it is one more [64 x D] x [D x D] wgmma per warpgroup.
+as upstream runs the branch), it is one more [64 x D] x [D x D] wgmma per warpgroup. Shared memory: q 32 KB + K
+96 KB + V 64 KB + M 32 KB of the 227 KB a CTA may hold.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ if HAVE_GLUON:
         mbarrier.arrive(k_empty.index(ks), count=1)
         p_new, m_i, l_i, alpha = _softmax_update(s, m_i, l_i, qk_scale, lut_row, j, n_sel, L, s_layout, BLOCK_KB,
                                                  MASK)
-        p_new = gl.convert_layout(p_new.to(gl.bfloat16), p_layout)
+        p_new = gl.convert_layout(p_new.to(v_smem.dtype), p_layout)
         o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
         mbarrier.arrive(v_empty.index(vs), count=1)
         o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o.type.layout))[:, None]
@@ -131,7 +134,7 @@ if HAVE_GLUON:
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
         mbarrier.arrive(k_empty.index(0), count=1)
         p, m_i, l_i, _ = _softmax_update(s, m_i, l_i, qk_scale, lut_row, 0, n_sel, L, s_layout, BLOCK_KB, True)
-        p = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+        p = gl.convert_layout(p.to(v_smem.dtype), p_layout)
 
         for j in range(1, n_pairs - 1):
             p, o, m_i, l_i = _pair_step(
@@ -161,7 +164,7 @@ if HAVE_GLUON:
             ksum = gl.load(ksum_row + offs_d)
             denom = 1e-5 + gl.sum(phi * ksum[None, :], axis=1)
             mbarrier.wait(m_bar, 0)
-            lin = warpgroup_mma(gl.convert_layout(phi.to(gl.bfloat16), p_layout), m_smem,
+            lin = warpgroup_mma(gl.convert_layout(phi.to(m_smem.dtype), p_layout), m_smem,
                                 gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout), use_acc=False, is_async=True)
             lin = warpgroup_mma_wait(num_outstanding=0, deps=(lin,))
             o = o + lin / denom[:, None] + gl.load(bias_ptr + offs_d)[None, :]
@@ -241,7 +244,7 @@ if HAVE_GLUON:
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16} if HAVE_GLUON else {}
 
 
-def descriptor(x, block_rows: int, layout_map: tuple[int, int, int, int, int, int]):
+def descriptor(x: torch.Tensor, block_rows: int, layout_map: tuple[int, int, int, int, int, int]) -> TensorDescriptor:
     """A Gluon TMA descriptor over the 2-D view `layout_map` (see sla_triton._tma_layout) with [block_rows, D]
     boxes in the 128-byte-swizzled shared layout wgmma reads."""
     rows, cols, row_stride = layout_map[:3]

@@ -546,13 +546,14 @@ def side_inputs(
 
 def gluon_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_k: int) -> bool:
     """Whether `sparse_impl="gluon"` takes the Gluon kernel (else the TMA Triton kernel runs): wgmma exists on
-    sm_90 only, Gluon has no interpreter, and its tiles are fixed at 128 query rows, key blocks of 32 or 64 and
-    head dims 64 or 128 (what fits the staged shared memory)."""
+    sm_90 only, Gluon has no interpreter, and it is built and GPU-tested for the model's shapes only: bf16, 128
+    query rows per block, key blocks of 64, head dim 128 (its stages fill the shared memory)."""
     from kernels.sla_gluon import HAVE_GLUON
 
     return (
-        HAVE_GLUON and q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
-        and block_q == 128 and block_k in (32, 64) and q.shape[-1] in (64, 128) and tma_supported(q, k, v)
+        HAVE_GLUON and q.is_cuda and q.dtype == torch.bfloat16
+        and torch.cuda.get_device_capability(q.device) == (9, 0)
+        and block_q == 128 and block_k == 64 and q.shape[-1] == 128 and tma_supported(q, k, v)
     )
 
 
