@@ -29,6 +29,8 @@ try:
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    # Triton 3.6 (the device image) names the TMA load async_copy_global_to_shared; later ones async_load.
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - triton without Gluon's Hopper API
     HAVE_GLUON = False
@@ -43,8 +45,8 @@ if HAVE_GLUON:
         blk0 = gl.load(lut_row + gl.minimum(2 * pair, n_sel - 1))
         blk1 = gl.load(lut_row + gl.minimum(2 * pair + 1, n_sel - 1))
         mbarrier.expect(bar, 2 * desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc, [row0 + blk0 * BLOCK_KB, col0], bar, smem.slice(0, BLOCK_KB))
-        tma.async_copy_global_to_shared(desc, [row0 + blk1 * BLOCK_KB, col0], bar, smem.slice(BLOCK_KB, BLOCK_KB))
+        _tma_load(desc, [row0 + blk0 * BLOCK_KB, col0], bar, smem.slice(0, BLOCK_KB))
+        _tma_load(desc, [row0 + blk1 * BLOCK_KB, col0], bar, smem.slice(BLOCK_KB, BLOCK_KB))
 
     @gluon.jit
     def _producer(q_desc, k_desc, v_desc, m_desc, q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, k_ready, k_empty,
@@ -53,10 +55,10 @@ if HAVE_GLUON:
         # One warp issues every TMA copy: q (and the linear branch's matrix) once, then K and V pairs as the
         # consumers free their stages.
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem)
+        _tma_load(q_desc, [q_row, q_col], q_bar, q_smem)
         if FUSE_LINEAR:
             mbarrier.expect(m_bar, m_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(m_desc, [m_row, 0], m_bar, m_smem)
+            _tma_load(m_desc, [m_row, 0], m_bar, m_smem)
         for j in range(n_pairs):
             ks = j % K_STAGES
             # A fresh barrier counts as having completed the phase before its first: round 0 does not wait.

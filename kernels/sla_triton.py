@@ -29,6 +29,7 @@ Variants, chosen by keyword of `sla_attention` (defaults = the kernels above, th
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -544,6 +545,12 @@ def side_inputs(
     return _side_inputs_and_pool(q, k, v, topk, block_q, block_k, side_impl)[:3]
 
 
+logger = logging.getLogger(__name__)
+
+# Why the Gluon kernel was given up in this process (it failed to build), or None while it is in use.
+_gluon_disabled: str | None = None
+
+
 def gluon_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_k: int) -> bool:
     """Whether `sparse_impl="gluon"` takes the Gluon kernel (else the TMA Triton kernel runs): wgmma exists on
     sm_90 only, Gluon has no interpreter, and it is built and GPU-tested for the model's shapes only: bf16, 128
@@ -551,7 +558,7 @@ def gluon_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: 
     from kernels.sla_gluon import HAVE_GLUON
 
     return (
-        HAVE_GLUON and q.is_cuda and q.dtype == torch.bfloat16
+        HAVE_GLUON and _gluon_disabled is None and q.is_cuda and q.dtype == torch.bfloat16
         and torch.cuda.get_device_capability(q.device) == (9, 0)
         and block_q == 128 and block_k == 64 and q.shape[-1] == 128 and tma_supported(q, k, v)
     )
@@ -590,6 +597,23 @@ def _gluon_sparse(
     )
 
 
+def _try_gluon(*args: object) -> bool:
+    """Run the Gluon kernel; if it does not build here (Gluon is experimental and its API moves between Triton
+    releases), say so once and leave it off for the process, so jobs go on with the TMA Triton kernel."""
+    global _gluon_disabled
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        _gluon_sparse(*args)  # type: ignore[arg-type]
+    except (CompilationError, OutOfResources) as exc:
+        _gluon_disabled = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        logger.warning("SLA: the Gluon kernel does not build with this Triton (%s); using the TMA kernel instead",
+                       _gluon_disabled)
+        return False
+    return True
+
+
 def sparse_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -626,8 +650,10 @@ def sparse_forward(
         raise ValueError(f"SLA kernel: block_m {block_m} must divide block_q {block_q}")
     qk_scale = (1.0 / math.sqrt(d)) * 1.4426950408889634  # log2(e) / sqrt(d): the kernels use exp2
     grid = (triton.cdiv(length, block_m), b * h)
-    if sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k):
-        _gluon_sparse(q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear)
+    if sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k) and _try_gluon(
+        q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear
+    ):
+        pass
     elif sparse_impl in ("tma", "gluon") and tma_supported(q, k, v):
         q_scale = k_scale = lut  # placeholders: the bf16 kernel never reads them
         if qk_int8:

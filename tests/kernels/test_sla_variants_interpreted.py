@@ -158,3 +158,30 @@ def test_sla_int8_qk_needs_the_tma_kernel(interpreted_kernels):
     with pytest.raises(ValueError, match="qk_int8"):
         sla.sla_attention(q, q, q, torch.eye(16), torch.zeros(16), 0.5, 16, 16, qk_int8=True, sparse_impl="pointer")
 
+
+
+def test_gluon_build_failure_falls_back_to_the_tma_kernel(interpreted_kernels, monkeypatch, caplog):
+    """A Triton whose Gluon API moved (the kernel does not compile) costs a warning, not a job: the TMA kernel
+    runs instead and the Gluon kernel stays off for the process."""
+    from triton.compiler.errors import CompilationError
+
+    sla = interpreted_kernels["sla_triton"]
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 96, 32, generator=gen) for _ in range(3))
+    w, b = torch.randn(32, 32, generator=gen) * 0.05, torch.zeros(32)
+    expected = sla.sla_attention(q, k, v, w, b, 0.5, 32, 16, sparse_impl="tma")
+    calls = []
+
+    def broken(*args):
+        calls.append(args)
+        raise CompilationError("sla_gluon.py", None, "async_copy_global_to_shared has been removed")
+
+    monkeypatch.setattr(sla, "gluon_supported", lambda *a: sla._gluon_disabled is None)
+    monkeypatch.setattr(sla, "_gluon_sparse", broken)
+    monkeypatch.setattr(sla, "_gluon_disabled", None)
+    with caplog.at_level("WARNING"):
+        first = sla.sla_attention(q, k, v, w, b, 0.5, 32, 16, sparse_impl="gluon")
+        second = sla.sla_attention(q, k, v, w, b, 0.5, 32, 16, sparse_impl="gluon")
+    assert len(calls) == 1  # given up after the first failure
+    assert "Gluon kernel does not build" in caplog.text and sla._gluon_disabled
+    assert torch.equal(first, expected) and torch.equal(second, expected)
