@@ -96,6 +96,7 @@ def test_sla_gluon_kernel_matches_reference(length):
     ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
     tma = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="tma")
     out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="gluon")
+    assert sla_triton._gluon_disabled is None  # the Gluon kernel built and ran: no fallback to the TMA kernel
     max_err = (out.float() - ref.float()).abs().max().item()
     print(f"gluon L={length}: cos {_cos(out, ref):.7f} rel {_rel(out, ref):.2e} max {max_err:.2e}")
     assert _cos(out, ref) > 0.9995
