@@ -713,8 +713,8 @@ def sla_attention(
 ) -> torch.Tensor:
     """Drop-in for kernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype).
 
-    Defaults are the fastest exact choice on an H100 (bench/README.md: the Gluon kernel 26.1 ms against 34.5 ms for
-    the TMA Triton kernel and 38.0 ms for the first kernel at 720p; 6.4 / 8.8 / 9.3 ms at 480p).
+    Defaults are the fastest exact choice on an H100 (bench/README.md: the Gluon kernel 23.3 ms against 34.5 ms for
+    the TMA Triton kernel and 38.4 ms for the first kernel at 720p, in one run).
     sparse_impl: "gluon" (default: kernels.sla_gluon on sm_90, else "tma"), "tma" (falls back to "pointer" where
     `tma_supported` is false) or "pointer";
     warp_specialize: TMA kernel only, Triton's automatic warp specialisation of the key loop (no gain on Hopper);
