@@ -5,7 +5,8 @@ Backend choice: `set_backend(...)` or the env var TURBO_KERNELS:
 - "kernel": always the fast kernel (an error naming the reason if the op has none for these tensors);
 - "auto" (default): the fast kernel on CUDA tensors whose shapes it supports, else the reference.
 
-Kernels are Triton (kernels/sla_triton.py, int8_linear.py, norms_triton.py), imported on first use so this module
+Kernels are Triton (kernels/sla_triton.py, which runs the Gluon kernel of kernels/sla_gluon.py on sm_90;
+int8_linear.py, norms_triton.py), imported on first use so this module
 imports on machines without CUDA or Triton. Under TRITON_INTERPRET=1 the "kernel" backend also runs them on CPU
 tensors (Triton's interpreter), which is how the CPU tests check them; "auto" never picks the interpreter.
 """
