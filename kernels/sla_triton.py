@@ -650,10 +650,12 @@ def sparse_forward(
         raise ValueError(f"SLA kernel: block_m {block_m} must divide block_q {block_q}")
     qk_scale = (1.0 / math.sqrt(d)) * 1.4426950408889634  # log2(e) / sqrt(d): the kernels use exp2
     grid = (triton.cdiv(length, block_m), b * h)
-    if sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k) and _try_gluon(
-        q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear
-    ):
-        pass
+    gluon_ran = (
+        sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k)
+        and _try_gluon(q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear)
+    )
+    if gluon_ran:
+        pass  # the Gluon kernel wrote out (with the linear branch when fuse_linear)
     elif sparse_impl in ("tma", "gluon") and tma_supported(q, k, v):
         q_scale = k_scale = lut  # placeholders: the bf16 kernel never reads them
         if qk_int8:
