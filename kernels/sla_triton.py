@@ -22,6 +22,8 @@ Variants, chosen by keyword of `sla_attention` (defaults = the kernels above, th
 - `qk_int8=True` (with "tma"): QK^T on int8 copies of q (one scale per BLOCK_M rows) and of k minus its mean over L
   (one scale per key block), made by `_quant_int8_blocks_kernel`: int8 wgmma runs at twice the bf16 rate; P.V
   stays bf16. Approximate (SageAttention's scheme); held to cosine >= 0.999 against the reference.
+- `pv_fp8=True` (with "gluon"): P.V on fp8 tensor cores (kernels.sla_gluon's PV_FP8): the side pass also takes
+  v's per-channel absmax and `_transpose_v_fp8_kernel` writes e4m3 V^T. Approximate; held to cosine >= 0.999.
 - `side_impl="fused"`: `_linear_kv_pool_kernel` pools k into block means in the same pass that reduces
   phi(k)^T v (k is read once for both), with phi cast to v's dtype so the reduction runs on bf16 tensor cores
   with fp32 accumulation (the default kernel feeds fp32 operands to tl.dot).
@@ -357,13 +359,14 @@ if HAVE_TRITON:
 
     @triton.jit
     def _linear_kv_pool_kernel(
-        K, V, KV_PART, KSUM_PART, POOL, L, n_heads, rows_per_split, n_kblocks,
+        K, V, KV_PART, KSUM_PART, POOL, VMAX_PART, L, n_heads, rows_per_split, n_kblocks,
         skb, skh, skl, skd,
         svb, svh, svl, svd,
-        BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_STAGES: tl.constexpr,
+        BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_STAGES: tl.constexpr, V_ABSMAX: tl.constexpr,
     ):
         # _linear_kv_kernel plus the block means of k: BLOCK_L is the key block size and rows_per_split a multiple
-        # of it, so every iteration is exactly one key block and k is read once for both outputs.
+        # of it, so every iteration is exactly one key block and k is read once for both outputs. V_ABSMAX: also
+        # the per-channel absmax of v (the fp8 P.V path's scales), as v passes by anyway.
         bh = tl.program_id(0)
         split = tl.program_id(1)
         n_splits = tl.num_programs(1)
@@ -372,6 +375,7 @@ if HAVE_TRITON:
         offs_d = tl.arange(0, HEAD_DIM)
         kv = tl.zeros((HEAD_DIM, HEAD_DIM), dtype=tl.float32)
         ksum = tl.zeros((HEAD_DIM,), dtype=tl.float32)
+        vmax = tl.zeros((HEAD_DIM,), dtype=tl.float32)
         start = split * rows_per_split
         stop = tl.minimum(start + rows_per_split, L)
         for l0 in tl.range(start, stop, BLOCK_L, num_stages=NUM_STAGES):
@@ -390,9 +394,35 @@ if HAVE_TRITON:
             # phi in v's dtype: bf16 x bf16 tensor-core products with fp32 accumulation (phi in [0, 1]).
             kv = tl.dot(tl.trans(phi.to(v.dtype)), v, kv)
             ksum += tl.sum(phi, axis=0)
+            if V_ABSMAX:
+                vmax = tl.maximum(vmax, tl.max(tl.abs(v.to(tl.float32)), axis=0))
         part = bh * n_splits + split
+        if V_ABSMAX:
+            tl.store(VMAX_PART + part * HEAD_DIM + offs_d, vmax)
         tl.store(KV_PART + part * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :], kv)
         tl.store(KSUM_PART + part * HEAD_DIM + offs_d, ksum)
+
+
+    @triton.jit
+    def _transpose_v_fp8_kernel(
+        V, SCALE, OUT, L, n_heads, L_PAD,
+        svb, svh, svl, svd,
+        BLOCK_L: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ):
+        # One key block of one head: v / scale (per channel) as e4m3, stored transposed into rows (b, h, d) of
+        # OUT (B*H*D, L_PAD); keys past L are written as zeros, so every TMA box of the fp8 kernel is defined.
+        blk = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // n_heads
+        h = bh % n_heads
+        offs_l = blk * BLOCK_L + tl.arange(0, BLOCK_L)
+        offs_d = tl.arange(0, HEAD_DIM)
+        v = tl.load(V + b * svb + h * svh + offs_l[:, None] * svl + offs_d[None, :] * svd,
+                    mask=(offs_l < L)[:, None], other=0.0).to(tl.float32)
+        inv = 1.0 / tl.load(SCALE + bh * HEAD_DIM + offs_d)
+        vq = (v * inv[None, :]).to(OUT.dtype.element_ty)
+        tl.store(OUT + (bh * HEAD_DIM + offs_d[None, :]).to(tl.int64) * L_PAD + offs_l[:, None], vq,
+                 mask=(offs_l < L_PAD)[:, None])
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -456,9 +486,10 @@ def linear_kv(k: torch.Tensor, v: torch.Tensor, rows_per_split: int = 2048) -> t
 
 def linear_kv_pool(
     k: torch.Tensor, v: torch.Tensor, block_k: int, rows_per_split: int = 2048, num_warps: int = 4,
-    num_stages: int = 3,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`linear_kv` (phi(k) rounded to v's dtype before the product) and `block_means(k, block_k)` in one pass."""
+    num_stages: int = 3, v_absmax: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`linear_kv` (phi(k) rounded to v's dtype before the product) and `block_means(k, block_k)` in one pass;
+    with `v_absmax` also fp32 (B*H, D) max over L of |v| (else None)."""
     b, h, length, d = k.shape
     rows_per_split = max(block_k, (rows_per_split // block_k) * block_k)
     n_splits = math.ceil(length / rows_per_split)
@@ -466,11 +497,27 @@ def linear_kv_pool(
     kv_part = torch.empty((b * h, n_splits, d, d), device=k.device, dtype=torch.float32)
     ksum_part = torch.empty((b * h, n_splits, d), device=k.device, dtype=torch.float32)
     pooled = torch.empty((b, h, n_kb, d), device=k.device, dtype=torch.float32)
+    vmax_part = torch.empty((b * h, n_splits, d), device=k.device, dtype=torch.float32) if v_absmax else ksum_part
     _linear_kv_pool_kernel[(b * h, n_splits)](
-        k, v, kv_part, ksum_part, pooled, length, h, rows_per_split, n_kb, *k.stride(), *v.stride(),
-        BLOCK_L=block_k, HEAD_DIM=d, NUM_STAGES=num_stages, num_warps=num_warps,
+        k, v, kv_part, ksum_part, pooled, vmax_part, length, h, rows_per_split, n_kb, *k.stride(), *v.stride(),
+        BLOCK_L=block_k, HEAD_DIM=d, NUM_STAGES=num_stages, V_ABSMAX=v_absmax, num_warps=num_warps,
     )
-    return kv_part.sum(dim=1), ksum_part.sum(dim=1), pooled
+    return kv_part.sum(dim=1), ksum_part.sum(dim=1), pooled, vmax_part.amax(dim=1) if v_absmax else None
+
+
+def transpose_v_fp8(
+    v: torch.Tensor, v_absmax: torch.Tensor, block_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """v (B, H, L, D) as e4m3 V^T for the fp8 P.V path: ((B*H*D, L_pad) fp8 with L_pad = L rounded up to
+    block_k, keys past L zero; fp32 (B*H, D) per-channel scales absmax / 448, so v ~= V^T.T * scale)."""
+    b, h, length, d = v.shape
+    n_kb = math.ceil(length / block_k)
+    scale = (v_absmax.float() / 448.0).clamp_min(1e-12).contiguous()
+    out = torch.empty((b * h * d, n_kb * block_k), device=v.device, dtype=torch.float8_e4m3fn)
+    _transpose_v_fp8_kernel[(n_kb, b * h)](
+        v, scale, out, length, h, n_kb * block_k, *v.stride(), BLOCK_L=block_k, HEAD_DIM=d, num_warps=4,
+    )
+    return out, scale
 
 
 def _tma_layout(x: torch.Tensor) -> tuple[int, int, int, int, int, int] | None:
@@ -525,16 +572,21 @@ def _descriptor(x: torch.Tensor, block_rows: int) -> tuple[TensorDescriptor, tup
 
 def _side_inputs_and_pool(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: float, block_q: int, block_k: int, side_impl: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    v_absmax: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(lut, kv, ksum, pooled k, per-channel absmax of v if `v_absmax` else None)."""
+    vmax = None
     if side_impl == "fused":
-        kv, ksum, pooled_k = linear_kv_pool(k, v, block_k)
+        kv, ksum, pooled_k, vmax = linear_kv_pool(k, v, block_k, v_absmax=v_absmax)
     elif side_impl == "separate":
         kv, ksum = linear_kv(k, v)
         pooled_k = block_means(k, block_k)
+        if v_absmax:
+            vmax = v.abs().amax(dim=-2).float().reshape(-1, v.shape[-1])
     else:
         raise ValueError(f"side_impl must be 'separate' or 'fused', got {side_impl!r}")
     lut = _lut_from_pooled(block_means(q, block_q), pooled_k, q.shape[-2], topk, block_k)
-    return lut, kv, ksum, pooled_k
+    return lut, kv, ksum, pooled_k, vmax
 
 
 def side_inputs(
@@ -576,7 +628,7 @@ def _check_sparse_options(sparse_impl: str, qk_int8: bool, blocks_per_iter: int)
 def _gluon_sparse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lut: torch.Tensor, out: torch.Tensor, kv: torch.Tensor,
     ksum: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, block_q: int, block_k: int, qk_scale: float,
-    fuse_linear: bool,
+    fuse_linear: bool, v_absmax: torch.Tensor | None,
 ) -> None:
     from kernels import sla_gluon
 
@@ -584,16 +636,22 @@ def _gluon_sparse(
     maps = [_tma_layout(x) for x in (q, k, v)]
     q_desc = sla_gluon.descriptor(q, block_q, maps[0])
     k_desc = sla_gluon.descriptor(k, block_k, maps[1])
-    v_desc = sla_gluon.descriptor(v, block_k, maps[2])
+    if v_absmax is not None:  # fp8 P.V: V^T in e4m3; head (b, h) is rows (b*h + h')*d.. of it
+        vt, v_scale = transpose_v_fp8(v, v_absmax, block_k)
+        v_desc = sla_gluon.transposed_v_descriptor(vt, d, block_k)
+        v_map = (h * d, d, 0)
+    else:
+        v_desc = sla_gluon.descriptor(v, block_k, maps[2])
+        v_map, v_scale = maps[2][3:], ksum  # ksum: a placeholder the bf16 kernel never reads
     # The linear branch's two products folded into one matrix per head: phi(q) kv W^T = phi(q) M (fp32 fold,
     # bf16 operand as upstream runs the branch); rows b*h*d.. of a 2-D (B*H*D, D) tensor.
     m = (kv.view(b * h, d, d) @ w.t()).to(q.dtype).reshape(b * h * d, d)
     m_desc = sla_gluon.descriptor(m, d, (b * h * d, d, d, 0, 0, 0))
     sla_gluon._sla_sparse_gluon_kernel[(triton.cdiv(length, block_q), b * h)](
-        q_desc, k_desc, v_desc, m_desc, out, lut, ksum, bias, length, h, lut.shape[-1], qk_scale,
-        *maps[0][3:], *maps[1][3:], *maps[2][3:], *out.stride(), lut.stride(1), lut.stride(2),
+        q_desc, k_desc, v_desc, m_desc, out, lut, ksum, bias, v_scale, length, h, lut.shape[-1], qk_scale,
+        *maps[0][3:], *maps[1][3:], *v_map, *out.stride(), lut.stride(1), lut.stride(2),
         BLOCK_M=block_q, BLOCK_KB=block_k, HEAD_DIM=d, K_STAGES=3, V_STAGES=2, CONSUMER_REGS=240,
-        FUSE_LINEAR=fuse_linear, num_warps=4,
+        FUSE_LINEAR=fuse_linear, PV_FP8=v_absmax is not None, num_warps=4,
     )
 
 
@@ -635,10 +693,13 @@ def sparse_forward(
     warp_specialize: bool = False,
     qk_int8: bool = False,
     k_mean: torch.Tensor | None = None,
+    pv_fp8: bool = False,
+    v_absmax: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The sparse kernel (plus the linear branch) given `side_inputs`; split out so benchmarks can time it alone.
 
-    qk_int8 (TMA kernel only): k_mean is fp32 (B, H, 1, D) mean over L of k (computed here when None)."""
+    qk_int8 (TMA kernel only): k_mean is fp32 (B, H, 1, D) mean over L of k (computed here when None).
+    pv_fp8 (Gluon kernel only): v_absmax is fp32 (B*H, D) max over L of |v| (computed here when None)."""
     _check_sparse_options(sparse_impl, qk_int8, blocks_per_iter)
     b, h, length, d = q.shape
     w = proj_l_weight.to(device=q.device, dtype=torch.float32).contiguous()
@@ -650,9 +711,11 @@ def sparse_forward(
         raise ValueError(f"SLA kernel: block_m {block_m} must divide block_q {block_q}")
     qk_scale = (1.0 / math.sqrt(d)) * 1.4426950408889634  # log2(e) / sqrt(d): the kernels use exp2
     grid = (triton.cdiv(length, block_m), b * h)
-    gluon_ran = (
-        sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k)
-        and _try_gluon(q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear)
+    use_gluon = sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k)
+    if use_gluon and pv_fp8 and v_absmax is None:
+        v_absmax = v.abs().amax(dim=-2).float().reshape(b * h, d)
+    gluon_ran = use_gluon and _try_gluon(
+        q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear, v_absmax if pv_fp8 else None
     )
     if gluon_ran:
         pass  # the Gluon kernel wrote out (with the linear branch when fuse_linear)
@@ -712,6 +775,7 @@ def sla_attention(
     warp_specialize: bool = False,
     side_impl: str = "fused",
     qk_int8: bool = False,
+    pv_fp8: bool = False,
 ) -> torch.Tensor:
     """Drop-in for kernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype).
 
@@ -724,13 +788,17 @@ def sla_attention(
     qk_int8: TMA kernel only, QK^T on int8 copies of q and smoothed k with per-block scales (SageAttention's
     idea; int32 products, twice the bf16 tensor-core rate); P.V stays bf16. Approximate: the sweep and GPU tests
     hold it to cosine >= 0.999 against the reference.
+    pv_fp8: Gluon kernel only (elsewhere P.V stays bf16), P.V in e4m3 with per-channel V scales. Approximate, held
+    to cosine >= 0.999 as qk_int8.
     """
     _check_inputs(q, k, v)
     _check_sparse_options(sparse_impl, qk_int8, blocks_per_iter)  # before the side kernels run
-    lut, kv, ksum, pooled_k = _side_inputs_and_pool(q, k, v, topk, block_q, block_k, side_impl)
+    # The fp8 P.V path's V scales come out of the side pass, which reads v anyway.
+    fp8_pv = pv_fp8 and sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k)
+    lut, kv, ksum, pooled_k, vmax = _side_inputs_and_pool(q, k, v, topk, block_q, block_k, side_impl, fp8_pv)
     return sparse_forward(
         q, k, v, lut, kv, ksum, proj_l_weight, proj_l_bias, block_q, block_k, blocks_per_iter=blocks_per_iter,
         block_m=block_m, num_warps=num_warps, num_stages=num_stages, fuse_linear=fuse_linear,
         sparse_impl=sparse_impl, warp_specialize=warp_specialize, qk_int8=qk_int8,
-        k_mean=_k_mean(pooled_k, q.shape[-2], block_k) if qk_int8 else None,
+        k_mean=_k_mean(pooled_k, q.shape[-2], block_k) if qk_int8 else None, pv_fp8=fp8_pv, v_absmax=vmax,
     )

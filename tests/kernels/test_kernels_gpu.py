@@ -150,6 +150,33 @@ def test_sla_tma_warp_specialized_matches_reference():
     assert _rel(out, ref) < 2e-2
 
 
+@pytest.mark.parametrize("length", [4000, 5000, 8192])
+@pytest.mark.parametrize("side_impl", ["fused", "separate"])
+def test_sla_gluon_fp8_pv_within_approximation_bounds(length, side_impl):
+    """fp8 P.V (P times 2^8 and V per channel in e4m3, TurboDiffusion's SageSLA choice) is approximate: cosine
+    >= 0.999 against the fp32 reference, relative error within 4%, and close to the exact bf16 Gluon kernel."""
+    from kernels import sla_triton
+
+    q, k, v = _model_layout_qkv(length, 4, length + 17)
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    w = torch.randn(128, 128, device="cuda", generator=gen) * 0.05
+    b = torch.randn(128, device="cuda", generator=gen) * 0.05
+    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    exact = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="gluon", side_impl=side_impl)
+    out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="gluon", side_impl=side_impl,
+                                   pv_fp8=True)
+    assert sla_triton._gluon_disabled is None
+    assert torch.isfinite(out).all()
+    max_err = (out.float() - ref.float()).abs().max().item()
+    print(f"gluon fp8 P.V {side_impl} L={length}: cos {_cos(out, ref):.7f} rel {_rel(out, ref):.2e} "
+          f"max {max_err:.2e}")
+    assert _cos(out, ref) >= 0.999
+    assert _rel(out, ref) < 4e-2
+    assert max_err < 0.1 * ref.float().abs().max().item()
+    assert _rel(out, exact) < 4e-2
+    assert _rel(out, exact) > 1e-4  # it really ran the fp8 product, not the exact kernel
+
+
 @pytest.mark.parametrize("length", [4000, 8192])
 def test_sla_int8_qk_variant_within_approximation_bounds(length):
     """int8 QK^T (per-block scales on smoothed k) is approximate: cosine >= 0.999 against the fp32 reference."""
@@ -173,7 +200,7 @@ def test_linear_kv_pool_matches_separate_passes():
     from kernels import sla_triton
 
     _q, k, v = _model_layout_qkv(4000, 4, 12)
-    kv, ksum, pooled = sla_triton.linear_kv_pool(k, v, 64)
+    kv, ksum, pooled, _ = sla_triton.linear_kv_pool(k, v, 64)
     kv_ref, ksum_ref = sla_triton.linear_kv(k, v)
     assert _rel(kv, kv_ref) < 5e-3  # phi rounded to bf16 for the product (fp32 accumulation) vs tf32 there
     assert _rel(ksum, ksum_ref) < 1e-5

@@ -93,12 +93,35 @@ def test_linear_kv_pool_is_linear_kv_plus_block_means(interpreted_kernels):
     gen = torch.Generator().manual_seed(23)
     k, v = _qkv("model", 2, 2, 150, 16, gen)[1:]
     # 150 rows, splits of 64: three splits, the last one partial, and a partial last key block (22 of 32).
-    kv, ksum, pooled = sla.linear_kv_pool(k, v, 32, rows_per_split=64)
+    kv, ksum, pooled, vmax = sla.linear_kv_pool(k, v, 32, rows_per_split=64)
+    assert vmax is None  # only computed on request
     kv_ref, ksum_ref = sla.linear_kv(k, v)
     assert _rel(kv, kv_ref) < 1e-5
     assert _rel(ksum, ksum_ref) < 1e-5
     assert _rel(pooled, sla.block_means(k, 32)) < 1e-6
     assert _rel(pooled, reference._block_mean(k.float(), 32)) < 1e-6
+    # The fp8 P.V path's per-channel absmax of v comes from the same pass; the other outputs do not change.
+    kv2, _, _, vmax = sla.linear_kv_pool(k, v, 32, rows_per_split=64, v_absmax=True)
+    assert torch.equal(vmax, v.abs().amax(dim=-2).reshape(4, 16))
+    assert torch.equal(kv2, kv)
+
+
+def test_transpose_v_fp8_layout_scales_and_padding(interpreted_kernels):
+    """V^T in e4m3 for the fp8 P.V path: rows (b, h, d), keys padded to whole blocks with zeros, one scale per
+    channel. The values are e4m3 numbers times a power of two per channel (and each channel reaches 448 times it),
+    so quantizing is exact and the round trip must be too: the test checks the layout and the scales, while the
+    rounding itself is the GPU's cvt (the interpreter of Triton 3.9 rounds 124.5 to 64, not 128)."""
+    sla = interpreted_kernels["sla_triton"]
+    gen = torch.Generator().manual_seed(25)
+    codes = (torch.randn(2, 150, 3, 3, 16, generator=gen) * 60).clamp(-440, 440).to(torch.float8_e4m3fn).float()
+    codes[:, 7, 2] = 448.0  # every channel's absmax
+    v = codes[:, :, 2].transpose(1, 2) * 2.0 ** torch.arange(-8, 8)  # a (B, H, L, D) view, as the model's
+    vt, scale = sla.transpose_v_fp8(v, v.abs().amax(dim=-2).reshape(6, 16), 32)
+    assert vt.dtype == torch.float8_e4m3fn and vt.shape == (6 * 16, 160)  # L padded to whole key blocks
+    assert torch.equal(scale, (2.0 ** torch.arange(-8, 8)).expand(6, 16))
+    rows = vt.float().view(2, 3, 16, 160)
+    assert torch.equal(rows[..., :150].transpose(-1, -2) * scale.view(2, 3, 1, 16), v)
+    assert not rows[..., 150:].any()  # the padding keys are zeros
 
 
 def test_quantize_int8_blocks_matches_torch(interpreted_kernels):
