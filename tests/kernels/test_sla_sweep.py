@@ -25,7 +25,8 @@ def test_select_variants_keeps_the_default():
     assert all("warp-spec" in label for label, _ in chosen[1:]) and len(chosen) > 1
     skipped = sla_sweep.select_variants(None, ["tma"])
     assert [label for label, _ in skipped] == [
-        "first kernel: pointer m128 bpi2 w8 s2", "pointer + fused side", "gluon wgmma pipeline + fused side"
+        "first kernel: pointer m128 bpi2 w8 s2", "pointer + fused side", "gluon wgmma pipeline + fused side",
+        "gluon + fp8 P.V (approx.)",
     ]
 
 
