@@ -54,49 +54,57 @@ except ImportError:  # pragma: no cover - triton without Gluon's Hopper API
 if HAVE_GLUON:
 
     @gluon.jit
-    def _load_pair(desc, smem, bar, lut_row, pair, n_sel, row0, col0, BLOCK_KB: gl.constexpr):
-        # Key blocks 2*pair and 2*pair+1 of the lut into the two halves of one staged tile; an odd tail repeats
-        # the last block (its scores are masked).
+    def _issue_pair(desc, smem, bar, lut_row, pair, n_sel, row0, col0, BLOCK_KB: gl.constexpr,
+                    TRANSPOSED: gl.constexpr):
+        # Key blocks 2*pair and 2*pair+1 of the lut into the two halves of one staged tile (an odd tail repeats the
+        # last block; its scores are masked). Rows of K or bf16 V; with TRANSPOSED, column ranges of rows
+        # (b, h, 0..D) of the fp8 V^T, landing in the two key halves of a [D, 2 * BLOCK_KB] tile (K-major, as fp8
+        # wgmma wants its B operand).
         blk0 = gl.load(lut_row + gl.minimum(2 * pair, n_sel - 1))
         blk1 = gl.load(lut_row + gl.minimum(2 * pair + 1, n_sel - 1))
-        mbarrier.expect(bar, 2 * desc.block_type.nbytes)
-        _tma_load(desc, [row0 + blk0 * BLOCK_KB, col0], bar, smem.slice(0, BLOCK_KB))
-        _tma_load(desc, [row0 + blk1 * BLOCK_KB, col0], bar, smem.slice(BLOCK_KB, BLOCK_KB))
+        if TRANSPOSED:
+            _tma_load(desc, [row0, blk0 * BLOCK_KB], bar, smem.slice(0, BLOCK_KB, dim=1))
+            _tma_load(desc, [row0, blk1 * BLOCK_KB], bar, smem.slice(BLOCK_KB, BLOCK_KB, dim=1))
+        else:
+            _tma_load(desc, [row0 + blk0 * BLOCK_KB, col0], bar, smem.slice(0, BLOCK_KB))
+            _tma_load(desc, [row0 + blk1 * BLOCK_KB, col0], bar, smem.slice(BLOCK_KB, BLOCK_KB))
 
     @gluon.jit
-    def _load_pair_t(desc, smem, bar, lut_row, pair, n_sel, row0, BLOCK_KB: gl.constexpr):
-        # The transposed fp8 V: the same two key blocks are column ranges of rows (b, h, 0..D) of V^T, landing
-        # in the two key halves of a [D, 2 * BLOCK_KB] tile (K-major, as fp8 wgmma wants its B operand).
-        blk0 = gl.load(lut_row + gl.minimum(2 * pair, n_sel - 1))
-        blk1 = gl.load(lut_row + gl.minimum(2 * pair + 1, n_sel - 1))
-        mbarrier.expect(bar, 2 * desc.block_type.nbytes)
-        _tma_load(desc, [row0, blk0 * BLOCK_KB], bar, smem.slice(0, BLOCK_KB, dim=1))
-        _tma_load(desc, [row0, blk1 * BLOCK_KB], bar, smem.slice(BLOCK_KB, BLOCK_KB, dim=1))
-
-    @gluon.jit
-    def _producer(q_desc, k_desc, v_desc, m_desc, q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, k_ready, k_empty,
-                  v_ready, v_empty, lut_row, n_sel, n_pairs, q_row, q_col, k_row0, k_col0, v_row0, v_col0, m_row,
+    def _producer(q_desc, k_desc, v_desc, m_desc, q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, ready, empty,
+                  lut_row, n_sel, n_pairs, q_row, q_col, k_row0, k_col0, v_row0, v_col0, m_row,
                   BLOCK_KB: gl.constexpr, K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, FUSE_LINEAR: gl.constexpr,
                   PV_FP8: gl.constexpr):
-        # One warp issues every TMA copy: q (and the linear branch's matrix) once, then K and V pairs as the
-        # consumers free their stages.
+        # One warp issues every TMA copy: q (and the linear branch's matrix) once, then per iteration t what the
+        # consumers' iteration t reads, on one barrier: K pair t (three stages) and V pair t-1 (two stages).
+        # One ready and one empty barrier per iteration instead of two each: every wait and arrive costs the
+        # consumer warpgroup a bar.sync.
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         _tma_load(q_desc, [q_row, q_col], q_bar, q_smem)
         if FUSE_LINEAR:
             mbarrier.expect(m_bar, m_desc.block_type.nbytes)
             _tma_load(m_desc, [m_row, 0], m_bar, m_smem)
-        for j in range(n_pairs):
-            ks = j % K_STAGES
-            # A fresh barrier counts as having completed the phase before its first: round 0 does not wait.
-            mbarrier.wait(k_empty.index(ks), ((j // K_STAGES) & 1) ^ 1)
-            _load_pair(k_desc, k_smem.index(ks), k_ready.index(ks), lut_row, j, n_sel, k_row0, k_col0, BLOCK_KB)
-            vs = j % V_STAGES
-            mbarrier.wait(v_empty.index(vs), ((j // V_STAGES) & 1) ^ 1)
-            if PV_FP8:
-                _load_pair_t(v_desc, v_smem.index(vs), v_ready.index(vs), lut_row, j, n_sel, v_row0, BLOCK_KB)
+        K_BYTES: gl.constexpr = 2 * k_desc.block_type.nbytes
+        V_BYTES: gl.constexpr = 2 * v_desc.block_type.nbytes
+        for t in range(n_pairs + 1):
+            st = t % K_STAGES
+            if t >= V_STAGES:
+                # Iteration t - V_STAGES released (both warpgroups) frees V pair t-1's stage, and, the consumers
+                # releasing in order, K pair t's stage (last used by iteration t - K_STAGES) before it.
+                prev = t - V_STAGES
+                mbarrier.wait(empty.index(prev % K_STAGES), (prev // K_STAGES) & 1)
+            bar = ready.index(st)
+            if t == 0:
+                mbarrier.expect(bar, K_BYTES)
+                _issue_pair(k_desc, k_smem.index(0), bar, lut_row, 0, n_sel, k_row0, k_col0, BLOCK_KB, False)
+            elif t == n_pairs:
+                mbarrier.expect(bar, V_BYTES)
+                _issue_pair(v_desc, v_smem.index((t - 1) % V_STAGES), bar, lut_row, t - 1, n_sel, v_row0, v_col0,
+                            BLOCK_KB, PV_FP8)
             else:
-                _load_pair(v_desc, v_smem.index(vs), v_ready.index(vs), lut_row, j, n_sel, v_row0, v_col0,
-                           BLOCK_KB)
+                mbarrier.expect(bar, K_BYTES + V_BYTES)
+                _issue_pair(k_desc, k_smem.index(st), bar, lut_row, t, n_sel, k_row0, k_col0, BLOCK_KB, False)
+                _issue_pair(v_desc, v_smem.index((t - 1) % V_STAGES), bar, lut_row, t - 1, n_sel, v_row0, v_col0,
+                            BLOCK_KB, PV_FP8)
 
     @gluon.jit
     def _softmax_update(s, m_i, l_i, qk_scale, lut_row, pair, n_sel, L, s_layout: gl.constexpr,
@@ -150,23 +158,22 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _pair_step(
-        j, p, p_bufs, o, m_i, l_i, q_half, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, lut_row, n_sel, L,
+        j, p, p_bufs, o, m_i, l_i, q_half, k_smem, v_smem, ready, empty, lut_row, n_sel, L,
         qk_scale, s_layout: gl.constexpr, p_layout: gl.constexpr, ROWS: gl.constexpr, BLOCK_KB: gl.constexpr,
         K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, MASK: gl.constexpr, PV_FP8: gl.constexpr,
         P_SHIFT: gl.constexpr,
     ):
         # Scores of pair j, then P_{j-1}.V_{j-1} behind them on the tensor cores; the softmax of pair j runs while
-        # the latter is in flight. Each stage is released (one arrive per warpgroup) as soon as its product is done.
+        # the latter is in flight. K pair j and V pair j-1 are released together (one arrive per warpgroup) once
+        # the P.V product is done.
         ks = j % K_STAGES
         vs = (j - 1) % V_STAGES
-        mbarrier.wait(k_ready.index(ks), (j // K_STAGES) & 1)
+        mbarrier.wait(ready.index(ks), (j // K_STAGES) & 1)
         s = warpgroup_mma(q_half, k_smem.index(ks).permute((1, 0)),
                           gl.zeros([ROWS, 2 * BLOCK_KB], gl.float32, s_layout), use_acc=False, is_async=True)
-        mbarrier.wait(v_ready.index(vs), ((j - 1) // V_STAGES) & 1)
         o = warpgroup_mma(_p_operand(p, p_bufs, j - 1, PV_FP8), _v_operand(v_smem.index(vs), PV_FP8), o,
                           is_async=True)
         s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
-        mbarrier.arrive(k_empty.index(ks), count=1)
         p_new, m_i, l_i, alpha = _softmax_update(s, m_i, l_i, qk_scale, lut_row, j, n_sel, L, s_layout, BLOCK_KB,
                                                  MASK, P_SHIFT)
         p_new = _stage_p(p_new, p_bufs, j, p_layout, PV_FP8)
@@ -174,12 +181,12 @@ if HAVE_GLUON:
             o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
         else:
             o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
-        mbarrier.arrive(v_empty.index(vs), count=1)
+        mbarrier.arrive(empty.index(ks), count=1)
         o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o.type.layout))[:, None]
         return p_new, o, m_i, l_i
 
     @gluon.jit
-    def _consumer(q_smem, k_smem, v_smem, m_smem, p_bufs, q_bar, m_bar, k_ready, k_empty, v_ready, v_empty, Out,
+    def _consumer(q_smem, k_smem, v_smem, m_smem, p_bufs, q_bar, m_bar, ready, empty, Out,
                   lut_row, n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod, ksum_row, bias_ptr, vscale_row,
                   WG: gl.constexpr, ROWS: gl.constexpr, BLOCK_KB: gl.constexpr, HEAD_DIM: gl.constexpr,
                   K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, FUSE_LINEAR: gl.constexpr, PV_FP8: gl.constexpr):
@@ -203,29 +210,28 @@ if HAVE_GLUON:
         o = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
         # Pair 0: scores and softmax only (masked: it may also be the last pair).
         mbarrier.wait(q_bar, 0)
-        mbarrier.wait(k_ready.index(0), 0)
+        mbarrier.wait(ready.index(0), 0)
         s = warpgroup_mma(q_half, k_smem.index(0).permute((1, 0)),
                           gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False, is_async=True)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        mbarrier.arrive(k_empty.index(0), count=1)
+        mbarrier.arrive(empty.index(0), count=1)
         p, m_i, l_i, _ = _softmax_update(s, m_i, l_i, qk_scale, lut_row, 0, n_sel, L, s_layout, BLOCK_KB, True,
                                          P_SHIFT)
         p = _stage_p(p, p_bufs, 0, p_layout, PV_FP8)
 
         for j in range(1, n_pairs - 1):
             p, o, m_i, l_i = _pair_step(
-                j, p, p_bufs, o, m_i, l_i, q_half, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, lut_row,
+                j, p, p_bufs, o, m_i, l_i, q_half, k_smem, v_smem, ready, empty, lut_row,
                 n_sel, L, qk_scale, s_layout, p_layout, ROWS, BLOCK_KB, K_STAGES, V_STAGES, False, PV_FP8, P_SHIFT,
             )
         if n_pairs > 1:
             p, o, m_i, l_i = _pair_step(
-                n_pairs - 1, p, p_bufs, o, m_i, l_i, q_half, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
-                lut_row, n_sel, L, qk_scale, s_layout, p_layout, ROWS, BLOCK_KB, K_STAGES, V_STAGES, True, PV_FP8,
-                P_SHIFT,
+                n_pairs - 1, p, p_bufs, o, m_i, l_i, q_half, k_smem, v_smem, ready, empty, lut_row, n_sel, L,
+                qk_scale, s_layout, p_layout, ROWS, BLOCK_KB, K_STAGES, V_STAGES, True, PV_FP8, P_SHIFT,
             )
         last = n_pairs - 1
         vs = last % V_STAGES
-        mbarrier.wait(v_ready.index(vs), (last // V_STAGES) & 1)
+        mbarrier.wait(ready.index(n_pairs % K_STAGES), (n_pairs // K_STAGES) & 1)
         o = warpgroup_mma(_p_operand(p, p_bufs, last, PV_FP8), _v_operand(v_smem.index(vs), PV_FP8), o,
                           is_async=True)
         o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
@@ -289,35 +295,31 @@ if HAVE_GLUON:
         m_smem = gl.allocate_shared_memory(m_desc.dtype, [HEAD_DIM, HEAD_DIM], m_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         m_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        k_ready = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
-        k_empty = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
-        v_ready = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
-        v_empty = gl.allocate_shared_memory(gl.int64, [V_STAGES, 1], mbarrier.MBarrierLayout())
+        # Per iteration t (see _producer): K pair t and V pair t-1 ready; both released by the two warpgroups.
+        ready = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [K_STAGES, 1], mbarrier.MBarrierLayout())
         mbarrier.init(q_bar, count=1)
         mbarrier.init(m_bar, count=1)
         for i in gl.static_range(K_STAGES):
-            mbarrier.init(k_ready.index(i), count=1)
-            mbarrier.init(k_empty.index(i), count=2)
-        for i in gl.static_range(V_STAGES):
-            mbarrier.init(v_ready.index(i), count=1)
-            mbarrier.init(v_empty.index(i), count=2)
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=2)
 
         out_base = Out + b * sob + h * soh
         row0 = pid_m * BLOCK_M
         gl.warp_specialize(
             [
-                (_consumer, (q_smem, k_smem, v_smem, m_smem, p_bufs0, q_bar, m_bar, k_ready, k_empty, v_ready,
-                             v_empty, Out, lut_row, n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod,
-                             KSUM + bh * HEAD_DIM, BIAS, VSCALE + bh * HEAD_DIM, gl.constexpr(0), ROWS, BLOCK_KB,
-                             HEAD_DIM, K_STAGES, V_STAGES, FUSE_LINEAR, PV_FP8)),
-                (_consumer, (q_smem, k_smem, v_smem, m_smem, p_bufs1, q_bar, m_bar, k_ready, k_empty, v_ready,
-                             v_empty, Out, lut_row, n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod,
-                             KSUM + bh * HEAD_DIM, BIAS, VSCALE + bh * HEAD_DIM, gl.constexpr(1), ROWS, BLOCK_KB,
-                             HEAD_DIM, K_STAGES, V_STAGES, FUSE_LINEAR, PV_FP8)),
-                (_producer, (q_desc, k_desc, v_desc, m_desc, q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, k_ready,
-                             k_empty, v_ready, v_empty, lut_row, n_sel, n_pairs, b * q_rb + h * q_rh + row0,
-                             h * q_ch, b * k_rb + h * k_rh, h * k_ch, b * v_rb + h * v_rh, h * v_ch,
-                             bh * HEAD_DIM, BLOCK_KB, K_STAGES, V_STAGES, FUSE_LINEAR, PV_FP8)),
+                (_consumer, (q_smem, k_smem, v_smem, m_smem, p_bufs0, q_bar, m_bar, ready, empty, Out, lut_row,
+                             n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod, KSUM + bh * HEAD_DIM, BIAS,
+                             VSCALE + bh * HEAD_DIM, gl.constexpr(0), ROWS, BLOCK_KB, HEAD_DIM, K_STAGES, V_STAGES,
+                             FUSE_LINEAR, PV_FP8)),
+                (_consumer, (q_smem, k_smem, v_smem, m_smem, p_bufs1, q_bar, m_bar, ready, empty, Out, lut_row,
+                             n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod, KSUM + bh * HEAD_DIM, BIAS,
+                             VSCALE + bh * HEAD_DIM, gl.constexpr(1), ROWS, BLOCK_KB, HEAD_DIM, K_STAGES, V_STAGES,
+                             FUSE_LINEAR, PV_FP8)),
+                (_producer, (q_desc, k_desc, v_desc, m_desc, q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, ready,
+                             empty, lut_row, n_sel, n_pairs, b * q_rb + h * q_rh + row0, h * q_ch,
+                             b * k_rb + h * k_rh, h * k_ch, b * v_rb + h * v_rh, h * v_ch, bh * HEAD_DIM, BLOCK_KB,
+                             K_STAGES, V_STAGES, FUSE_LINEAR, PV_FP8)),
             ],
             [4, 1],
             [CONSUMER_REGS, 24],
@@ -325,11 +327,8 @@ if HAVE_GLUON:
         mbarrier.invalidate(q_bar)
         mbarrier.invalidate(m_bar)
         for i in gl.static_range(K_STAGES):
-            mbarrier.invalidate(k_ready.index(i))
-            mbarrier.invalidate(k_empty.index(i))
-        for i in gl.static_range(V_STAGES):
-            mbarrier.invalidate(v_ready.index(i))
-            mbarrier.invalidate(v_empty.index(i))
+            mbarrier.invalidate(ready.index(i))
+            mbarrier.invalidate(empty.index(i))
 
 
 _GL_DTYPES = (
