@@ -9,8 +9,9 @@ Work split (same as kernels.sla_triton's kernels): a program takes one query blo
 of one head; its chosen key blocks (block_k = 64 keys each) are taken two at a time, so each score tile is 64 x 128
 per warpgroup and each P.V product has K = 128. Partitions:
 - one producer warp issues every TMA copy: q, the linear branch's matrix, then K pairs (three stages) and V pairs
-  (two stages) at dynamic rows of the 2-D views that `sla_triton._tma_layout` describes, each refill after both
-  consumers released the stage (an "empty" barrier with two arrivals);
+  (two stages) at dynamic rows of the 2-D views that `sla_triton._tma_layout` describes. Iteration t's K pair t and
+  V pair t-1 arrive on one "ready" barrier and are released together on one "empty" barrier (two arrivals, one per
+  consumer), as Triton puts a warpgroup-wide bar.sync before every mbarrier wait and arrive;
 - two consumer warpgroups, 64 query rows each, software-pipeline their loop: the scores of pair j are issued, then
   P_{j-1}.V_{j-1}; the softmax of pair j runs while that product is on the tensor cores. No CTA-wide barrier, so
   the warpgroups drift apart and one's softmax also overlaps the other's products.
