@@ -57,11 +57,9 @@ except ImportError:  # pragma: no cover - older triton
 if HAVE_TRITON:
 
     @triton.jit
-    def _block_mean_kernel(
-        X, OUT, L, n_heads,
-        sxb, sxh, sxl, sxd,
-        BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
-    ):
+    def _load_head_block(X, L, n_heads, sxb, sxh, sxl, sxd, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+        # The row block of the programs grid (blocks of BLOCK rows, B*H heads) of a (B, H, L, D) view, in fp32
+        # (rows past L read 0), with its row offsets and validity: the prologue the per-block kernels share.
         blk = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // n_heads
@@ -69,8 +67,17 @@ if HAVE_TRITON:
         offs_l = blk * BLOCK + tl.arange(0, BLOCK)
         offs_d = tl.arange(0, HEAD_DIM)
         valid = offs_l < L
-        ptrs = X + b * sxb + h * sxh + offs_l[:, None] * sxl + offs_d[None, :] * sxd
-        x = tl.load(ptrs, mask=valid[:, None], other=0.0).to(tl.float32)
+        x = tl.load(X + b * sxb + h * sxh + offs_l[:, None] * sxl + offs_d[None, :] * sxd, mask=valid[:, None],
+                    other=0.0).to(tl.float32)
+        return x, blk, bh, offs_l, offs_d, valid
+
+    @triton.jit
+    def _block_mean_kernel(
+        X, OUT, L, n_heads,
+        sxb, sxh, sxl, sxd,
+        BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ):
+        x, blk, bh, _, offs_d, _ = _load_head_block(X, L, n_heads, sxb, sxh, sxl, sxd, BLOCK, HEAD_DIM)
         count = tl.minimum(L - blk * BLOCK, BLOCK).to(tl.float32)
         mean = tl.sum(x, axis=0) / count
         n_blocks = tl.num_programs(0)
@@ -339,15 +346,7 @@ if HAVE_TRITON:
         # (B*H*L, D) int8 tensor; rows past L are not written. Rounds half away from zero (SageAttention's
         # per-block int8 QK^T; int8 rather than e4m3: steps of absmax/127 beat 3 mantissa bits for these
         # roughly Gaussian tiles; an e4m3 version, emulated in torch on random data, came out near cosine 0.9992).
-        blk = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // n_heads
-        h = bh % n_heads
-        offs_l = blk * BLOCK + tl.arange(0, BLOCK)
-        offs_d = tl.arange(0, HEAD_DIM)
-        valid = offs_l < L
-        x = tl.load(X + b * sxb + h * sxh + offs_l[:, None] * sxl + offs_d[None, :] * sxd,
-                    mask=valid[:, None], other=0.0).to(tl.float32)
+        x, blk, bh, offs_l, offs_d, valid = _load_head_block(X, L, n_heads, sxb, sxh, sxl, sxd, BLOCK, HEAD_DIM)
         if HAS_MEAN:
             x = x - tl.load(MEAN + bh * HEAD_DIM + offs_d)[None, :]
             x = tl.where(valid[:, None], x, 0.0)
@@ -411,14 +410,7 @@ if HAVE_TRITON:
     ):
         # One key block of one head: v / scale (per channel) as e4m3, stored transposed into rows (b, h, d) of
         # OUT (B*H*D, L_PAD); keys past L are written as zeros, so every TMA box of the fp8 kernel is defined.
-        blk = tl.program_id(0)
-        bh = tl.program_id(1)
-        b = bh // n_heads
-        h = bh % n_heads
-        offs_l = blk * BLOCK_L + tl.arange(0, BLOCK_L)
-        offs_d = tl.arange(0, HEAD_DIM)
-        v = tl.load(V + b * svb + h * svh + offs_l[:, None] * svl + offs_d[None, :] * svd,
-                    mask=(offs_l < L)[:, None], other=0.0).to(tl.float32)
+        v, _, bh, offs_l, offs_d, _ = _load_head_block(V, L, n_heads, svb, svh, svl, svd, BLOCK_L, HEAD_DIM)
         inv = 1.0 / tl.load(SCALE + bh * HEAD_DIM + offs_d)
         vq = (v * inv[None, :]).to(OUT.dtype.element_ty)
         tl.store(OUT + (bh * HEAD_DIM + offs_d[None, :]).to(tl.int64) * L_PAD + offs_l[:, None], vq,
