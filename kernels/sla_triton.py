@@ -497,6 +497,12 @@ def linear_kv_pool(
     return kv_part.sum(dim=1), ksum_part.sum(dim=1), pooled, vmax_part.amax(dim=1) if v_absmax else None
 
 
+def v_channel_absmax(v: torch.Tensor) -> torch.Tensor:
+    """fp32 (B*H, D) max over L of |v| for (B, H, L, D) v: the fp8 P.V path's per-channel scales, where the fused
+    side pass (`linear_kv_pool(..., v_absmax=True)`) does not provide them."""
+    return v.abs().amax(dim=-2).float().reshape(-1, v.shape[-1])
+
+
 def transpose_v_fp8(
     v: torch.Tensor, v_absmax: torch.Tensor, block_k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -574,7 +580,7 @@ def _side_inputs_and_pool(
         kv, ksum = linear_kv(k, v)
         pooled_k = block_means(k, block_k)
         if v_absmax:
-            vmax = v.abs().amax(dim=-2).float().reshape(-1, v.shape[-1])
+            vmax = v_channel_absmax(v)
     else:
         raise ValueError(f"side_impl must be 'separate' or 'fused', got {side_impl!r}")
     lut = _lut_from_pooled(block_means(q, block_q), pooled_k, q.shape[-2], topk, block_k)
@@ -705,7 +711,7 @@ def sparse_forward(
     grid = (triton.cdiv(length, block_m), b * h)
     use_gluon = sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k)
     if use_gluon and pv_fp8 and v_absmax is None:
-        v_absmax = v.abs().amax(dim=-2).float().reshape(b * h, d)
+        v_absmax = v_channel_absmax(v)
     gluon_ran = use_gluon and _try_gluon(
         q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear, v_absmax if pv_fp8 else None
     )
