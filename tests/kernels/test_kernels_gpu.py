@@ -50,6 +50,16 @@ def _model_layout_qkv(length: int, heads: int, seed: int) -> tuple[torch.Tensor,
     return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
 
 
+def _proj_l_and_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A seeded proj_l (weight, bias) for the linear branch and the fp32 reference SLA output with it."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    w = torch.randn(128, 128, device="cuda", generator=gen) * 0.05
+    b = torch.randn(128, device="cuda", generator=gen) * 0.05
+    return w, b, reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+
+
 # (label, keyword arguments of sla_triton.sla_attention): the variants the sweep (bench/sla_sweep.py) times.
 SLA_GPU_VARIANTS = [
     ("tma bpi2", {"sparse_impl": "tma"}),
@@ -68,10 +78,7 @@ def test_sla_variants_match_reference_and_default(length, label, variant):
 
     q, k, v = _model_layout_qkv(length, 4, length + 7)
     assert sla_triton.tma_supported(q, k, v)  # the fused-qkv views take the TMA kernel, not the fallback
-    gen = torch.Generator(device="cuda").manual_seed(5)
-    w = torch.randn(128, 128, device="cuda", generator=gen) * 0.05
-    b = torch.randn(128, device="cuda", generator=gen) * 0.05
-    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    w, b, ref = _proj_l_and_reference(q, k, v, 5)
     default = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64)
     out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, **variant)
     assert torch.isfinite(out).all()
@@ -90,10 +97,7 @@ def test_sla_gluon_kernel_matches_reference(length):
 
     q, k, v = _model_layout_qkv(length, 4, length + 11)
     assert sla_triton.gluon_supported(q, k, v, 128, 64)
-    gen = torch.Generator(device="cuda").manual_seed(6)
-    w = torch.randn(128, 128, device="cuda", generator=gen) * 0.05
-    b = torch.randn(128, device="cuda", generator=gen) * 0.05
-    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    w, b, ref = _proj_l_and_reference(q, k, v, 6)
     tma = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="tma")
     out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="gluon")
     assert sla_triton._gluon_disabled is None  # the Gluon kernel built and ran: no fallback to the TMA kernel
@@ -158,10 +162,7 @@ def test_sla_gluon_fp8_pv_within_approximation_bounds(length, side_impl):
     from kernels import sla_triton
 
     q, k, v = _model_layout_qkv(length, 4, length + 17)
-    gen = torch.Generator(device="cuda").manual_seed(6)
-    w = torch.randn(128, 128, device="cuda", generator=gen) * 0.05
-    b = torch.randn(128, device="cuda", generator=gen) * 0.05
-    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    w, b, ref = _proj_l_and_reference(q, k, v, 6)
     exact = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="gluon", side_impl=side_impl)
     out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="gluon", side_impl=side_impl,
                                    pv_fp8=True)
@@ -183,10 +184,7 @@ def test_sla_int8_qk_variant_within_approximation_bounds(length):
     from kernels import sla_triton
 
     q, k, v = _model_layout_qkv(length, 4, length + 13)
-    gen = torch.Generator(device="cuda").manual_seed(6)
-    w = torch.randn(128, 128, device="cuda", generator=gen) * 0.05
-    b = torch.randn(128, device="cuda", generator=gen) * 0.05
-    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
+    w, b, ref = _proj_l_and_reference(q, k, v, 6)
     out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="tma", qk_int8=True)
     assert torch.isfinite(out).all()
     max_err = (out.float() - ref.float()).abs().max().item()
