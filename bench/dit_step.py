@@ -6,6 +6,7 @@ Modes, run in this order on one model (each later mode changes the model in plac
 - sla_fp8_unfused: as sla_bf16 with the block linears in fp8, each quantizing its own input (the first fp8 path);
 - sla_fp8:      fp8 with the fusions of WanDiT.use_fp8_linears: one q/k/v GEMM, norms writing fp8 rows, GELU fused
                 into the quantization of the FFN's hidden activation;
+- sla_fp8_pv8 / sla_fp8_attn8: as sla_fp8 with SLA's P.V in e4m3 / with int8 Q.K^T too (WanDiT.use_8bit_attention);
 - sla_fp8_compile: as sla_fp8 with torch.compile over each block (optional, --compile).
 
     python -m bench.dit_step [--res 480p 720p] [--layers 40] [--modes ...] [--compile]
@@ -28,7 +29,9 @@ from inference.dit import SelfAttention, WanDiT
 from kernels import dispatch
 from kernels.graphs import compile_blocks
 
-MODES = ("dense_bf16", "sla_bf16", "sla_fp8_unfused", "sla_fp8", "sla_fp8_compile")
+MODES = ("dense_bf16", "sla_bf16", "sla_fp8_unfused", "sla_fp8", "sla_fp8_pv8", "sla_fp8_attn8", "sla_fp8_compile")
+# Modes whose SLA sparse branch runs 8-bit products: (int8 Q.K^T, e4m3 P.V).
+ATTENTION_8BIT = {"sla_fp8_pv8": (False, True), "sla_fp8_attn8": (True, True)}
 
 
 def build_dit(layers: int) -> WanDiT:
@@ -99,6 +102,8 @@ def main() -> None:
                 converted = dit.use_fp8_linears(fuse=mode != "sla_fp8_unfused")
                 results["fp8_converted"] = results.get("fp8_converted", 0) + converted
                 torch.cuda.empty_cache()
+            qk_int8, pv_fp8 = ATTENTION_8BIT.get(mode, (False, False))
+            dit.use_8bit_attention(qk_int8=qk_int8, pv_fp8=pv_fp8)
             if mode == "sla_fp8_compile":
                 compile_blocks(dit)
             weights = sum(b.numel() * b.element_size() for b in list(dit.parameters()) + list(dit.buffers()))
@@ -119,6 +124,9 @@ def main() -> None:
                     row["rel_err_vs_dense"] = rel_err(out, base)
                     dense_row = next(r for r in results["rows"] if r["mode"] == "dense_bf16" and r["res"] == res)
                     row["speedup"] = dense_row["step_s"] / row["step_s"]
+                exact = outputs.get(("sla_fp8", res))
+                if mode in ATTENTION_8BIT and exact is not None:  # what the 8-bit attention products change
+                    row["rel_err_vs_sla_fp8"] = rel_err(out, exact)
                 outputs[(mode, res)] = out.float()
                 results["rows"].append(row)
                 print(row, flush=True)
@@ -131,7 +139,7 @@ def main() -> None:
             dispatch.set_backend(None)
     print()
     print_table(results["rows"], ["mode", "res", "tokens", "step_s", "first_call_s", "speedup", "rel_err_vs_dense",
-                                  "peak_gib", "weights_gib"])
+                                  "rel_err_vs_sla_fp8", "peak_gib", "weights_gib"])
     print("wrote", write_json("dit_step.json", results))
 
 

@@ -75,10 +75,14 @@ class SparseLinearAttention(nn.Module):
         self.block_q = block_q
         self.block_k = block_k
         self.proj_l = nn.Linear(head_dim, head_dim, dtype=torch.float32)
+        # 8-bit products of the sparse branch on the GPU kernel (WanDiT.use_8bit_attention); exact when False.
+        self.qk_int8 = False
+        self.pv_fp8 = False
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return dispatch.sla_attention(
-            q, k, v, self.proj_l.weight, self.proj_l.bias, self.topk, self.block_q, self.block_k
+            q, k, v, self.proj_l.weight, self.proj_l.bias, self.topk, self.block_q, self.block_k,
+            qk_int8=self.qk_int8, pv_fp8=self.pv_fp8,
         )
 
 
@@ -283,6 +287,13 @@ class WanDiT(nn.Module):
             block.self_attn.fuse_qkv(fuse)
             block.fp8_inputs = fuse
         return count
+
+    def use_8bit_attention(self, *, qk_int8: bool = True, pv_fp8: bool = True) -> None:
+        """SLA's sparse branch with int8 Q.K^T (per-block scales, k smoothed) and e4m3 P.V (per-channel V scales),
+        TurboDiffusion's SageSLA precision, on the Gluon kernel; False, False goes back to bf16 products."""
+        for module in self.modules():
+            if isinstance(module, SparseLinearAttention):
+                module.qk_int8, module.pv_fp8 = qk_int8, pv_fp8
 
     def set_sla_topk(self, topk: float) -> None:
         """Change the kept fraction of key blocks of every SLA layer (1.0 keeps all)."""

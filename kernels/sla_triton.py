@@ -617,8 +617,8 @@ def gluon_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: 
 def _check_sparse_options(sparse_impl: str, qk_int8: bool, blocks_per_iter: int) -> None:
     if sparse_impl not in ("pointer", "tma", "gluon"):
         raise ValueError(f"sparse_impl must be 'pointer', 'tma' or 'gluon', got {sparse_impl!r}")
-    if qk_int8 and sparse_impl != "tma":
-        raise ValueError("qk_int8 needs sparse_impl='tma'")
+    if qk_int8 and sparse_impl == "pointer":
+        raise ValueError("qk_int8 needs sparse_impl='tma' or 'gluon'")
     if blocks_per_iter not in (1, 2) and sparse_impl == "tma":
         raise ValueError(f"the TMA kernel takes 1 or 2 key blocks per iteration, got {blocks_per_iter}")
 
@@ -626,14 +626,19 @@ def _check_sparse_options(sparse_impl: str, qk_int8: bool, blocks_per_iter: int)
 def _gluon_sparse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lut: torch.Tensor, out: torch.Tensor, kv: torch.Tensor,
     ksum: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, block_q: int, block_k: int, qk_scale: float,
-    fuse_linear: bool, v_absmax: torch.Tensor | None,
+    fuse_linear: bool, v_absmax: torch.Tensor | None, k_mean: torch.Tensor | None = None,
 ) -> None:
     from kernels import sla_gluon
 
     b, h, length, d = q.shape
-    maps = [_tma_layout(x) for x in (q, k, v)]
-    q_desc = sla_gluon.descriptor(q, block_q, maps[0])
-    k_desc = sla_gluon.descriptor(k, block_k, maps[1])
+    q_src, k_src = q, k
+    q_scale = k_scale = ksum  # placeholders the bf16 product never reads
+    if k_mean is not None:  # int8 Q.K^T: q per warpgroup's 64 rows, smoothed k per key block
+        q_src, q_scale = quantize_int8_blocks(q, block_q // 2)
+        k_src, k_scale = quantize_int8_blocks(k, block_k, k_mean)
+    maps = [_tma_layout(x) for x in (q_src, k_src, v)]
+    q_desc = sla_gluon.descriptor(q_src, block_q, maps[0])
+    k_desc = sla_gluon.descriptor(k_src, block_k, maps[1])
     if v_absmax is not None:  # fp8 P.V: V^T in e4m3; head (b, h) is rows (b*h + h')*d.. of it
         vt, v_scale = transpose_v_fp8(v, v_absmax, block_k)
         v_desc = sla_gluon.transposed_v_descriptor(vt, d, block_k)
@@ -646,10 +651,11 @@ def _gluon_sparse(
     m = (kv.view(b * h, d, d) @ w.t()).to(q.dtype).reshape(b * h * d, d)
     m_desc = sla_gluon.descriptor(m, d, (b * h * d, d, d, 0, 0, 0))
     sla_gluon._sla_sparse_gluon_kernel[(triton.cdiv(length, block_q), b * h)](
-        q_desc, k_desc, v_desc, m_desc, out, lut, ksum, bias, v_scale, length, h, lut.shape[-1], qk_scale,
-        *maps[0][3:], *maps[1][3:], *v_map, *out.stride(), lut.stride(1), lut.stride(2),
+        q_desc, k_desc, v_desc, m_desc, out, lut, ksum, bias, v_scale, q, q_scale, k_scale, length, h,
+        lut.shape[-1], qk_scale, *maps[0][3:], *maps[1][3:], *v_map, *out.stride(), *q.stride(),
+        q_scale.stride(0), k_scale.stride(0), lut.stride(1), lut.stride(2),
         BLOCK_M=block_q, BLOCK_KB=block_k, HEAD_DIM=d, K_STAGES=3, V_STAGES=2, CONSUMER_REGS=240,
-        FUSE_LINEAR=fuse_linear, PV_FP8=v_absmax is not None, num_warps=4,
+        FUSE_LINEAR=fuse_linear, PV_FP8=v_absmax is not None, QK_INT8=k_mean is not None, num_warps=4,
     )
 
 
@@ -712,16 +718,17 @@ def sparse_forward(
     use_gluon = sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k)
     if use_gluon and pv_fp8 and v_absmax is None:
         v_absmax = v_channel_absmax(v)
+    if qk_int8 and k_mean is None:
+        k_mean = _k_mean(block_means(k, block_k), length, block_k)
     gluon_ran = use_gluon and _try_gluon(
-        q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear, v_absmax if pv_fp8 else None
+        q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear, v_absmax if pv_fp8 else None,
+        k_mean if qk_int8 else None,
     )
     if gluon_ran:
         pass  # the Gluon kernel wrote out (with the linear branch when fuse_linear)
     elif sparse_impl in ("tma", "gluon") and tma_supported(q, k, v):
         q_scale = k_scale = lut  # placeholders: the bf16 kernel never reads them
         if qk_int8:
-            if k_mean is None:
-                k_mean = _k_mean(block_means(k, block_k), length, block_k)
             q_src, q_scale = quantize_int8_blocks(q, block_m)
             k_src, k_scale = quantize_int8_blocks(k, block_k, k_mean)
         else:

@@ -179,19 +179,27 @@ def test_sla_gluon_fp8_pv_within_approximation_bounds(length, side_impl):
 
 
 @pytest.mark.parametrize("length", [4000, 8192])
-def test_sla_int8_qk_variant_within_approximation_bounds(length):
-    """int8 QK^T (per-block scales on smoothed k) is approximate: cosine >= 0.999 against the fp32 reference."""
+@pytest.mark.parametrize(
+    ("impl", "pv_fp8"), [("tma", False), ("gluon", False), ("gluon", True)], ids=["tma", "gluon", "gluon_pv_fp8"]
+)
+def test_sla_int8_qk_variant_within_approximation_bounds(length, impl, pv_fp8):
+    """int8 QK^T (per-block scales on smoothed k) is approximate: cosine >= 0.999 against the fp32 reference;
+    in the Gluon kernel alone and with fp8 P.V (SageSLA's pairing)."""
     from kernels import sla_triton
 
     q, k, v = _model_layout_qkv(length, 4, length + 13)
     w, b, ref = _proj_l_and_reference(q, k, v, 6)
-    out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="tma", qk_int8=True)
+    exact = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl=impl)
+    out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl=impl, qk_int8=True, pv_fp8=pv_fp8)
+    assert sla_triton._gluon_disabled is None  # the Gluon variants built and ran
     assert torch.isfinite(out).all()
     max_err = (out.float() - ref.float()).abs().max().item()
-    print(f"int8 QK L={length}: cos {_cos(out, ref):.7f} rel {_rel(out, ref):.2e} max {max_err:.2e}")
+    print(f"int8 QK {impl} pv_fp8={pv_fp8} L={length}: cos {_cos(out, ref):.7f} rel {_rel(out, ref):.2e} "
+          f"max {max_err:.2e}")
     assert _cos(out, ref) >= 0.999
     assert _rel(out, ref) < 4e-2
     assert max_err < 0.1 * ref.float().abs().max().item()
+    assert _rel(out, exact) > 1e-4  # the int8 product really ran, not the exact kernel
 
 
 def test_linear_kv_pool_matches_separate_passes():

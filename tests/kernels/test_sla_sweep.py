@@ -26,7 +26,7 @@ def test_select_variants_keeps_the_default():
     skipped = sla_sweep.select_variants(None, ["tma"])
     assert [label for label, _ in skipped] == [
         "first kernel: pointer m128 bpi2 w8 s2", "pointer + fused side", "gluon wgmma pipeline + fused side",
-        "gluon + fp8 P.V (approx.)",
+        "gluon + fp8 P.V (approx.)", "gluon + int8 QK (approx.)", "gluon + int8 QK + fp8 P.V (approx.)",
     ]
 
 
