@@ -421,8 +421,9 @@ class I2VPipeline:
         (default: $TURBO_MODEL_DIR) unless the model uses seeded random weights.
 
         `linears` (default $TURBO_LINEARS or "auto") picks fp8 block linears on Hopper-class GPUs;
-        `compile_blocks` (default $TURBO_COMPILE=1) wraps each DiT block in torch.compile: about 12 s of compiling
-        the first time each video size is seen, then faster steps; worth it for a service of few sizes."""
+        `compile_blocks` (default: on when $TURBO_COMPILE=1, else off) wraps each DiT block in torch.compile: about
+        12 s of compiling the first time each video size is seen, and no faster since the fused kernels took over
+        the work it used to fuse (bench/README.md); kept for experiments."""
         try:
             config = get_config(model)
         except ValueError as exc:
