@@ -1,11 +1,11 @@
 """Micro benchmarks at A14B shapes (81 frames, 480p and 720p): SLA vs dense SDPA (with accuracy vs the reference),
 the eight block linears (bf16 cuBLAS vs int8 W8A8 Triton vs fp8 row-scaled cuBLASLt), norms and RoPE.
 
-    python -m bench.kernels_micro [--res 480p 720p] [--sections sla linears gemm block norms] [--no-compile]
+    python -m bench.kernels_micro [--res 480p 720p] [--sections sla linears gemm block norms rows] [--no-compile]
 
 "block" times one block's fp8 linears with its norms and residual adds (attention left out): the first fp8 path
 against the fused one (q/k/v in one GEMM, quantization inside the norm and GELU kernels, residual adds fused into
-the norms).
+the norms). "rows" times the row kernels (norms, quantizers, RMSNorm+RoPE) under each number of warps.
 
 Prints tables and writes kernels_micro.json ($OUT or bench/results/).
 """
@@ -13,8 +13,10 @@ Prints tables and writes kernels_micro.json ($OUT or bench/results/).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -261,6 +263,61 @@ def norms_section(res: str, results: dict[str, Any], use_compile: bool) -> None:
     print_table(rows, ["op", "reference_ms", "compile_ms", "ours_ms", "speedup", "rel_err", "error"])
 
 
+@contextlib.contextmanager
+def forced_row_warps(warps: int) -> Iterator[None]:
+    """Every row kernel launched inside runs with `warps` warps (both modules look row_warps up at launch)."""
+    saved = norms_triton.row_warps
+    norms_triton.row_warps = fp8_linear.row_warps = lambda block, kind="plain": warps  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        norms_triton.row_warps = fp8_linear.row_warps = saved  # type: ignore[assignment]
+
+
+def row_warps_section(res: str, results: dict[str, Any]) -> None:
+    """The row kernels of the fused fp8 block at the model's widths under each warp count: the baseline is
+    row_warps' plain choice, the shipped one is what row_warps gives their kind (bandwidth from the bytes each
+    element moves)."""
+    length = math.prod(GRIDS[res])
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(1, length, DIM, device="cuda", generator=gen)
+    y = torch.randn(1, length, DIM, device="cuda", generator=gen, dtype=torch.bfloat16)
+    gate, shift, scale = (torch.randn(1, 1, DIM, device="cuda", generator=gen) for _ in range(3))
+    hidden = torch.randn(length, FFN, device="cuda", generator=gen, dtype=torch.bfloat16)
+    qkv = torch.randn(1, length, 3 * DIM, device="cuda", generator=gen, dtype=torch.bfloat16)
+    w = torch.rand(DIM, device="cuda", generator=gen) + 0.5
+    cos, sin = (t.cuda() for t in reference.rope_tables(GRIDS[res], HEAD_DIM, 10000.0))
+    fp8 = torch.float8_e4m3fn
+    # (name, kind, row width, bytes moved per element, launch)
+    cases: list[tuple[str, str, int, int, Any]] = [
+        ("residual LayerNorm+mod -> fp8", "layernorm", DIM, 11,
+         lambda: norms_triton.residual_layer_norm_modulate(x, y, gate, shift, scale, 1e-6, fp8)),
+        ("LayerNorm+mod -> fp8", "layernorm", DIM, 5, lambda: norms_triton.layer_norm_modulate_fp8(
+            x, shift, scale, 1e-6)),
+        ("GELU + fp8 quantize", "gelu", FFN, 3, lambda: fp8_linear.quantize_rows_fp8(hidden, gelu=True)),
+        ("fp8 quantize", "plain", DIM, 3, lambda: fp8_linear.quantize_rows_fp8(hidden[:, :DIM])),
+        ("RMSNorm+RoPE (q of fused qkv)", "plain", DIM, 4, lambda: norms_triton.rms_norm_rope(
+            qkv[:, :, :DIM], w, 1e-6, cos, sin, HEADS)),
+    ]
+    rows = []
+    for name, kind, width, nbytes, launch in cases:
+        block = 1 << (width - 1).bit_length()
+        shipped, baseline = norms_triton.row_warps(block, kind), norms_triton.row_warps(block)
+        base_ms = None
+        for warps in sorted({2, 4, 8, 16, 32, shipped, baseline}):
+            with forced_row_warps(warps):
+                ms = bench_ms(launch)
+            row = {"kernel": name, "warps": warps, "ms": ms, "GB/s": length * width * nbytes / ms / 1e6,
+                   "shipped": warps == shipped, "baseline": warps == baseline}
+            rows.append(row)
+            base_ms = ms if warps == baseline else base_ms
+        for row in rows[-len({2, 4, 8, 16, 32, shipped, baseline}):]:
+            row["vs_baseline"] = base_ms / row["ms"]
+    results[f"row_warps_{res}"] = {"tokens": length, "rows": rows}
+    print(f"\n== row kernels by warps {res} (L={length})")
+    print_table(rows, ["kernel", "warps", "ms", "GB/s", "vs_baseline", "shipped", "baseline"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--res", nargs="+", default=["480p", "720p"], choices=sorted(GRIDS))
@@ -282,6 +339,8 @@ def main() -> None:
                     block_linears_section(res, results)
                 elif section == "norms":
                     norms_section(res, results, not args.no_compile)
+                elif section == "rows":
+                    row_warps_section(res, results)
             except Exception:
                 results[f"{section}_{res}_error"] = traceback.format_exc()
                 print(f"!! {section} {res} failed:\n{traceback.format_exc()}")

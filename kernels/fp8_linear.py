@@ -116,7 +116,7 @@ def launch_quantize_rows(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.
     if cols <= _ONE_PASS_COLS:
         block = triton.next_power_of_2(cols)
         _quantize_row_once_kernel[(rows,)](x, qx, scale, cols, x.stride(0), BLOCK=block, GELU=gelu,
-                                           num_warps=row_warps(block))
+                                           num_warps=row_warps(block, "gelu" if gelu else "plain"))
     elif gelu:
         raise ValueError(f"the fused GELU quantizer takes rows up to {_ONE_PASS_COLS} wide, got {cols}")
     else:
