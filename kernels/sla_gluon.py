@@ -23,8 +23,13 @@ PV_FP8 (opt-in, approximate; SageAttention's and TurboDiffusion's SageSLA choice
 one scale per channel (sla_triton.transpose_v_fp8), P as e4m3 times 2^8, and P.V runs on fp8 tensor cores with V
 staged [D, keys] (fp8 wgmma reads B K-major only) and P staged in shared memory (16 KB for two buffers per
 warpgroup, in V's freed half). Measured on the H100 it gains only a few percent at 720p (bench/README.md): the
-shared-memory P costs what the halved product saves. Q.K^T stays bf16: 8-bit scores failed cosine 0.999 on
-peaked, outlier-channel inputs in a torch emulation, where P.V in e4m3 held it.
+shared-memory P costs what the halved product saves.
+
+QK_INT8 (opt-in, approximate; SageSLA's other half): q and K come as int8 copies (q one scale per warpgroup's 64
+rows, k minus its mean over L one scale per key block, sla_triton.quantize_int8_blocks), the scores as int32 from
+int8 wgmma, scaled per key block before the softmax; the linear branch reads bf16 q from global memory. It holds
+cosine >= 0.999 on the GPU tests but is no faster on the H100 (bench/README.md): the kernel's time is its chain of
+waits and barriers, not its tensor-core work.
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ def test_sla_int8_qk_is_exact_on_dequantised_operands(interpreted_kernels, block
     assert _rel(out, ref) < 3e-2  # and the quantisation error itself is small
 
 
-def test_sla_int8_qk_needs_the_tma_kernel(interpreted_kernels):
+def test_sla_int8_qk_needs_a_tma_or_gluon_kernel(interpreted_kernels):
     sla = interpreted_kernels["sla_triton"]
     q = torch.randn(1, 1, 64, 16)
     with pytest.raises(ValueError, match="qk_int8"):
@@ -208,3 +208,39 @@ def test_gluon_build_failure_falls_back_to_the_tma_kernel(interpreted_kernels, m
     assert len(calls) == 1  # given up after the first failure
     assert "Gluon kernel does not build" in caplog.text and sla._gluon_disabled
     assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def test_dispatch_gives_the_8bit_flags_to_the_kernel_only(interpreted_kernels, kernel_backend):
+    """dispatch.sla_attention hands qk_int8 to the kernel (its output moves by the quantisation error) and runs the
+    exact reference, flags ignored, on the reference backend."""
+    gen = torch.Generator().manual_seed(31)
+    # dispatch's kernel takes bf16 or fp16; fp16 here, as Triton 3.9's interpreter gets these kernels' bf16 wrong
+    # (outputs ~1e10; the GPU tests cover bf16).
+    q, k, v = (x.half() for x in _qkv("model", 1, 2, 200, 32, gen))
+    w, b = torch.randn(32, 32, generator=gen) * 0.2, torch.randn(32, generator=gen) * 0.2
+    exact = kernel_backend.sla_attention(q, k, v, w, b, 0.5, 32, 16)
+    int8 = kernel_backend.sla_attention(q, k, v, w, b, 0.5, 32, 16, qk_int8=True)
+    assert 1e-5 < _rel(int8, exact) < 3e-2
+    kernel_backend.set_backend("reference")
+    flagged = kernel_backend.sla_attention(q, k, v, w, b, 0.5, 32, 16, qk_int8=True, pv_fp8=True)
+    assert torch.equal(flagged, reference.sla_attention(q, k, v, w, b, 0.5, 32, 16))
+
+
+def test_dit_8bit_attention_switch_reaches_every_sla_layer(monkeypatch):
+    from inference.configs import TINY
+    from inference.dit import SparseLinearAttention, WanDiT
+    from kernels import dispatch
+
+    dit = WanDiT(TINY.dit, attention="sla")
+    layers = [m for m in dit.modules() if isinstance(m, SparseLinearAttention)]
+    assert len(layers) == TINY.dit.num_layers
+    assert not any(m.qk_int8 or m.pv_fp8 for m in layers)  # exact unless asked
+    dit.use_8bit_attention(qk_int8=True, pv_fp8=False)
+    assert all(m.qk_int8 and not m.pv_fp8 for m in layers)
+    seen = {}
+    monkeypatch.setattr(dispatch, "sla_attention", lambda *args, **kwargs: seen.update(kwargs) or args[0])
+    q = torch.randn(1, TINY.dit.num_heads, 8, TINY.dit.head_dim)
+    layers[0](q, q, q)
+    assert seen == {"qk_int8": True, "pv_fp8": False}
+    dit.use_8bit_attention(qk_int8=False, pv_fp8=False)
+    assert not any(m.qk_int8 or m.pv_fp8 for m in layers)
