@@ -115,8 +115,8 @@ if HAVE_GLUON:
     @gluon.jit
     def _int8_scores(s, qk_scale, kscale_row, lut_row, pair, n_sel, s_layout: gl.constexpr,
                      BLOCK_KB: gl.constexpr):
-        # int32 scores of the int8 product -> fp32 in log2 units: times qk_scale (q's block scale folded in on the
-        # host side of this call) and each key block's scale. |s| <= 127 * 127 * 128 < 2^22, so the int -> float
+        # int32 scores of the int8 product -> fp32 in log2 units: times qk_scale (which _consumer multiplied by its
+        # rows' q scale) and each key block's scale. |s| <= 127 * 127 * 128 < 2^22, so the int -> float
         # conversion is an integer add and a float FMA (the 2^23 + 2^22 magic number) instead of I2F on the
         # exponential units, which the softmax keeps busy.
         blk0 = gl.load(lut_row + gl.minimum(2 * pair, n_sel - 1))
