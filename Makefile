@@ -1,22 +1,39 @@
 # Two commands on a fresh machine: `make run` (the site on the embedded defaults) and `make test` (the whole suite).
-PYTHON ?= python3
+# Both install exactly what requirements/dev.txt pins, with hashes; `make lock` refreshes the locks on purpose.
+PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build of torch that lies on these machines' disk; pip never pulls a multi-GB CUDA build for CI.
-TORCH_SPEC ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The CPU torch wheel lies in /opt/wheels on these machines (pip's find-links); elsewhere point this at
+# https://download.pytorch.org/whl/cpu (the hash in the lock still decides what is accepted).
+TORCH_CPU_INDEX ?=
+PIP_INSTALL := $(BIN)/python -m pip install -q --require-hashes --no-deps $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX))
+UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line
 
-.PHONY: install run test lint system-packages services clean
+.PHONY: install lock run test lint system-packages services clean
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[ml,dev]"
+# A lock change rebuilds the environment from nothing, so it holds the lock and nothing else (tests check it).
+$(VENV)/.installed: requirements/dev.txt pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) -r requirements/dev.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+# Resolve every dependency once: the GPU worker's lock (PyPI's CUDA torch) first, then the development lock
+# (same versions, CPU torch) and the web lock (no ML stack), each constrained by the one before.
+lock: install
+	$(UV_COMPILE) pyproject.toml --extra ml requirements/torch-cuda.txt -o requirements/worker.txt
+	grep -v '^torch==' requirements/worker.txt | sed '/^    --hash/d;s/ \\$$//;s/ *#.*//' > requirements/.worker-pins.txt
+	$(UV_COMPILE) pyproject.toml --extra ml --extra dev --find-links /opt/wheels \
+		--override requirements/torch-cpu.txt -c requirements/.worker-pins.txt -o requirements/dev.txt
+	sed '/^    --hash/d;s/ \\$$//;s/ *#.*//' requirements/dev.txt > requirements/.dev-pins.txt
+	$(UV_COMPILE) pyproject.toml -c requirements/.dev-pins.txt -o requirements/web.txt
+	rm -f requirements/.worker-pins.txt requirements/.dev-pins.txt
 
 run: install
 	$(BIN)/python manage.py migrate --noinput

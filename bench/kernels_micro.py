@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import GRIDS, bench_ms, cosine, environment, print_table, rel_err, write_json
-from kernels import fp8_linear, int8_linear, norms_triton, reference, sla_triton
+from turbokernels import fp8_linear, int8_linear, norms_triton, reference, sla_triton
 
 HEADS, HEAD_DIM, DIM, FFN = 40, 128, 5120, 13824
 # (name, out_features, in_features, count): self q,k,v,o and cross q,o at dim x dim, the FFN pair.
@@ -124,7 +124,7 @@ def linears_section(res: str, results: dict[str, Any]) -> None:
 def _block_linear_work(m: int, gen: torch.Generator) -> tuple[Any, Any, dict[str, Any]]:
     """One A14B block without its two attentions, in fp8 two ways: each linear quantizing its own input with eager
     residual adds and bf16 norms (the first fp8 path), and the fused path of WanDiT.use_fp8_linears."""
-    from kernels import dispatch
+    from turbokernels import dispatch
 
     def fp8_of(n: int, k_in: int) -> fp8_linear.Fp8Linear:
         lin = torch.nn.Linear(k_in, n, device="cuda", dtype=torch.bfloat16)

@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from bench.common import GRIDS, bench_ms, environment, print_table, rel_err, write_json
 from bench.dit_step import build_dit, inputs
 from inference.configs import A14B
-from kernels import dispatch
+from turbokernels import dispatch
 
 # Kernel-name fragments -> group, first match wins (Triton kernels keep their Python names).
 # cuBLAS names its Hopper GEMM kernels nvjet_*/sm90_xmma_* for fp8 and bf16 alike; in the fused fp8 model the

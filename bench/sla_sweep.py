@@ -1,5 +1,5 @@
 """SLA forward variants at A14B shapes (B=1, H=40, D=128, top-k 0.1, block_q 128, block_k 64): speed and accuracy of
-every variant of kernels.sla_triton next to dense SDPA and the current default kernel, plus the side kernels.
+every variant of turbokernels.sla_triton next to dense SDPA and the current default kernel, plus the side kernels.
 
     python3 -m bench.sla_sweep [--res 480p 720p] [--only SUBSTR ...] [--skip SUBSTR ...]
 
@@ -9,7 +9,7 @@ contiguous (B, H, L, D) tensors, the layout of bench/kernels_micro.py's numbers.
 
 Per variant: the whole op and the sparse kernel alone (given the default side inputs; for int8 QK^T that includes
 quantising q and k and one extra pooling pass over k for its mean), median of 10 (CUDA events);
-accuracy against kernels.reference.sla_attention on 3 heads (the reference keeps a token-level mask; the block map is
+accuracy against turbokernels.reference.sla_attention on 3 heads (the reference keeps a token-level mask; the block map is
 per head, so this is exact) and against the default kernel's output on all heads. A variant that fails to build or
 run is recorded with its error and the sweep goes on; if the CUDA context itself dies (a sticky error), the rest of
 that resolution is skipped and the JSON says so: rerun with --skip naming the culprit.
@@ -106,7 +106,7 @@ def _context_alive() -> bool:
 
 
 def sla_sweep(res: str, variants: list[tuple[str, dict[str, Any]]], results: dict[str, Any]) -> None:
-    from kernels import reference, sla_triton
+    from turbokernels import reference, sla_triton
 
     length = math.prod(GRIDS[res])
     dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32  # the interpreter computes bf16 dots slowly
@@ -206,7 +206,7 @@ def sla_sweep(res: str, variants: list[tuple[str, dict[str, Any]]], results: dic
 
 def _contiguous_default_ms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor,
                            b: torch.Tensor) -> float:
-    from kernels import sla_triton
+    from turbokernels import sla_triton
 
     qc, kc, vc = (x.contiguous() for x in (q, k, v))  # freed on return
     return bench_ms(lambda: sla_triton.sla_attention(qc, kc, vc, w, b, TOPK, BLOCK_Q, BLOCK_K))

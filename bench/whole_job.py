@@ -52,7 +52,7 @@ def build_pipeline(linears: str, *, dense: bool = False, compile_blocks: bool = 
         if dense:
             set_dense(dit, True, {})
         if compile_blocks:
-            from kernels.graphs import compile_blocks as compile_dit_blocks
+            from turbokernels.graphs import compile_blocks as compile_dit_blocks
 
             compile_dit_blocks(dit)
         torch.cuda.empty_cache()
@@ -97,7 +97,7 @@ def run_job(pipe: I2VPipeline, res: str) -> dict[str, Any]:
 
 def run_baseline(sizes: list[str], results: dict[str, Any]) -> None:
     """One job per size on bf16 experts with dense SDPA and the reference ops, in this process."""
-    from kernels import dispatch
+    from turbokernels import dispatch
 
     try:
         pipe, _ = build_pipeline("bf16", dense=True)

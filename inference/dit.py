@@ -1,7 +1,7 @@
 """The Wan2.2 A14B diffusion transformer (one expert) in plain PyTorch.
 
 Module and parameter names are the official checkpoint keys (spec section 2, "Official key names"), so weights
-load strictly without renaming. Every op with a fast kernel goes through kernels.dispatch.
+load strictly without renaming. Every op with a fast kernel goes through turbokernels.dispatch.
 
 Precision follows upstream: the residual stream, timestep path, modulation and output head run in fp32; the
 linears, attention and text embedding run in the compute dtype (the dtype of the patch embedding's weight,
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from inference.configs import DiTConfig
-from kernels import dispatch
-from kernels.fp8_linear import (
+from turbokernels import dispatch
+from turbokernels.fp8_linear import (
     Fp8Linear,
     Fp8Rows,
     convert_linears_to_fp8,
@@ -55,7 +55,7 @@ def _fp32_sequential(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm over the last dim with a learned weight; fp32 math via kernels.dispatch."""
+    """RMSNorm over the last dim with a learned weight; fp32 math via turbokernels.dispatch."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -278,7 +278,7 @@ class WanDiT(nn.Module):
         return self.patch_embedding.weight.dtype
 
     def use_fp8_linears(self, *, fuse: bool = True) -> int:
-        """Run the block linears in fp8 (kernels.fp8_linear; weights quantized per output row, once). With `fuse`
+        """Run the block linears in fp8 (turbokernels.fp8_linear; weights quantized per output row, once). With `fuse`
         each self-attention's q/k/v become one GEMM and the norms feed the linears fp8 rows directly (GELU and
         quantization fused too); without, every linear quantizes its own input (the first fp8 path, kept for
         comparison). Returns the number of linears converted by this call."""

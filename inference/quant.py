@@ -12,7 +12,7 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-from kernels import dispatch
+from turbokernels import dispatch
 
 QUANT_TILE = 128
 # Linears that stay float inside blocks: SLA's small fp32 projection.

@@ -94,7 +94,7 @@ def _use_triton(x: torch.Tensor) -> bool:
     if not x.is_cuda:
         return False
     try:
-        from kernels import vae_norms_triton
+        from turbokernels import vae_norms_triton
     except ImportError:  # pragma: no cover
         return False
     return vae_norms_triton.HAVE_TRITON
@@ -204,7 +204,7 @@ class RMSNorm(nn.Module):
 
     def silu_into(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """out <- SiLU(self(x)) in one fused pass (Triton), or fp32 reference math where Triton can't run."""
-        from kernels import vae_norms_triton
+        from turbokernels import vae_norms_triton
 
         if _use_triton(x):
             vae_norms_triton.rms_norm_silu(x, self.gamma.view(-1), self.scale, out=out)

@@ -10,7 +10,7 @@ from inference.checkpoint import load_dit
 from inference.configs import TINY
 from inference.dit import WanDiT
 from inference.quant import Int8Linear, block_linear_names, quantize_model_linears, quantize_state_dict
-from kernels import reference
+from turbokernels import reference
 
 
 def test_int8_linear_layer_is_close_to_its_float_linear() -> None:

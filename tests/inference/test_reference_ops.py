@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import reference
+from turbokernels import reference
 
 
 def _qkv(length: int, heads: int = 2, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, ...]:

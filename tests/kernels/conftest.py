@@ -11,7 +11,7 @@ import torch
 # Set at collection time too, before anything in this directory can import Triton.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-KERNEL_MODULES = ("kernels.sla_triton", "kernels.int8_linear", "kernels.norms_triton", "kernels.fp8_linear")
+KERNEL_MODULES = ("turbokernels.sla_triton", "turbokernels.int8_linear", "turbokernels.norms_triton", "turbokernels.fp8_linear")
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def interpreted_kernels():
 
 @pytest.fixture
 def kernel_backend():
-    from kernels import dispatch
+    from turbokernels import dispatch
 
     dispatch.set_backend("kernel")
     yield dispatch

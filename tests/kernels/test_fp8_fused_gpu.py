@@ -31,7 +31,7 @@ def _code_mismatch(q: torch.Tensor, q_ref: torch.Tensor) -> tuple[float, int]:
 
 @pytest.mark.parametrize("cols", [5120, 13824, 20000])
 def test_row_quantizer_gives_the_reference_codes(cols):
-    from kernels import fp8_linear
+    from turbokernels import fp8_linear
 
     gen = torch.Generator(device="cuda").manual_seed(cols)
     x = torch.randn(1000, cols, device="cuda", generator=gen, dtype=torch.bfloat16) * 3
@@ -43,7 +43,7 @@ def test_row_quantizer_gives_the_reference_codes(cols):
 
 
 def test_gelu_quantizer_gives_the_reference_codes():
-    from kernels import fp8_linear
+    from turbokernels import fp8_linear
 
     gen = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(2000, 13824, device="cuda", generator=gen, dtype=torch.bfloat16) * 3
@@ -55,7 +55,7 @@ def test_gelu_quantizer_gives_the_reference_codes():
 
 
 def test_layer_norm_modulate_fp8_gives_the_reference_codes():
-    from kernels import dispatch, norms_triton
+    from turbokernels import dispatch, norms_triton
 
     gen = torch.Generator(device="cuda").manual_seed(2)
     x = torch.randn(1, 4096, 5120, device="cuda", generator=gen) * 2 + 0.5
@@ -101,7 +101,7 @@ def test_full_size_block_fused_fp8_is_as_close_to_bf16_as_unfused():
 
 
 def test_residual_norm_kernels_match_reference():
-    from kernels import dispatch, norms_triton
+    from turbokernels import dispatch, norms_triton
 
     gen = torch.Generator(device="cuda").manual_seed(4)
     x = torch.randn(1, 4096, 5120, device="cuda", generator=gen) * 2

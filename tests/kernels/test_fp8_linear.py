@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels import fp8_linear, reference
-from kernels.fp8_linear import FP8_DTYPE, Fp8Linear, convert_linears_to_fp8, quantize_rows_fp8_reference
+from turbokernels import fp8_linear, reference
+from turbokernels.fp8_linear import FP8_DTYPE, Fp8Linear, convert_linears_to_fp8, quantize_rows_fp8_reference
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -66,7 +66,7 @@ def test_convert_swaps_block_linears_but_not_proj_l_or_outside_blocks():
     x = torch.randn(2, 64)
     before = model.blocks[1].ffn(model.blocks[0].q(x))
     assert convert_linears_to_fp8(model) == 6
-    # Through the module: the interpreter fixture reloads kernels.fp8_linear, which makes a new class object.
+    # Through the module: the interpreter fixture reloads turbokernels.fp8_linear, which makes a new class object.
     assert isinstance(model.blocks[0].q, fp8_linear.Fp8Linear)
     assert isinstance(model.blocks[1].q, fp8_linear.Fp8Linear)  # from the int8 layout
     assert isinstance(model.blocks[0].ffn[2], fp8_linear.Fp8Linear)

@@ -1,11 +1,11 @@
-"""kernels.graphs: block compilation setup and kernel wrappers opaque to torch.compile."""
+"""turbokernels.graphs: block compilation setup and kernel wrappers opaque to torch.compile."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from kernels import graphs
+from turbokernels import graphs
 
 
 class _Model(nn.Module):

@@ -12,8 +12,8 @@ from torch import nn
 
 from inference.configs import TINY
 from inference.dit import WanDiT
-from kernels import dispatch, reference
-from kernels.fp8_linear import (
+from turbokernels import dispatch, reference
+from turbokernels.fp8_linear import (
     FP8_DTYPE,
     Fp8Linear,
     fuse_fp8_linears,

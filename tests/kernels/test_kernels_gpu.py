@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
+from turbokernels import reference
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -28,7 +28,7 @@ def _compiled_kernels():
 
 @pytest.mark.parametrize("length", [4000, 8192])
 def test_sla_kernel_matches_reference(length):
-    from kernels import sla_triton
+    from turbokernels import sla_triton
 
     gen = torch.Generator(device="cuda").manual_seed(length)
     q, k, v = (torch.randn(1, 4, length, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3))
@@ -74,7 +74,7 @@ SLA_GPU_VARIANTS = [
 @pytest.mark.parametrize("length", [4000, 8192])  # 4000: partial last key block (32 of 64); 8192: none
 @pytest.mark.parametrize("label,variant", SLA_GPU_VARIANTS, ids=[v[0] for v in SLA_GPU_VARIANTS])
 def test_sla_variants_match_reference_and_default(length, label, variant):
-    from kernels import sla_triton
+    from turbokernels import sla_triton
 
     q, k, v = _model_layout_qkv(length, 4, length + 7)
     assert sla_triton.tma_supported(q, k, v)  # the fused-qkv views take the TMA kernel, not the fallback
@@ -93,7 +93,7 @@ def test_sla_variants_match_reference_and_default(length, label, variant):
 @pytest.mark.parametrize("length", [4000, 5000, 8192])  # 5000: an odd number of chosen blocks (7) and a partial one
 def test_sla_gluon_kernel_matches_reference(length):
     """The Gluon (wgmma-pipelined) sparse kernel really runs on the H100 (no fallback) and holds the same bounds."""
-    from kernels import sla_triton
+    from turbokernels import sla_triton
 
     q, k, v = _model_layout_qkv(length, 4, length + 11)
     assert sla_triton.gluon_supported(q, k, v, 128, 64)
@@ -111,7 +111,7 @@ def test_sla_gluon_kernel_matches_reference(length):
 
 def test_sla_gluon_on_contiguous_heads():
     """Heads one after another (B=2, contiguous (B, H, L, D)): the other descriptor layout."""
-    from kernels import sla_triton
+    from turbokernels import sla_triton
 
     gen = torch.Generator(device="cuda").manual_seed(10)
     q, k, v = (torch.randn(2, 3, 4000, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3))
@@ -127,7 +127,7 @@ def test_sla_gluon_on_contiguous_heads():
 @pytest.mark.parametrize("blocks_per_iter", [1, 2])
 def test_sla_tma_on_contiguous_heads(blocks_per_iter):
     """The other descriptor layout: separate contiguous (B, H, L, D) tensors, B=2 (heads one after another)."""
-    from kernels import sla_triton
+    from turbokernels import sla_triton
 
     gen = torch.Generator(device="cuda").manual_seed(9)
     q, k, v = (torch.randn(2, 3, 4000, 128, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in range(3))
@@ -143,7 +143,7 @@ def test_sla_tma_on_contiguous_heads(blocks_per_iter):
 def test_sla_tma_warp_specialized_matches_reference():
     """Triton's automatic warp specialisation of the TMA key loop (tl.range(warp_specialize=True)); on its own so
     a triton that cannot build it on Hopper shows as this test alone failing."""
-    from kernels import sla_triton
+    from turbokernels import sla_triton
 
     q, k, v = _model_layout_qkv(4000, 4, 11)
     w = torch.eye(128, device="cuda") * 0.1
@@ -172,7 +172,7 @@ def _assert_8bit_bounds(label: str, out: torch.Tensor, ref: torch.Tensor, exact:
 def test_sla_gluon_fp8_pv_within_approximation_bounds(length, side_impl):
     """fp8 P.V (P times 2^8 and V per channel in e4m3, TurboDiffusion's SageSLA choice) is approximate: cosine
     >= 0.999 against the fp32 reference, relative error within 4%, and close to the exact bf16 Gluon kernel."""
-    from kernels import sla_triton
+    from turbokernels import sla_triton
 
     q, k, v = _model_layout_qkv(length, 4, length + 17)
     w, b, ref = _proj_l_and_reference(q, k, v, 6)
@@ -191,7 +191,7 @@ def test_sla_gluon_fp8_pv_within_approximation_bounds(length, side_impl):
 def test_sla_int8_qk_variant_within_approximation_bounds(length, impl, pv_fp8):
     """int8 QK^T (per-block scales on smoothed k) is approximate: cosine >= 0.999 against the fp32 reference;
     in the Gluon kernel alone and with fp8 P.V (SageSLA's pairing)."""
-    from kernels import sla_triton
+    from turbokernels import sla_triton
 
     q, k, v = _model_layout_qkv(length, 4, length + 13)
     w, b, ref = _proj_l_and_reference(q, k, v, 6)
@@ -202,7 +202,7 @@ def test_sla_int8_qk_variant_within_approximation_bounds(length, impl, pv_fp8):
 
 
 def test_linear_kv_pool_matches_separate_passes():
-    from kernels import sla_triton
+    from turbokernels import sla_triton
 
     _q, k, v = _model_layout_qkv(4000, 4, 12)
     kv, ksum, pooled, _ = sla_triton.linear_kv_pool(k, v, 64)
@@ -212,7 +212,7 @@ def test_linear_kv_pool_matches_separate_passes():
     assert _rel(pooled, sla_triton.block_means(k, 64)) < 1e-5
 
 def test_int8_linear_kernel_matches_reference():
-    from kernels import int8_linear
+    from turbokernels import int8_linear
 
     gen = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(3000, 1024, device="cuda", generator=gen, dtype=torch.bfloat16)
@@ -232,7 +232,7 @@ def test_int8_linear_kernel_matches_reference():
 
 
 def test_norm_kernels_match_reference():
-    from kernels import norms_triton
+    from turbokernels import norms_triton
 
     gen = torch.Generator(device="cuda").manual_seed(2)
     x = torch.randn(1, 3000, 5120, device="cuda", generator=gen) * 2 + 0.5
@@ -253,7 +253,7 @@ def test_norm_kernels_match_reference():
 
 
 def test_fp8_linear_error_and_quantizer():
-    from kernels import fp8_linear
+    from turbokernels import fp8_linear
 
     gen = torch.Generator(device="cuda").manual_seed(3)
     x = torch.randn(2, 1000, 2048, device="cuda", generator=gen, dtype=torch.bfloat16)
@@ -267,16 +267,16 @@ def test_fp8_linear_error_and_quantizer():
 
 
 def test_dispatch_auto_routes_cuda_to_kernels():
-    from kernels import dispatch
+    from turbokernels import dispatch
 
     dispatch.set_backend("auto")
     try:
         x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
-        assert dispatch._pick("rms_norm", x, x, torch.ones(256, device="cuda"), 1e-6).__module__ == "kernels.norms_triton"
+        assert dispatch._pick("rms_norm", x, x, torch.ones(256, device="cuda"), 1e-6).__module__ == "turbokernels.norms_triton"
         q = torch.randn(1, 2, 300, 128, device="cuda", dtype=torch.bfloat16)
         w = torch.eye(128, device="cuda")
         args = (q, q, q, w, torch.zeros(128, device="cuda"), 0.1, 128, 64)
-        assert dispatch._pick("sla_attention", q, *args).__module__ == "kernels.sla_triton"
+        assert dispatch._pick("sla_attention", q, *args).__module__ == "turbokernels.sla_triton"
         assert _cos(dispatch.sla_attention(*args), reference.sla_attention(*args)) > 0.999
     finally:
         dispatch.set_backend(None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
+from turbokernels import reference
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -126,7 +126,7 @@ def test_dispatch_kernel_backend_runs_kernels(interpreted_kernels, kernel_backen
     x = torch.randn(1, 8, 64, generator=gen)
     w = torch.rand(64, generator=gen)
     # The kernel writes through Triton; the reference would give the same numbers, so check the route too.
-    assert dispatch._pick("rms_norm", x, x, w, 1e-6).__module__ == "kernels.norms_triton"
+    assert dispatch._pick("rms_norm", x, x, w, 1e-6).__module__ == "turbokernels.norms_triton"
     assert _rel(dispatch.rms_norm(x, w, 1e-6), reference.rms_norm(x, w, 1e-6)) < 1e-6
     q = torch.randn(1, 1, 40, 16, generator=gen)  # fp32: the SLA kernel takes bf16/fp16 only
     with pytest.raises(RuntimeError, match=r"sla_attention.*dtype"):
@@ -134,7 +134,7 @@ def test_dispatch_kernel_backend_runs_kernels(interpreted_kernels, kernel_backen
 
 
 def test_dispatch_auto_uses_reference_on_cpu(interpreted_kernels):
-    from kernels import dispatch
+    from turbokernels import dispatch
 
     dispatch.set_backend("auto")
     try:

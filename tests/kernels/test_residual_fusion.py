@@ -10,7 +10,7 @@ import torch
 
 from inference.configs import TINY
 from inference.dit import WanDiT
-from kernels import dispatch
+from turbokernels import dispatch
 
 # Three layers: the middle block both takes a pending update and leaves one.
 CFG = dataclasses.replace(TINY.dit, num_layers=3)

@@ -48,7 +48,7 @@ def build_report(pv_fp8: bool, qk_int8: bool = False) -> dict[str, object]:
             return 0
 
     triton_driver.set_active(Sm90WithoutGpu())
-    from kernels import sla_gluon, sla_triton
+    from turbokernels import sla_gluon, sla_triton
 
     heads, length, d = 4, 4000, 128
     qkv = torch.zeros(1, length, 3, heads, d, dtype=torch.bfloat16)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench import sla_sweep
-from kernels import reference
+from turbokernels import reference
 
 
 def test_variant_table_is_sane():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
+from turbokernels import reference
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -229,7 +229,7 @@ def test_dispatch_gives_the_8bit_flags_to_the_kernel_only(interpreted_kernels, k
 def test_dit_8bit_attention_switch_reaches_every_sla_layer(monkeypatch):
     from inference.configs import TINY
     from inference.dit import SparseLinearAttention, WanDiT
-    from kernels import dispatch
+    from turbokernels import dispatch
 
     dit = WanDiT(TINY.dit, attention="sla")
     layers = [m for m in dit.modules() if isinstance(m, SparseLinearAttention)]

@@ -20,7 +20,7 @@ def _compiled_kernels():
 @pytest.mark.parametrize("channels", [96, 192, 384])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_rms_norm_silu_on_gpu(channels: int, channels_last: bool) -> None:
-    from kernels.vae_norms_triton import rms_norm_silu, rms_norm_silu_reference
+    from turbokernels.vae_norms_triton import rms_norm_silu, rms_norm_silu_reference
 
     gen = torch.Generator(device="cuda").manual_seed(channels)
     x = torch.randn(1, channels, 3, 40, 72, device="cuda", generator=gen).bfloat16()

@@ -12,10 +12,10 @@ import torch
 
 @pytest.fixture(scope="module")
 def vae_norms():
-    """kernels.vae_norms_triton with its @triton.jit kernel built for the interpreter (see conftest.py)."""
+    """turbokernels.vae_norms_triton with its @triton.jit kernel built for the interpreter (see conftest.py)."""
     os.environ["TRITON_INTERPRET"] = "1"
     pytest.importorskip("triton")
-    return importlib.reload(importlib.import_module("kernels.vae_norms_triton"))
+    return importlib.reload(importlib.import_module("turbokernels.vae_norms_triton"))
 
 
 def _map(shape: tuple[int, ...], seed: int, channels_last: bool) -> torch.Tensor:

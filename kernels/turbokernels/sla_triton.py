@@ -1,4 +1,4 @@
-"""SLA (sparse-linear attention) forward in Triton, tuned for Hopper; semantics of kernels.reference.sla_attention.
+"""SLA (sparse-linear attention) forward in Triton, tuned for Hopper; semantics of turbokernels.reference.sla_attention.
 
 Three launches per call:
 1. `_block_mean_kernel` mean-pools q (per block_q tokens) and k (per block_k tokens) in fp32; the key smoothing
@@ -16,14 +16,14 @@ Variants, chosen by keyword of `sla_attention` (defaults = the kernels above, th
   one online-softmax update. Only when the layout maps onto a 2-D descriptor (see `_tma_layout`); else the
   pointer kernel runs. `warp_specialize=True` passes warp_specialize=True to the key loop's tl.range (triton
   documents it for Blackwell; triton 3.9 compiles it for sm_90 but leaves the loop unpartitioned).
-- `sparse_impl="gluon"` (default): kernels.sla_gluon, the same work split in Gluon, warp-specialised with the
+- `sparse_impl="gluon"` (default): turbokernels.sla_gluon, the same work split in Gluon, warp-specialised with the
   score and P.V products software-pipelined (FlashAttention-3's scheme); on sm_90 only, else "tma" runs. Its linear
   branch runs in the epilogue as one more wgmma (kv and proj_l folded into one bf16 matrix per head).
 - `qk_int8=True` (with "tma" or "gluon"): QK^T on int8 copies of q (one scale per BLOCK_M rows; 64 for the Gluon
   kernel's warpgroups) and of k minus its mean over L (one scale per key block), made by
   `_quant_int8_blocks_kernel`: int8 wgmma runs at twice the bf16 rate. Approximate (SageAttention's scheme); held
   to cosine >= 0.999 against the reference. 7% faster in the TMA kernel, no faster in the Gluon one.
-- `pv_fp8=True` (with "gluon"): P.V on fp8 tensor cores (kernels.sla_gluon's PV_FP8): the side pass also takes
+- `pv_fp8=True` (with "gluon"): P.V on fp8 tensor cores (turbokernels.sla_gluon's PV_FP8): the side pass also takes
   v's per-channel absmax and `_transpose_v_fp8_kernel` writes e4m3 V^T. Approximate; held to cosine >= 0.999.
 - `side_impl="fused"`: `_linear_kv_pool_kernel` pools k into block means in the same pass that reduces
   phi(k)^T v (k is read once for both), with phi cast to v's dtype so the reduction runs on bf16 tensor cores
@@ -37,7 +37,7 @@ import math
 
 import torch
 
-from kernels.graphs import opaque_to_compile
+from turbokernels.graphs import opaque_to_compile
 
 try:  # Triton is absent on some CPU-only installs; the dispatcher then keeps to the reference.
     import triton
@@ -606,7 +606,7 @@ def gluon_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: 
     """Whether `sparse_impl="gluon"` takes the Gluon kernel (else the TMA Triton kernel runs): wgmma exists on
     sm_90 only, Gluon has no interpreter, and it is built and GPU-tested for the model's shapes only: bf16, 128
     query rows per block, key blocks of 64, head dim 128 (its stages fill the shared memory)."""
-    from kernels.sla_gluon import HAVE_GLUON
+    from turbokernels.sla_gluon import HAVE_GLUON
 
     return (
         HAVE_GLUON and _gluon_disabled is None and q.is_cuda and q.dtype == torch.bfloat16
@@ -629,7 +629,7 @@ def _gluon_sparse(
     ksum: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, block_q: int, block_k: int, qk_scale: float,
     fuse_linear: bool, v_absmax: torch.Tensor | None, k_mean: torch.Tensor | None = None,
 ) -> None:
-    from kernels import sla_gluon
+    from turbokernels import sla_gluon
 
     b, h, length, d = q.shape
     q_src, k_src = q, k
@@ -783,11 +783,11 @@ def sla_attention(
     qk_int8: bool = False,
     pv_fp8: bool = False,
 ) -> torch.Tensor:
-    """Drop-in for kernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype).
+    """Drop-in for turbokernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype).
 
     Defaults are the fastest exact choice on an H100 (bench/README.md: the Gluon kernel 23.3 ms against 34.5 ms for
     the TMA Triton kernel and 38.4 ms for the first kernel at 720p, in one run).
-    sparse_impl: "gluon" (default: kernels.sla_gluon on sm_90, else "tma"), "tma" (falls back to "pointer" where
+    sparse_impl: "gluon" (default: turbokernels.sla_gluon on sm_90, else "tma"), "tma" (falls back to "pointer" where
     `tma_supported` is false) or "pointer";
     warp_specialize: TMA kernel only, Triton's automatic warp specialisation of the key loop (no gain on Hopper);
     side_impl: "fused" (default: k pooled inside the kv pass) or "separate" (pool q, pool k, kv reduction);

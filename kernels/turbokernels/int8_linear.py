@@ -1,6 +1,6 @@
 """W8A8 int8 linear with 128x128 tile scales (the published -quant checkpoints), in Triton.
 
-Semantics of kernels.reference.int8_linear / quantize_int8_blockwise: activations are quantized per 128x128 tile
+Semantics of turbokernels.reference.int8_linear / quantize_int8_blockwise: activations are quantized per 128x128 tile
 of their (tokens, in) view with scale = absmax / 128, round half to even, clamp to [-128, 127]; the GEMM multiplies
 int8 tiles on the tensor cores (int32 accumulation) and dequantizes every 128-wide K step with the product of the
 activation-tile and weight-tile scales, accumulating in fp32.
@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from kernels.graphs import opaque_to_compile
+from turbokernels.graphs import opaque_to_compile
 
 try:
     import triton
@@ -171,7 +171,7 @@ def int8_gemm(
 def int8_linear(
     x: torch.Tensor, int8_weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """Drop-in for kernels.reference.int8_linear: x (..., in) -> (..., out) in x's dtype."""
+    """Drop-in for turbokernels.reference.int8_linear: x (..., in) -> (..., out) in x's dtype."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     qx, sx = quantize_int8_blockwise(x2, TILE)

@@ -1,7 +1,7 @@
 """torch.compile helpers: compile the DiT blocks so the fp32 residual/gate/cast element-wise work around the
 kernels fuses, and keep each kernel launch one opaque call inside compiled code.
 
-The Triton kernels are called through kernels.dispatch inside the blocks; each wrapper is marked with
+The Triton kernels are called through turbokernels.dispatch inside the blocks; each wrapper is marked with
 `opaque_to_compile`, so TorchDynamo breaks the graph there and Inductor fuses what lies between. Shapes are static (dynamic=False): a video
 size compiles once per process, later jobs of that size reuse it.
 """

@@ -1,14 +1,14 @@
 """Row-wise norms in Triton: LayerNorm (no affine) fused with modulation, RMSNorm, and RMSNorm fused with 3-D RoPE.
 
 Each is one read and one write per element, against several passes for the eager reference; statistics in fp32.
-Semantics of kernels.reference.layer_norm_modulate / rms_norm / apply_rope.
+Semantics of turbokernels.reference.layer_norm_modulate / rms_norm / apply_rope.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.graphs import opaque_to_compile
+from turbokernels.graphs import opaque_to_compile
 
 try:
     import triton
@@ -99,7 +99,7 @@ if HAVE_TRITON:
 
 def row_warps(block: int, kind: str = "plain") -> int:
     """Warps for a kernel that holds one row of `block` elements per program (the row kernels here and in
-    kernels.fp8_linear). By kind, from `python -m bench.kernels_micro --sections rows` on an H100 at 720p:
+    turbokernels.fp8_linear). By kind, from `python -m bench.kernels_micro --sections rows` on an H100 at 720p:
     "layernorm" (the modulated LayerNorm, with or without the residual add) runs best with 4 warps on 5120-wide rows
     (11-19% faster than 8), "gelu" (the FFN's GELU + fp8 quantizer) with 32 on 13824-wide rows (9% faster than 16);
     the plain quantizer and RMSNorm+RoPE are fastest at the default."""
@@ -160,7 +160,7 @@ def layer_norm_modulate_fp8(
     x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """layer_norm_modulate quantized per token to fp8 e4m3 in the same pass: x (B, L, C) -> (fp8 (B*L, C),
-    fp32 scale (B*L, 1)) with scale = row absmax / 448, as kernels.fp8_linear.quantize_rows_fp8 would give."""
+    fp32 scale (B*L, 1)) with scale = row absmax / 448, as turbokernels.fp8_linear.quantize_rows_fp8 would give."""
     if x.dim() != 3:
         raise ValueError(f"layer_norm_modulate_fp8 expects x (B, L, C), got shape {tuple(x.shape)}")
     _, out, row_scale = _ln_modulate(x, shift, scale, eps, torch.float8_e4m3fn, True)

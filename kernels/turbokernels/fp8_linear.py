@@ -4,7 +4,7 @@ activations per token at run time by a Triton kernel; the GEMM is cuBLASLt's row
 
 Error: e4m3 keeps 3 mantissa bits, so each operand carries ~2% relative rounding noise; a block linear's output
 lands near 3% relative (Frobenius) error against bf16 (measured numbers in bench/README.md). The int8 path with
-128x128 tiles (kernels/int8_linear.py) is more accurate; fp8 is the fast path for bf16 checkpoints.
+128x128 tiles (kernels/turbokernels/int8_linear.py) is more accurate; fp8 is the fast path for bf16 checkpoints.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.graphs import opaque_to_compile
-from kernels.norms_triton import row_warps
+from turbokernels.graphs import opaque_to_compile
+from turbokernels.norms_triton import row_warps
 
 try:
     import triton

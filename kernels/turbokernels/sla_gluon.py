@@ -3,9 +3,9 @@ warp specialisation, FlashAttention-3's scheme on gathered key blocks.
 
 Why not plain Triton: Triton 3.6 waits on every Q.K^T product before it starts the softmax, and the two warpgroups
 of a program move in lockstep, so the tensor cores sit idle while the CUDA cores compute exponentials (the TMA
-Triton kernel in kernels.sla_triton reaches ~370 TFLOP/s at 720p; this one ~580, bench/README.md).
+Triton kernel in turbokernels.sla_triton reaches ~370 TFLOP/s at 720p; this one ~580, bench/README.md).
 
-Work split (same as kernels.sla_triton's kernels): a program takes one query block (BLOCK_M = block_q = 128 rows)
+Work split (same as turbokernels.sla_triton's kernels): a program takes one query block (BLOCK_M = block_q = 128 rows)
 of one head; its chosen key blocks (block_k = 64 keys each) are taken two at a time, so each score tile is 64 x 128
 per warpgroup and each P.V product has K = 128. Partitions:
 - one producer warp issues every TMA copy: q, the linear branch's matrix, then K pairs (three stages) and V pairs
@@ -392,7 +392,7 @@ def descriptor(x: torch.Tensor, block_rows: int, layout_map: tuple[int, int, int
 
 
 def transposed_v_descriptor(vt: torch.Tensor, head_dim: int, block_k: int) -> TensorDescriptor:
-    """A descriptor over fp8 V^T ((B*H*D, L_pad), kernels.sla_triton.transpose_v_fp8) with [D, block_k] boxes.
+    """A descriptor over fp8 V^T ((B*H*D, L_pad), turbokernels.sla_triton.transpose_v_fp8) with [D, block_k] boxes.
 
     Two boxes fill one [D, 2*block_k] stage: with a 64-byte swizzle (block_k fp8 keys per row) the stage is two
     such boxes side by side, so each lands in its own half and wgmma still reads the whole stage as K = 128."""

@@ -1,11 +1,11 @@
-"""The one place the model calls its ops. Each function has the signature of its twin in kernels.reference.
+"""The one place the model calls its ops. Each function has the signature of its twin in turbokernels.reference.
 
 Backend choice: `set_backend(...)` or the env var TURBO_KERNELS:
 - "reference": always the pure-PyTorch reference;
 - "kernel": always the fast kernel (an error naming the reason if the op has none for these tensors);
 - "auto" (default): the fast kernel on CUDA tensors whose shapes it supports, else the reference.
 
-Kernels are Triton (kernels/sla_triton.py, which runs the Gluon kernel of kernels/sla_gluon.py on sm_90;
+Kernels are Triton (kernels/turbokernels/sla_triton.py, which runs the Gluon kernel of kernels/turbokernels/sla_gluon.py on sm_90;
 int8_linear.py, norms_triton.py), imported on first use so this module
 imports on machines without CUDA or Triton. Under TRITON_INTERPRET=1 the "kernel" backend also runs them on CPU
 tensors (Triton's interpreter), which is how the CPU tests check them; "auto" never picks the interpreter.
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kernels import reference
+from turbokernels import reference
 
 if TYPE_CHECKING:
-    from kernels.fp8_linear import Fp8Rows
+    from turbokernels.fp8_linear import Fp8Rows
 
 BACKENDS = ("auto", "reference", "kernel")
 _ENV_VAR = "TURBO_KERNELS"
@@ -149,7 +149,7 @@ def _interpreting() -> bool:
 
 def _load_kernel(module: str, function: str) -> Callable[..., Any] | None:
     try:
-        mod = importlib.import_module(f"kernels.{module}")
+        mod = importlib.import_module(f"turbokernels.{module}")
     except ImportError:
         return None
     if not getattr(mod, "HAVE_TRITON", False):
@@ -165,12 +165,12 @@ def kernel_unavailable_reason(op: str, tensor: torch.Tensor, *args: Any) -> str 
     if not (tensor.is_cuda or (_interpreting() and tensor.device.type == "cpu")):
         return f"tensors are on {tensor.device}, the kernels run on CUDA (or CPU under TRITON_INTERPRET=1)"
     if _load_kernel(entry[0], entry[1]) is None:
-        return f"kernels.{entry[0]} is unavailable (Triton missing)"
+        return f"turbokernels.{entry[0]} is unavailable (Triton missing)"
     return entry[2](*args)
 
 
 def _pick(op: str, tensor: torch.Tensor, *args: Any, fallback: Callable[..., Any] | None = None) -> Callable[..., Any]:
-    """The kernel of `op` or its reference (`fallback`, default the function of that name in kernels.reference)."""
+    """The kernel of `op` or its reference (`fallback`, default the function of that name in turbokernels.reference)."""
     backend = get_backend()
     ref = fallback or getattr(reference, op)
     if backend == "reference":
@@ -240,7 +240,7 @@ def layer_norm_modulate_fp8_reference(
     x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fp32 layer_norm_modulate of x (B, L, C), quantized per token: (fp8 (B*L, C), fp32 scale (B*L, 1))."""
-    from kernels.fp8_linear import quantize_rows_fp8_reference
+    from turbokernels.fp8_linear import quantize_rows_fp8_reference
 
     out = reference.layer_norm_modulate(x.float(), shift, scale, eps)
     return quantize_rows_fp8_reference(out.reshape(-1, x.shape[-1]))
@@ -251,7 +251,7 @@ def layer_norm_modulate_fp8(
 ) -> Fp8Rows:
     """layer_norm_modulate straight to fp8 rows for Fp8Linear layers (no bf16 round trip, no separate quantize
     pass); `dtype` is what those linears return. One kernel on GPU."""
-    from kernels.fp8_linear import Fp8Rows
+    from turbokernels.fp8_linear import Fp8Rows
 
     if x.dim() != 3:
         raise ValueError(f"layer_norm_modulate_fp8 expects x (B, L, C), got shape {tuple(x.shape)}")
@@ -288,7 +288,7 @@ def residual_norm(
 ) -> tuple[torch.Tensor, torch.Tensor | Fp8Rows]:
     """x + y * gate, then the modulated LayerNorm of the sum for the next linear, in one pass on GPU: returns
     (new fp32 stream, the norm's output in `dtype`, or as Fp8Rows for fp8 linears returning `dtype`)."""
-    from kernels.fp8_linear import Fp8Rows
+    from turbokernels.fp8_linear import Fp8Rows
 
     args = (x, y, gate, shift, scale, eps, torch.float8_e4m3fn if fp8 else dtype)
     fn = _pick("residual_layer_norm_modulate", x, *args, fallback=residual_layer_norm_modulate_reference)

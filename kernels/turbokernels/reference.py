@@ -1,7 +1,7 @@
 """Pure-PyTorch reference of every op the DiT uses (spec: shared/docs/WAN22_I2V_SPEC.md sections 2 and 3).
 
 These are the ground truth for the fast kernels: each kernel is tested against the function of the same name
-here. Numerics favour clarity and accuracy (fp32 math) over speed; the model reaches them through kernels.dispatch.
+here. Numerics favour clarity and accuracy (fp32 math) over speed; the model reaches them through turbokernels.dispatch.
 """
 
 from __future__ import annotations
