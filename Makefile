@@ -25,15 +25,17 @@ $(VENV)/.installed: requirements/dev.txt pyproject.toml
 install: $(VENV)/.installed
 
 # Resolve every dependency once: the GPU worker's lock (PyPI's CUDA torch) first, then the development lock
-# (same versions, CPU torch) and the web lock (no ML stack), each constrained by the one before.
+# (same versions, CPU torch) and the web lock (no ML stack), each constrained by the one before. Versions already
+# in a lock are kept; `make lock UPGRADE=1` moves everything to the newest releases pyproject.toml allows.
 lock: install
-	$(UV_COMPILE) pyproject.toml --extra ml requirements/torch-cuda.txt -o requirements/worker.txt
-	grep -v '^torch==' requirements/worker.txt | sed '/^    --hash/d;s/ \\$$//;s/ *#.*//' > requirements/.worker-pins.txt
-	$(UV_COMPILE) pyproject.toml --extra ml --extra dev --find-links /opt/wheels \
-		--override requirements/torch-cpu.txt -c requirements/.worker-pins.txt -o requirements/dev.txt
-	sed '/^    --hash/d;s/ \\$$//;s/ *#.*//' requirements/dev.txt > requirements/.dev-pins.txt
-	$(UV_COMPILE) pyproject.toml -c requirements/.dev-pins.txt -o requirements/web.txt
-	rm -f requirements/.worker-pins.txt requirements/.dev-pins.txt
+	$(UV_COMPILE) $(if $(UPGRADE),--upgrade) pyproject.toml --extra ml requirements/build.in requirements/torch-cuda.in \
+		-o requirements/worker.txt
+	sed '/^torch==/d;/^ *--hash/d;/^ *#/d;s/ *\\$$//' requirements/worker.txt > requirements/worker.pins
+	$(UV_COMPILE) pyproject.toml --extra ml --extra dev requirements/build.in --find-links /opt/wheels \
+		--override requirements/torch-cpu.in -c requirements/worker.pins -o requirements/dev.txt
+	sed '/^ *--hash/d;/^ *#/d;s/ *\\$$//' requirements/dev.txt > requirements/dev.pins
+	$(UV_COMPILE) pyproject.toml requirements/build.in -c requirements/dev.pins -o requirements/web.txt
+	rm -f requirements/worker.pins requirements/dev.pins
 
 run: install
 	$(BIN)/python manage.py migrate --noinput

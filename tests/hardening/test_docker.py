@@ -127,14 +127,9 @@ def test_compose_validates_with_the_compose_tool(tmp_path):
     assert failed.returncode != 0 and "SECRET_KEY" in failed.stderr
 
 
-# -- images install the project exactly as CI does ------------------------------------------------------------------
+# -- images install the project exactly as CI does: from a committed lock, with hashes ------------------------------
 
-def makefile_install() -> tuple[str, list[str]]:
-    text = (ROOT / "Makefile").read_text()
-    torch_spec = re.search(r"^TORCH_SPEC \?= (\S+)", text, re.MULTILINE).group(1)
-    extras = re.search(r"python -m pip install (?:-q )?-e \"\.\[([\w,]+)\]\"", text).group(1).split(",")
-    assert re.search(r"python -m pip install (?:-q )?\"\$\(TORCH_SPEC\)\"", text), "Makefile installs torch first"
-    return torch_spec, extras
+IMAGE_LOCKS = {"web": "requirements/web.txt", "worker": "requirements/worker.txt"}
 
 
 def run_lines(dockerfile: Path) -> list[str]:
@@ -144,32 +139,38 @@ def run_lines(dockerfile: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
-def test_image_installs_torch_then_the_project_with_the_makefiles_commands(image):
-    torch_spec, make_extras = makefile_install()
+def test_image_installs_its_lock_with_hashes_then_the_project_without_dependencies(image):
     dockerfile = IMAGES[image]
-    text = dockerfile.read_text()
-    assert re.search(rf"^ARG TORCH_SPEC={re.escape(torch_spec)}$", text, re.MULTILINE), \
-        f"{dockerfile.name} must pin the Makefile's {torch_spec}"
-    pip_commands = [cmd for line in run_lines(dockerfile) for cmd in line.split("&&") if "pip install" in cmd]
-    torch_at = next(i for i, c in enumerate(pip_commands) if '"${TORCH_SPEC}"' in c)
-    project = [(i, c) for i, c in enumerate(pip_commands) if re.search(r'-e "\.\[[\w,]+\]"', c)]
-    assert len(project) == 1, f"{dockerfile.name}: one editable install of the project, got {project}"
-    project_at, command = project[0]
-    assert torch_at < project_at  # like `make install`: torch first, so the extra finds it satisfied
-    assert command.strip().startswith("python -m pip install -e")
-    extras = re.search(r'-e "\.\[([\w,]+)\]"', command).group(1).split(",")
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert set(extras) <= set(declared) and "ml" in extras and "dev" not in extras
-    assert set(extras) <= set(make_extras)  # CI installs at least what the image installs
-    # Nothing is installed around pyproject.toml: every other pip install is pip itself or torch.
-    for other in pip_commands:
-        if other is not command and '"${TORCH_SPEC}"' not in other:
-            assert other.strip() == "python -m pip install --upgrade pip", other
+    pip_commands = [cmd.strip() for line in run_lines(dockerfile) for cmd in line.split("&&") if "pip install" in cmd]
+    lock = IMAGE_LOCKS[image]
+    assert pip_commands == [
+        f"python -m pip install --require-hashes --no-deps -r {lock}",
+        "python -m pip install --no-deps --no-build-isolation -e .",
+    ], f"{dockerfile.name}: only the lock and the project, nothing resolved at build time"
+    assert (ROOT / lock).is_file()
+    assert f"COPY {lock} /app/{lock}" in dockerfile.read_text()
 
 
-def test_worker_image_is_cuda_based_and_runs_the_gpu_worker():
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_image_python_is_the_one_the_locks_are_made_for(image):
+    text = IMAGES[image].read_text()
+    python = re.search(r"^ARG PYTHON_IMAGE=python:(\d+\.\d+)-slim", text, re.MULTILINE)
+    assert python, f"{image}: an official python base image"
+    required = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert required == f"=={python.group(1)}.*"
+
+
+def test_web_image_installs_no_ml_stack():
+    web_lock = (ROOT / IMAGE_LOCKS["web"]).read_text()
+    for package in ("torch==", "triton==", "transformers==", "nvidia-"):
+        assert f"\n{package}" not in web_lock
+
+
+def test_worker_image_gets_the_cuda_torch_and_runs_the_gpu_worker():
     text = IMAGES["worker"].read_text()
-    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:[\d.]+-(cudnn-)?runtime-ubuntu[\d.]+$", text, re.MULTILINE)
+    worker_lock = (ROOT / IMAGE_LOCKS["worker"]).read_text()
+    assert re.search(r"^torch==[\d.]+ \\$", worker_lock, re.MULTILINE), "PyPI's torch (the CUDA build), no +cpu"
+    assert "\nnvidia-cudnn-" in worker_lock  # its CUDA libraries come from the lock too
     assert 'CMD ["python", "manage.py", "run_gpu_worker"]' in text
     assert (ROOT / "generation/management/commands/run_gpu_worker.py").is_file()
     assert "\nUSER turbosite\n" in text
@@ -180,10 +181,6 @@ def test_web_image_serves_with_gunicorn_and_collected_static_files():
     assert "manage.py collectstatic --noinput" in text
     assert "gunicorn turbosite.wsgi:application" in text
     assert "\nUSER turbosite\n" in text and "HEALTHCHECK" in text and "/healthz" in text
-    python = re.search(r"^ARG PYTHON_IMAGE=python:(\d+)\.(\d+)-slim", text, re.MULTILINE)
-    minimum = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
-    major, minor = (int(x) for x in re.search(r">=(\d+)\.(\d+)", minimum).groups())
-    assert (int(python.group(1)), int(python.group(2))) >= (major, minor)
 
 
 def test_gunicorn_and_whitenoise_are_dependencies_and_wired_in():
