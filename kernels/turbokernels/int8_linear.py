@@ -1,7 +1,8 @@
 """W8A8 int8 linear with 128x128 tile scales (the published -quant checkpoints), in Triton.
 
 Semantics of turbokernels.reference.int8_linear / quantize_int8_blockwise: activations are quantized per 128x128 tile
-of their (tokens, in) view with scale = absmax / 128, round half to even, clamp to [-128, 127]; the GEMM multiplies
+of their (tokens, in) view exactly as upstream's quantizer does (x * (128 / max(absmax, 1e-8)), round half to even,
+clamp to [-128, 127], scale = amax / 128); the GEMM multiplies
 int8 tiles on the tensor cores (int32 accumulation) and dequantizes every 128-wide K step with the product of the
 activation-tile and weight-tile scales, accumulating in fp32.
 """
@@ -41,10 +42,15 @@ if HAVE_TRITON:
 
     @triton.jit
     def _round_half_even(y):
-        r = tl.floor(y + 0.5)
-        # floor(y + 0.5) rounds ties up; move ties that landed on an odd integer down, as torch.round does.
-        odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
-        return tl.where(((r - y) == 0.5) & odd, r - 1.0, r)
+        # rint without libdevice (which Triton's interpreter lacks) and without floor(y + 0.5), which misrounds
+        # the float just below 0.5: on |y| every step is exact (a - floor(a) by Sterbenz), halves go to even.
+        a = tl.abs(y)
+        whole = tl.floor(a)
+        frac = a - whole
+        odd = (whole - 2.0 * tl.floor(whole * 0.5)) != 0.0
+        up = (frac > 0.5) | ((frac == 0.5) & odd)
+        r = tl.where(up, whole + 1.0, whole)
+        return tl.where(y < 0.0, -r, r)
 
     @triton.jit
     def _quantize_tiles_kernel(
@@ -57,12 +63,15 @@ if HAVE_TRITON:
         offs_c = tc * TILE_C + tl.arange(0, TILE_C)
         mask = (offs_r[:, None] < rows) & (offs_c[None, :] < cols)
         x = tl.load(X + offs_r[:, None] * sxr + offs_c[None, :] * sxc, mask=mask, other=0.0).to(tl.float32)
-        scale = tl.max(tl.max(tl.abs(x), axis=1), axis=0) * 0.0078125  # / 128, exact
-        # IEEE division (Triton's "/" is approximate on GPU), so values land on the reference's side of each tie.
-        q = _round_half_even(tl.math.div_rn(x, tl.maximum(scale, 1e-12)))
+        amax = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-8)
+        # IEEE division (Triton's "/" is approximate on GPU) and one rounded product, then round half to even:
+        # the reference's fp32 operations in its order, so every value lands on the same side of each tie. The
+        # launch turns FMA contraction off so the product is rounded before anything else reads it.
+        multiplier = tl.math.div_rn(tl.full((1,), 128.0, tl.float32), amax + tl.zeros((1,), tl.float32))
+        q = _round_half_even(x * multiplier)
         q = tl.minimum(tl.maximum(q, -128.0), 127.0)
         tl.store(QX + offs_r[:, None] * cols + offs_c[None, :], q.to(tl.int8), mask=mask)
-        tl.store(SCALE + tr * n_col_tiles + tc, scale)
+        tl.store(SCALE + tr * n_col_tiles + tc, amax * 0.0078125)  # / 128, exact
 
     @triton.jit
     def _int8_gemm_kernel(
@@ -131,6 +140,7 @@ def quantize_int8_blockwise(w: torch.Tensor, block: int = TILE) -> tuple[torch.T
     scale = torch.empty((n_r, n_c), device=w.device, dtype=torch.float32)
     _quantize_tiles_kernel[(n_r, n_c)](
         w, quantized, scale, rows, cols, w.stride(0), w.stride(1), n_c, TILE_R=block, TILE_C=block, num_warps=8,
+        enable_fp_fusion=False,
     )
     return quantized, scale
 

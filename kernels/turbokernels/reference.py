@@ -11,12 +11,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Quantized checkpoints store scale = absmax / 128 per tile; dividing by it maps the tile onto [-128, 128], and
-# the single value that lands on +128 is clamped into int8.
+# Quantized checkpoints store scale = absmax / 128 per tile; the quantizer maps the tile onto [-128, 128] and
+# clamps the single value that lands on +128 into int8.
 INT8_SCALE_DIVISOR = 128.0
 INT8_TILE = 128
-# A tile of zeros has scale 0; dividing by this instead keeps its quantized values at 0 rather than NaN.
-_MIN_SCALE = 1e-12
+# Upstream's quantizer (TurboDiffusion ops/quant) starts its absmax reduction at this floor: a zero tile gets a
+# finite multiplier (its values stay 0) and stores scale 1e-8 / 128, and tiles below it are quantized against it.
+INT8_MIN_AMAX = 1e-8
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,17 +132,18 @@ def _expand_tiles(tile_values: torch.Tensor, shape: torch.Size, block: int) -> t
 def quantize_int8_blockwise(w: torch.Tensor, block: int = INT8_TILE) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per block x block tile: returns (int8 [rows, cols], fp32 scale [ceil(rows/b), ceil(cols/b)]).
 
-    scale = absmax / 128 (the checkpoints' convention); dequantized value = int8 * scale of its tile.
-    Upstream's CUDA quantizer multiplies by 128 / max(absmax, 1e-8) instead of dividing by the scale: the same
-    int8 values except for rare last-bit ties, and a zero tile stores scale 1e-8/128 there instead of 0.
+    Bit for bit upstream's CUDA quantizer, in fp32: amax = max(absmax of the tile, 1e-8); each value is
+    x * (128 / amax), rounded half to even and clamped to [-128, 127]; the stored scale is amax / 128 (the
+    checkpoints' convention; dequantized value = int8 * scale of its tile). Multiplying by 128 / amax is not the
+    same as dividing by amax / 128: the two roundings send a few values per million to different integers.
     """
     if w.dim() != 2:
         raise ValueError(f"quantize_int8_blockwise expects a 2-D tensor, got shape {tuple(w.shape)}")
     wf = w.float()
-    scale = _tile_absmax(wf, block) / INT8_SCALE_DIVISOR
-    divisor = _expand_tiles(scale.clamp_min(_MIN_SCALE), wf.shape, block)
-    quantized = torch.round(wf / divisor).clamp_(-128, 127).to(torch.int8)
-    return quantized, scale
+    amax = _tile_absmax(wf, block).clamp_min(INT8_MIN_AMAX)
+    multiplier = _expand_tiles(INT8_SCALE_DIVISOR / amax, wf.shape, block)
+    quantized = torch.round(wf * multiplier).clamp_(-128, 127).to(torch.int8)
+    return quantized, amax / INT8_SCALE_DIVISOR
 
 
 def dequantize_int8_blockwise(quantized: torch.Tensor, scale: torch.Tensor, block: int = INT8_TILE) -> torch.Tensor:

@@ -55,7 +55,7 @@ def test_int8_quantize_is_bit_exact(interpreted_kernels):
     int8 = interpreted_kernels["int8_linear"]
     gen = torch.Generator().manual_seed(5)
     w = torch.randn(200, 300, generator=gen)
-    w[:128, :128] = 0.0  # an all-zero tile must give scale 0 and zeros, not NaN
+    w[:128, :128] = 0.0  # an all-zero tile must give zeros (and upstream's floor scale), not NaN
     w[130, 5] = 2.5 * w[128:, :128].abs().max()  # a tie-free extreme: lands exactly on -128/127 after clamping
     q, s = int8.quantize_int8_blockwise(w)
     q_ref, s_ref = reference.quantize_int8_blockwise(w)
