@@ -15,6 +15,8 @@ from django.db import models
 from django.db.models import F
 from django.utils import timezone
 
+from generation.signals import send_job_changed
+
 
 class IllegalTransition(Exception):
     """A state change that the state machine forbids from the job's current state."""
@@ -119,6 +121,7 @@ class Job(models.Model):
         updated = rows.update(status=target, **fields)
         if updated:
             self.refresh_from_db()
+            send_job_changed(self, "status")
         return bool(updated)
 
     def claim(self, *, worker: str, gpu_name: str = "") -> bool:
@@ -160,4 +163,5 @@ class Job(models.Model):
         if updated:
             for name, value in fields.items():
                 setattr(self, name, value)
+            send_job_changed(self, "progress")
         return bool(updated)

@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -244,9 +245,11 @@ class _AlreadySubmitted(Exception):
 
 
 def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, fingerprint: str,
-            retry_of: Job | None = None) -> Job:
+            retry_of: Job | None = None, attach: Callable[[Job], None] | None = None) -> Job:
     """Store the input, then insert the QUEUED row under a per-user lock (so the active-job limit holds under
-    concurrent requests) and send it after commit. Removes the stored input if the row is not created."""
+    concurrent requests) and send it after commit. Removes the stored input if the row is not created.
+    `attach(job)` runs inside the creating transaction, so what it saves (a webhook subscription, a deadline)
+    commits with the row, before any worker can see the job."""
     job = Job(id=uuid.uuid4(), owner=owner, prompt=params.prompt,
               seed=params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1),
               num_steps=params.num_steps, resolution=params.resolution, num_frames=params.num_frames,
@@ -269,6 +272,8 @@ def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, finger
                 raise _AlreadySubmitted(earlier)
             _check_active_limit(owner)
             job.save(force_insert=True)
+            if attach is not None:
+                attach(job)
             _enqueue_after_commit(job, send_failures)
     except BaseException:
         storage.delete_quietly(name)
@@ -285,8 +290,10 @@ def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, finger
 
 def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = 4,
                resolution: Any = None, num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
-               model: str | None = None, idempotency_key: str | None = None) -> Submission:
-    """create_job, also saying whether the job is new or an idempotent replay of an earlier request."""
+               model: str | None = None, idempotency_key: str | None = None,
+               attach: Callable[[Job], None] | None = None) -> Submission:
+    """create_job, also saying whether the job is new or an idempotent replay of an earlier request.
+    `attach(job)` runs in the creating transaction of a new job (see _insert); a replay does not run it."""
     if image is None:
         raise JobRejected("An image is required (multipart field 'image').", field="image", code="image_missing")
     params = validate_parameters(prompt=prompt, seed=seed, num_steps=num_steps, resolution=resolution,
@@ -304,7 +311,7 @@ def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num
         status = 413 if exc.code == "too_large" else 400
         raise JobRejected(exc.message, status, field="image", code=exc.code) from None
     try:
-        job = _insert(owner, params, png, key=key, fingerprint=fingerprint)
+        job = _insert(owner, params, png, key=key, fingerprint=fingerprint, attach=attach)
     except _AlreadySubmitted as replay:
         return replay.submission
     except IntegrityError:

@@ -32,10 +32,13 @@ from dramatiq.middleware import (
 log = logging.getLogger(__name__)
 
 GPU_QUEUE = "gpu"
+WEBHOOK_QUEUE = "webhooks"  # webhook deliveries: never behind a GPU job (generation/webhooks/actors.py)
 
 _lock = threading.RLock()
 _broker: dramatiq.Broker | None = None
 _embedded_worker: dramatiq.Worker | None = None
+_embedded_webhook_worker: dramatiq.Worker | None = None
+_booted = False
 
 
 class DjangoConnections(Middleware):
@@ -116,11 +119,17 @@ def ping() -> bool:
 
 def start_worker(*, queues: set[str] | None = None, threads: int = 1) -> dramatiq.Worker:
     """Start a Dramatiq worker in this process for the given queues (the actors must be imported first)."""
-    import generation.actors  # noqa: F401  (declares run_job on the broker)
+    # Importing declares run_job ("gpu") and deliver_webhook ("webhooks") on the broker.
+    import generation.actors
+    import generation.webhooks.actors  # noqa: F401
 
+    global _booted
     broker = ensure_broker()
-    # The dramatiq CLI emits process_boot; the time-limit watchdog only starts on it.
-    broker.emit_after("process_boot")
+    with _lock:
+        # The dramatiq CLI emits process_boot; the time-limit watchdog only starts on it (once per process is enough).
+        if not _booted:
+            broker.emit_after("process_boot")
+            _booted = True
     worker = dramatiq.Worker(broker, queues=queues or {GPU_QUEUE}, worker_threads=threads, worker_timeout=1000)
     # Take only what the threads can run now: a message prefetched behind a minutes-long job would wait for this GPU
     # while another worker's GPU sits idle.
@@ -131,13 +140,15 @@ def start_worker(*, queues: set[str] | None = None, threads: int = 1) -> dramati
 
 def start_embedded_worker() -> dramatiq.Worker | None:
     """Start the in-process worker thread and reaper once (embedded default only). Returns the worker or None."""
-    global _embedded_worker
+    global _embedded_worker, _embedded_webhook_worker
     with _lock:
         if _embedded_worker is not None:
             return _embedded_worker
         if not is_embedded():
             return None
         _embedded_worker = start_worker(threads=1)
+        # Deliveries get threads of their own: a slow receiver never waits behind a video, nor a video behind it.
+        _embedded_webhook_worker = start_worker(queues={WEBHOOK_QUEUE}, threads=2)
         from generation.reaper import resend_queued_jobs, start_reaper_thread
 
         start_reaper_thread()
@@ -152,11 +163,14 @@ def embedded_worker() -> dramatiq.Worker | None:
 
 
 def stop_embedded_worker(timeout_ms: int = 10_000) -> None:
-    global _embedded_worker
+    global _embedded_worker, _embedded_webhook_worker
     with _lock:
         if _embedded_worker is not None:
             _embedded_worker.stop(timeout=timeout_ms)
             _embedded_worker = None
+        if _embedded_webhook_worker is not None:
+            _embedded_webhook_worker.stop(timeout=timeout_ms)
+            _embedded_webhook_worker = None
 
 
 def start_embedded_worker_on_request(sender: type, **kwargs: Any) -> None:

@@ -283,3 +283,14 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
 # /api/docs/ is SpectacularSwaggerSplitView so its start-up script is not inline.
 INSTALLED_APPS.append("drf_spectacular_sidecar")
 SPECTACULAR_SETTINGS.update({"SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR"})
+
+# --- API for programs (issue 16): webhooks, API keys, waiting, retention, metrics ---
+INSTALLED_APPS.append("generation.webhooks")
+TURBO_WEBHOOK_TIMEOUT_S = env_int("TURBO_WEBHOOK_TIMEOUT_S", 10)  # per attempt: connect, send, read the answer
+# Seconds before each retry after a failed attempt (Standard Webhooks' schedule: about a day in all).
+TURBO_WEBHOOK_RETRY_SCHEDULE_S = [float(s) for s in env_list("TURBO_WEBHOOK_RETRY_SCHEDULE_S",
+                                                             ["5", "300", "1800", "7200", "18000", "36000", "36000"])]
+# Networks webhooks may reach although not public (CIDRs). The embedded default allows loopback, for a receiver on
+# the same laptop; a deployment with Redis allows nothing private unless told.
+TURBO_WEBHOOK_ALLOWED_NETWORKS = env_list("TURBO_WEBHOOK_ALLOWED_NETWORKS",
+                                          [] if REDIS_URL else ["127.0.0.0/8", "::1/128"])

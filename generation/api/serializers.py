@@ -40,6 +40,15 @@ class JobCreateSerializer(serializers.Serializer):
     ode = FormBooleanField(required=False, default=False, help_text="Deterministic ODE sampling instead of SDE.")
     model = serializers.CharField(required=False, allow_blank=True, allow_null=True,
                                   help_text="Model name from /models/; the deployment's default when absent.")
+    webhook_url = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, max_length=2000,
+        help_text="http(s) URL that receives signed POSTs (Standard Webhooks headers webhook-id, "
+                  "webhook-timestamp, webhook-signature) whose body is this job as GET /jobs/{id}/ shows it. "
+                  "Its host must resolve to a public address.")
+    webhook_events = serializers.ListField(
+        child=serializers.CharField(), required=False, allow_empty=True,
+        help_text="Which events to send: start, progress, completed (repeat the field or comma-separate; "
+                  "default completed). completed is sent for every end: succeeded, failed or canceled.")
 
 
 class JobParametersSerializer(serializers.Serializer):

@@ -4,6 +4,7 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from generation.api import views
+from generation.webhooks import api as webhook_api
 
 app_name = "api"
 
@@ -13,5 +14,8 @@ router.register("jobs", views.JobViewSet, basename="job")
 urlpatterns = [
     path("models/", views.ModelListView.as_view(), name="models"),
     path("auth/token/", views.TokenView.as_view(), name="token"),
+    path("jobs/<uuid:pk>/webhooks/", webhook_api.JobWebhooksView.as_view(), name="job-webhooks"),
+    path("webhooks/secret/", webhook_api.WebhookSecretView.as_view(), name="webhook-secret"),
+    path("webhooks/secret/rotate/", webhook_api.WebhookSecretRotateView.as_view(), name="webhook-secret-rotate"),
     *router.urls,
 ]

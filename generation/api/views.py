@@ -29,6 +29,7 @@ from generation.api.serializers import (
 )
 from generation.api.throttles import JobCreateThrottle
 from generation.models import Job
+from generation.webhooks import services as webhooks
 
 UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 
@@ -81,7 +82,8 @@ class JobViewSet(RejectionMixin, mixins.ListModelMixin, mixins.RetrieveModelMixi
         responses={
             201: JobSerializer,
             200: OpenApiResponse(JobSerializer, description="Replay of an earlier request with this Idempotency-Key."),
-            400: _ERRORS[400],
+            400: OpenApiResponse(ErrorSerializer, description="A parameter is invalid (the message names it), or "
+                                 "webhook_url's host is not a public address."),
             409: OpenApiResponse(ErrorSerializer, description="The model's weights are not installed."),
             413: OpenApiResponse(ErrorSerializer, description="The image file is too large."),
             422: OpenApiResponse(ErrorSerializer, description="Idempotency-Key reused with a different body."),
@@ -92,7 +94,16 @@ class JobViewSet(RejectionMixin, mixins.ListModelMixin, mixins.RetrieveModelMixi
     def create(self, request: Request) -> Response:
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        submission = services.submit_job(request.user, **serializer.validated_data,
+        arguments = dict(serializer.validated_data)
+        subscription = webhooks.check_subscription(arguments.pop("webhook_url", None),
+                                                   arguments.pop("webhook_events", None))
+        base_url = request.build_absolute_uri("/")
+
+        def attach(job: Job) -> None:
+            if subscription is not None:
+                webhooks.subscribe(job, subscription, base_url=base_url)
+
+        submission = services.submit_job(request.user, **arguments, attach=attach,
                                          idempotency_key=request.headers.get("Idempotency-Key"))
         return self._job_response(submission.job, status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK)
 

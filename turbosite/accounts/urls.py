@@ -4,11 +4,13 @@ so `LOGIN_URL = "login"` and the auth views' own redirects work unchanged."""
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
+from generation.webhooks import pages as webhook_pages
 from turbosite.accounts import views
 
 urlpatterns = [
     path("", views.account, name="account"),
     path("token/regenerate/", views.regenerate_token, name="token-regenerate"),
+    path("webhook-secret/rotate/", webhook_pages.rotate_secret, name="webhook-secret-rotate"),
     path("signup/", views.signup, name="signup"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

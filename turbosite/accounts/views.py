@@ -47,9 +47,12 @@ def signup(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET"])
 def account(request: HttpRequest) -> HttpResponse:
+    from generation.webhooks.services import secret_for
+
     token, _ = Token.objects.get_or_create(user=request.user)
     api_base = request.build_absolute_uri("/api/v1/")
-    return render(request, "accounts/account.html", {"token": token, "api_base": api_base})
+    return render(request, "accounts/account.html", {"token": token, "api_base": api_base,
+                                                     "webhook_secret": secret_for(request.user)})
 
 
 @login_required

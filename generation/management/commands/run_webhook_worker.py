@@ -1,0 +1,43 @@
+"""`manage.py run_webhook_worker`: a Dramatiq worker process on the "webhooks" queue (no GPU, no model).
+
+Webhook deliveries wait on receivers' networks, so they run in processes of their own, never in a GPU worker's
+thread. It needs REDIS_URL (on the embedded default the web process delivers them itself). SIGTERM or Ctrl-C
+stops it; a delivery waiting for its retry stays in Redis for the next worker.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from turbosite import broker
+
+
+class Command(BaseCommand):
+    help = "Deliver webhooks: a worker on the 'webhooks' queue."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--threads", type=int, default=4, help="deliveries made at the same time")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.REDIS_URL:
+            raise CommandError("REDIS_URL is not set: on the embedded default the web process delivers webhooks")
+        if not broker.ping():
+            raise CommandError(f"the Redis broker at REDIS_URL does not answer ({broker.describe_broker()})")
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        dramatiq_worker = broker.start_worker(queues={broker.WEBHOOK_QUEUE}, threads=max(1, options["threads"]))
+        self.stdout.write(f"webhook worker ready: queue {broker.WEBHOOK_QUEUE!r} on {broker.describe_broker()}")
+        self.stdout.flush()
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            self.stdout.write("shutting down")
+            self.stdout.flush()
+            dramatiq_worker.stop(timeout=15_000)
