@@ -5,6 +5,7 @@ from rest_framework.routers import SimpleRouter
 
 from generation.api import views
 from generation.webhooks import api as webhook_api
+from turbosite.api_keys import api as key_api
 
 app_name = "api"
 
@@ -15,6 +16,8 @@ urlpatterns = [
     path("models/", views.ModelListView.as_view(), name="models"),
     path("auth/token/", views.TokenView.as_view(), name="token"),
     path("jobs/<uuid:pk>/webhooks/", webhook_api.JobWebhooksView.as_view(), name="job-webhooks"),
+    path("keys/", key_api.ApiKeyListView.as_view(), name="key-list"),
+    path("keys/<int:pk>/", key_api.ApiKeyDetailView.as_view(), name="key-detail"),
     path("webhooks/secret/", webhook_api.WebhookSecretView.as_view(), name="webhook-secret"),
     path("webhooks/secret/rotate/", webhook_api.WebhookSecretRotateView.as_view(), name="webhook-secret-rotate"),
     *router.urls,

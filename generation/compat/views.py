@@ -32,6 +32,7 @@ from generation.api.errors import rejection_response
 from generation.api.serializers import FormBooleanField, absolute_url
 from generation.api.throttles import JobCreateThrottle
 from generation.models import Job
+from turbosite.api_keys.authentication import ApiKeyAuthentication
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
         return {"type": "http", "scheme": "bearer", "description": "The API token, as `Bearer <key>`."}
 
 
-COMPAT_AUTH = [TokenAuthentication, BearerTokenAuthentication]
+COMPAT_AUTH = [ApiKeyAuthentication, TokenAuthentication, BearerTokenAuthentication]
 
 
 class CompatCreateSerializer(serializers.Serializer):

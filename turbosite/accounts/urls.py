@@ -6,10 +6,13 @@ from django.urls import path, reverse_lazy
 
 from generation.webhooks import pages as webhook_pages
 from turbosite.accounts import views
+from turbosite.api_keys import pages as key_pages
 
 urlpatterns = [
     path("", views.account, name="account"),
     path("token/regenerate/", views.regenerate_token, name="token-regenerate"),
+    path("keys/new/", key_pages.create, name="api-key-create"),
+    path("keys/<int:pk>/revoke/", key_pages.revoke, name="api-key-revoke"),
     path("webhook-secret/rotate/", webhook_pages.rotate_secret, name="webhook-secret-rotate"),
     path("signup/", views.signup, name="signup"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),

@@ -48,11 +48,15 @@ def signup(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET"])
 def account(request: HttpRequest) -> HttpResponse:
     from generation.webhooks.services import secret_for
+    from turbosite.api_keys import pages as key_pages
+    from turbosite.api_keys.services import keys_of
 
     token, _ = Token.objects.get_or_create(user=request.user)
     api_base = request.build_absolute_uri("/api/v1/")
-    return render(request, "accounts/account.html", {"token": token, "api_base": api_base,
-                                                     "webhook_secret": secret_for(request.user)})
+    return render(request, "accounts/account.html", {
+        "token": token, "api_base": api_base, "webhook_secret": secret_for(request.user),
+        "api_keys": keys_of(request.user), "new_api_key": key_pages.pop_new_key(request),
+    })
 
 
 @login_required
