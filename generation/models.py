@@ -140,8 +140,10 @@ class Job(models.Model):
         return self._transition(self.Status.FAILED, attempt=attempt, error=error[:10_000], finished_at=timezone.now(),
                                 **extra)
 
-    def cancel(self) -> bool:
-        return self._transition(self.Status.CANCELED, finished_at=timezone.now(), stage="canceled")
+    def cancel(self, reason: str = "") -> bool:
+        """`reason` (for a person) goes to `error`: why the job ended without its owner asking (a deadline)."""
+        extra = {"error": reason[:10_000]} if reason else {}
+        return self._transition(self.Status.CANCELED, finished_at=timezone.now(), stage="canceled", **extra)
 
     def requeue(self, reason: str = "", *, attempt: int | None = None) -> bool:
         """RUNNING -> QUEUED, for a worker that died or is shutting down; the next claim counts a new attempt."""

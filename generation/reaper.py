@@ -18,6 +18,7 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from generation.lifecycle.services import cancel_overdue_jobs
 from generation.models import Job
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ class ReaperThread(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            for task in (reap_stale_jobs, resend_lost_messages):  # one failing must not starve the other
+            # One failing must not starve the others.
+            for task in (reap_stale_jobs, resend_lost_messages, cancel_overdue_jobs):
                 try:
                     task()
                 except Exception:

@@ -286,10 +286,18 @@ SPECTACULAR_SETTINGS.update({"SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_H
 
 # --- API for programs (issue 16): webhooks, API keys, waiting, retention, metrics ---
 INSTALLED_APPS.append("generation.webhooks")
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update({
+    "WebhookEventEnum": "generation.webhooks.models.JobWebhook.Event",
+    "WebhookDeliveryStatusEnum": "generation.webhooks.models.WebhookDelivery.Status",
+})
 # API keys (turbosite/api_keys): `Bearer <key>` first; DRF's legacy `Token` stays for one release.
 INSTALLED_APPS.append("turbosite.api_keys")
 REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"].insert(0, "turbosite.api_keys.authentication.ApiKeyAuthentication")
 REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"].append("turbosite.api_keys.authentication.ReadOnlyKeys")
+# Cancel-After deadlines and Prefer: wait (generation/lifecycle).
+INSTALLED_APPS.append("generation.lifecycle")
+# Create requests one web process lets wait for their job at once (each holds a server thread up to 60 s).
+TURBO_PREFER_WAIT_MAX_WAITERS = env_int("TURBO_PREFER_WAIT_MAX_WAITERS", 4)
 TURBO_WEBHOOK_TIMEOUT_S = env_int("TURBO_WEBHOOK_TIMEOUT_S", 10)  # per attempt: connect, send, read the answer
 # Seconds before each retry after a failed attempt (Standard Webhooks' schedule: about a day in all).
 TURBO_WEBHOOK_RETRY_SCHEDULE_S = [float(s) for s in env_list("TURBO_WEBHOOK_RETRY_SCHEDULE_S",

@@ -28,6 +28,7 @@ from generation.api.serializers import (
     TokenResponseSerializer,
 )
 from generation.api.throttles import JobCreateThrottle
+from generation.lifecycle import services as lifecycle
 from generation.models import Job
 from generation.webhooks import services as webhooks
 
@@ -78,7 +79,15 @@ class JobViewSet(RejectionMixin, mixins.ListModelMixin, mixins.RetrieveModelMixi
         request={"multipart/form-data": JobCreateSerializer},
         parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
                                      description="Repeat a request safely: the same key and body return the first "
-                                                 "job (200); the same key with another body is a 422.")],
+                                                 "job (200); the same key with another body is a 422."),
+                    OpenApiParameter("Prefer", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                     description="`wait=N` (1 to 60): answer once the job has finished or after N "
+                                                 "seconds, whichever comes first (the answer then says "
+                                                 "`Preference-Applied: wait=N`)."),
+                    OpenApiParameter("Cancel-After", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                     description="A deadline: seconds (`90`) or a duration (`90s`, `5m`, `1h30m`), "
+                                                 "5 s to 7 days. A job not finished by then ends CANCELED, its "
+                                                 "`error` saying why.")],
         responses={
             201: JobSerializer,
             200: OpenApiResponse(JobSerializer, description="Replay of an earlier request with this Idempotency-Key."),
@@ -97,15 +106,25 @@ class JobViewSet(RejectionMixin, mixins.ListModelMixin, mixins.RetrieveModelMixi
         arguments = dict(serializer.validated_data)
         subscription = webhooks.check_subscription(arguments.pop("webhook_url", None),
                                                    arguments.pop("webhook_events", None))
+        wait_s = lifecycle.parse_prefer_wait(request.headers.get("Prefer"))
+        cancel_after = request.headers.get("Cancel-After")
+        cancel_after_s = lifecycle.parse_cancel_after(cancel_after)
         base_url = request.build_absolute_uri("/")
 
         def attach(job: Job) -> None:
             if subscription is not None:
                 webhooks.subscribe(job, subscription, base_url=base_url)
+            if cancel_after_s is not None:
+                lifecycle.set_deadline(job, cancel_after_s, cancel_after or "")
 
         submission = services.submit_job(request.user, **arguments, attach=attach,
                                          idempotency_key=request.headers.get("Idempotency-Key"))
-        return self._job_response(submission.job, status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK)
+        waited = wait_s is not None and lifecycle.wait_for_job(submission.job, wait_s)
+        response = self._job_response(submission.job,
+                                      status.HTTP_201_CREATED if submission.created else status.HTTP_200_OK)
+        if waited:
+            response["Preference-Applied"] = f"wait={wait_s}"
+        return response
 
     def perform_destroy(self, instance: Job) -> None:
         services.delete_job(instance)

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 
 from turbosite import broker
 
@@ -107,6 +108,13 @@ def webhook_worker(webhook_settings) -> Iterator[Any]:
     yield worker
     worker.stop(timeout=5_000)
     current.flush_all()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle_cache():
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture(autouse=True)

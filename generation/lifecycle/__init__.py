@@ -1,0 +1,1 @@
+"""A job's life beyond the state machine, as programs ask for it: Cancel-After deadlines and `Prefer: wait`."""
