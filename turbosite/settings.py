@@ -206,7 +206,7 @@ if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     # Load balancers probe over plain HTTP inside the network.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000)
@@ -298,6 +298,8 @@ REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"].append("turbosite.api_keys.authenti
 INSTALLED_APPS.append("generation.lifecycle")
 # Create requests one web process lets wait for their job at once (each holds a server thread up to 60 s).
 TURBO_PREFER_WAIT_MAX_WAITERS = env_int("TURBO_PREFER_WAIT_MAX_WAITERS", 4)
+# /metrics (generation/metrics.py): staff sessions, or this token as `Authorization: Bearer <token>`.
+TURBO_METRICS_TOKEN = env_str("TURBO_METRICS_TOKEN")
 TURBO_WEBHOOK_TIMEOUT_S = env_int("TURBO_WEBHOOK_TIMEOUT_S", 10)  # per attempt: connect, send, read the answer
 # Seconds before each retry after a failed attempt (Standard Webhooks' schedule: about a day in all).
 TURBO_WEBHOOK_RETRY_SCHEDULE_S = [float(s) for s in env_list("TURBO_WEBHOOK_RETRY_SCHEDULE_S",
