@@ -18,6 +18,7 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from generation.lifecycle.retention import expire_old_jobs_now_and_then
 from generation.lifecycle.services import cancel_overdue_jobs
 from generation.models import Job
 
@@ -118,7 +119,7 @@ class ReaperThread(threading.Thread):
     def run(self) -> None:
         while not self.stopped.is_set():
             # One failing must not starve the others.
-            for task in (reap_stale_jobs, resend_lost_messages, cancel_overdue_jobs):
+            for task in (reap_stale_jobs, resend_lost_messages, cancel_overdue_jobs, expire_old_jobs_now_and_then):
                 try:
                     task()
                 except Exception:

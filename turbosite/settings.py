@@ -298,6 +298,8 @@ REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"].append("turbosite.api_keys.authenti
 INSTALLED_APPS.append("generation.lifecycle")
 # Create requests one web process lets wait for their job at once (each holds a server thread up to 60 s).
 TURBO_PREFER_WAIT_MAX_WAITERS = env_int("TURBO_PREFER_WAIT_MAX_WAITERS", 4)
+# Finished jobs' files are deleted this many days after they end (the job is marked expired); 0 keeps them.
+TURBO_RETENTION_DAYS = env_int("TURBO_RETENTION_DAYS", 30)
 # /metrics (generation/metrics.py): staff sessions, or this token as `Authorization: Bearer <token>`.
 TURBO_METRICS_TOKEN = env_str("TURBO_METRICS_TOKEN")
 TURBO_WEBHOOK_TIMEOUT_S = env_int("TURBO_WEBHOOK_TIMEOUT_S", 10)  # per attempt: connect, send, read the answer

@@ -79,12 +79,14 @@ class JobSerializer(serializers.ModelSerializer):
     poster_url = serializers.SerializerMethodField()
     input_url = serializers.SerializerMethodField()
     timings = serializers.DictField(child=serializers.FloatField(), read_only=True)
+    expired_at = serializers.SerializerMethodField(
+        help_text="When retention (TURBO_RETENTION_DAYS) deleted the job's files; null while they are kept.")
 
     class Meta:
         model = Job
         fields = ["id", "status", "progress", "stage", "queue_position", "eta_seconds", "timings", "error",
                   "parameters", "created_at", "started_at", "finished_at", "width", "height", "frames", "fps",
-                  "bytes", "retry_of", "output_url", "poster_url", "input_url"]
+                  "bytes", "retry_of", "output_url", "poster_url", "input_url", "expired_at"]
         read_only_fields = fields
 
     def _typical(self, model: str) -> float | None:
@@ -119,6 +121,11 @@ class JobSerializer(serializers.ModelSerializer):
         if job.status != Job.Status.SUCCEEDED:
             return None
         return self._link(job.poster.name)
+
+    @extend_schema_field(OpenApiTypes.DATETIME)
+    def get_expired_at(self, job: Job) -> str | None:
+        expiry = getattr(job, "expiry", None)
+        return serializers.DateTimeField().to_representation(expiry.expired_at) if expiry else None
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_input_url(self, job: Job) -> str | None:

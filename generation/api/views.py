@@ -59,7 +59,7 @@ class JobViewSet(RejectionMixin, mixins.ListModelMixin, mixins.RetrieveModelMixi
     lookup_value_regex = UUID_PATTERN
 
     def get_queryset(self):
-        queryset = Job.objects.filter(owner=self.request.user).order_by("-created_at")
+        queryset = Job.objects.filter(owner=self.request.user).select_related("expiry").order_by("-created_at")
         if self.action == "list":
             queryset = filter_by_status(queryset, self.request.query_params.get("status"))
         return queryset

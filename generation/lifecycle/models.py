@@ -12,3 +12,14 @@ class JobDeadline(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} by {self.cancel_at:%Y-%m-%d %H:%M:%S}"
+
+
+class JobExpiry(models.Model):
+    """The job's files were deleted by retention (TURBO_RETENTION_DAYS); the row stays so history says so."""
+
+    job = models.OneToOneField("generation.Job", on_delete=models.CASCADE, primary_key=True, related_name="expiry")
+    expired_at = models.DateTimeField()
+    after_days = models.PositiveIntegerField(help_text="TURBO_RETENTION_DAYS when it expired.")
+
+    def __str__(self) -> str:
+        return f"{self.job_id} expired {self.expired_at:%Y-%m-%d}"

@@ -4,6 +4,7 @@ so `LOGIN_URL = "login"` and the auth views' own redirects work unchanged."""
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
+from generation.lifecycle import pages as erase_pages
 from generation.webhooks import pages as webhook_pages
 from turbosite.accounts import views
 from turbosite.api_keys import pages as key_pages
@@ -11,6 +12,8 @@ from turbosite.api_keys import pages as key_pages
 urlpatterns = [
     path("", views.account, name="account"),
     path("token/regenerate/", views.regenerate_token, name="token-regenerate"),
+    path("videos/delete/", erase_pages.delete_all_videos, name="delete-all-videos"),
+    path("delete/", erase_pages.delete_account, name="delete-account"),
     path("keys/new/", key_pages.create, name="api-key-create"),
     path("keys/<int:pk>/revoke/", key_pages.revoke, name="api-key-revoke"),
     path("webhook-secret/rotate/", webhook_pages.rotate_secret, name="webhook-secret-rotate"),

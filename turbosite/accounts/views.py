@@ -56,6 +56,7 @@ def account(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/account.html", {
         "token": token, "api_base": api_base, "webhook_secret": secret_for(request.user),
         "api_keys": keys_of(request.user), "new_api_key": key_pages.pop_new_key(request),
+        "retention_days": settings.TURBO_RETENTION_DAYS,
     })
 
 
