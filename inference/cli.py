@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-adaptive", action="store_true", help="use the fixed resolution instead of the image's aspect"
     )
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    gen.add_argument("--memory-policy", default="auto", help="auto, resident or offload (default auto)")
+    gen.add_argument("--memory-policy", default="auto", help="auto, resident, offload or stream (default auto)")
     gen.add_argument("--linears", default=None, help="auto, fp8 or native (default $TURBO_LINEARS or auto)")
     gen.add_argument("--compile", action="store_true", help="torch.compile each DiT block (pays off from the 2nd job)")
 

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 from transformers import UMT5EncoderModel
 
+from inference.block_streaming import StreamedBlocks
 from inference.checkpoint import load_dit, weights_status
 from inference.configs import ModelConfig, get_config
 from inference.dit import WanDiT
@@ -40,7 +41,7 @@ from inference.vae import WanVAE, load_vae
 from inference.video import frames_to_uint8, frames_to_uint8_into
 
 ATTENTION_MODES = ("sla", "dense", "auto")  # auto: SLA where the checkpoint carries its weights
-MEMORY_POLICIES = ("auto", "resident", "offload")
+MEMORY_POLICIES = ("auto", "resident", "offload", "stream")
 # auto: fp8 e4m3 block linears on GPUs with fp8 tensor cores (Ada/Hopper and newer), the checkpoint's own
 # precision (bf16 or int8 tiles) elsewhere. Overridable with TURBO_LINEARS.
 LINEAR_MODES = ("auto", "fp8", "native")
@@ -168,6 +169,9 @@ def activation_headroom_bytes(config: ModelConfig) -> int:
 class MemoryPlan:
     experts_resident: bool
     text_encoder_resident: bool
+    # Only a few blocks of the expert in use on the GPU at a time, streamed from pinned host memory
+    # (inference.block_streaming); implies experts_resident=False.
+    experts_streamed: bool = False
 
 
 def plan_memory(
@@ -183,7 +187,8 @@ def plan_memory(
     """Decide what stays on the GPU between uses.
 
     "auto": everything resident when it all fits in free memory; else both experts resident and the text encoder
-    parked after use; else only the expert in use on the GPU and the idle one parked in pinned host memory.
+    parked after use; else only the expert in use on the GPU and the idle one parked in pinned host memory; else
+    (cards of 24 GB and less) both experts' blocks streamed from pinned host memory a few at a time.
     """
     if policy not in MEMORY_POLICIES:
         raise InferenceInputError(f"unknown memory_policy {policy!r}; choose one of {', '.join(MEMORY_POLICIES)}")
@@ -191,10 +196,27 @@ def plan_memory(
         return MemoryPlan(experts_resident=True, text_encoder_resident=True)
     if policy == "offload":
         return MemoryPlan(experts_resident=False, text_encoder_resident=False)
+    if policy == "stream":
+        return MemoryPlan(experts_resident=False, text_encoder_resident=False, experts_streamed=True)
     core = 2 * expert_bytes + vae_bytes + headroom_bytes
     if core + text_encoder_bytes <= free_bytes:
         return MemoryPlan(experts_resident=True, text_encoder_resident=True)
-    return MemoryPlan(experts_resident=core <= free_bytes, text_encoder_resident=False)
+    if core <= free_bytes:
+        return MemoryPlan(experts_resident=True, text_encoder_resident=False)
+    one_expert = core - expert_bytes
+    return MemoryPlan(experts_resident=False, text_encoder_resident=False, experts_streamed=one_expert > free_bytes)
+
+
+def usable_gpu_bytes(device: torch.device) -> int:
+    """Free device memory this process may still take: the driver's free bytes, capped by
+    torch.cuda.set_per_process_memory_fraction when the process has set one."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    fraction = get_fraction(index) if get_fraction is not None else 1.0
+    if fraction < 1.0:
+        free = min(free, int(fraction * total) - torch.cuda.memory_reserved(index))
+    return max(free, 0)
 
 
 def _module_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
@@ -280,6 +302,34 @@ class _Placement:
     def park(self) -> None:
         if self.parking is not None:
             self.parking.park()
+
+    def copy_seconds(self) -> float:
+        return 0.0
+
+
+class _StreamedPlacement(_Placement):
+    """An expert whose blocks stream from pinned host memory during each forward; the rest stays on the device."""
+
+    def __init__(self, module: nn.Module, device: torch.device) -> None:
+        self.module = module
+        self.parking = None
+        self.streamer = StreamedBlocks(module.blocks, device)
+        streamed = {id(t) for block in module.blocks for t in _module_tensors(block)}
+        for tensor in _module_tensors(module):
+            if id(tensor) not in streamed:
+                tensor.data = tensor.data.to(device)
+
+    def fetch(self) -> None:
+        self.streamer.prefetch()
+
+    def ready(self) -> nn.Module:
+        return self.module
+
+    def park(self) -> None:
+        self.streamer.park()
+
+    def copy_seconds(self) -> float:
+        return self.streamer.copy_seconds()
 
 
 class _Timer:
@@ -389,21 +439,27 @@ class I2VPipeline:
         self.memory_plan = memory_plan or plan_memory(
             memory_policy,
             on_cuda=on_cuda,
-            free_bytes=torch.cuda.mem_get_info(device)[0] if on_cuda else 0,
+            free_bytes=usable_gpu_bytes(device) if on_cuda else 0,
             expert_bytes=max(module_bytes(high_noise), module_bytes(low_noise)),
             text_encoder_bytes=module_bytes(text_module) if text_module is not None else 0,
             vae_bytes=module_bytes(vae_module) if vae_module is not None else 0,
             headroom_bytes=activation_headroom_bytes(config),
         )
         self._experts = {
-            "high": _Placement(high_noise, device, self.memory_plan.experts_resident),
-            "low": _Placement(low_noise, device, self.memory_plan.experts_resident),
+            name: _StreamedPlacement(module, device) if self.memory_plan.experts_streamed
+            else _Placement(module, device, self.memory_plan.experts_resident)
+            for name, module in (("high", high_noise), ("low", low_noise))
         }
         # The first step of every job uses the high-noise expert: have it on the device between jobs.
         self._experts["high"].fetch()
         self._text = (
             _Placement(text_module, device, self.memory_plan.text_encoder_resident) if text_module is not None else None
         )
+
+    @property
+    def experts(self) -> dict[str, nn.Module]:
+        """The high- and low-noise expert modules, wherever their weights currently are."""
+        return {name: placement.module for name, placement in self._experts.items()}
 
     @classmethod
     def load(
@@ -451,7 +507,7 @@ class I2VPipeline:
         plan = plan_memory(
             memory_policy,
             on_cuda=on_cuda,
-            free_bytes=torch.cuda.mem_get_info(chosen)[0] if on_cuda else 0,
+            free_bytes=usable_gpu_bytes(chosen) if on_cuda else 0,
             expert_bytes=sizes["expert"],
             text_encoder_bytes=sizes["text"],
             vae_bytes=sizes["vae"],
@@ -552,6 +608,9 @@ class I2VPipeline:
         tracker.check_cancel("denoising")
         with timer.stage("denoise"):
             latent = self._denoise(condition, context, resolved, ode=request.ode, tracker=tracker)
+        if self.memory_plan.experts_streamed:
+            # Host-to-device copy time of the streamed blocks (overlapped with compute, so not added to the total).
+            timer.timings["denoise_weights_copy"] = sum(e.copy_seconds() for e in self._experts.values())
 
         tracker.check_cancel("decoding")
         if frame_sink is None:

@@ -225,6 +225,22 @@ def test_offload_policy_matches_resident_output(pipeline: I2VPipeline, image: Im
     assert np.array_equal(offloaded.generate(request).frames, pipeline.generate(request).frames)
 
 
+def test_stream_policy_matches_resident_output(pipeline: I2VPipeline, image: Image.Image) -> None:
+    streamed = I2VPipeline.load("tiny", device="cpu", memory_policy="stream")
+    assert streamed.memory_plan == MemoryPlan(experts_resident=False, text_encoder_resident=False,
+                                              experts_streamed=True)
+    request = _request(image, num_frames=1, num_steps=4)
+    result = streamed.generate(request)
+    assert np.array_equal(result.frames, pipeline.generate(request).frames)
+    # Between jobs no expert's blocks are on the device beyond the high-noise expert's prefetched first ones.
+    high, low = (streamed._experts[name].streamer for name in ("high", "low"))
+    assert low.blocks_on_device() == 0
+    assert high.blocks_on_device() == min(high.ahead + 1, len(high.blocks))
+    # Every expert that ran copied all of its blocks in at least once.
+    assert high.bytes_copied >= high.host_bytes and low.bytes_copied >= low.host_bytes
+    assert result.timings["denoise_weights_copy"] >= 0
+
+
 def test_unknown_model_attention_and_policy_are_named() -> None:
     with pytest.raises(InferenceInputError, match="nope"):
         I2VPipeline.load("nope")
@@ -273,6 +289,12 @@ EXPERT, TEXT, VAE, HEADROOM = 28 * GiB, 11 * GiB, GiB // 4, 10 * GiB
         ("auto", False, 0, MemoryPlan(experts_resident=True, text_encoder_resident=True)),
         ("resident", True, 1 * GiB, MemoryPlan(experts_resident=True, text_encoder_resident=True)),
         ("offload", True, 500 * GiB, MemoryPlan(experts_resident=False, text_encoder_resident=False)),
+        # One expert with the VAE and working memory needs 38.25 GiB: below that, blocks stream.
+        ("auto", True, 39 * GiB, MemoryPlan(experts_resident=False, text_encoder_resident=False)),
+        ("auto", True, 24 * GiB, MemoryPlan(experts_resident=False, text_encoder_resident=False,
+                                           experts_streamed=True)),
+        ("stream", True, 500 * GiB, MemoryPlan(experts_resident=False, text_encoder_resident=False,
+                                              experts_streamed=True)),
     ],
 )
 def test_memory_plan(policy: str, on_cuda: bool, free: int, expected: MemoryPlan) -> None:
