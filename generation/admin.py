@@ -47,7 +47,7 @@ class JobAdmin(admin.ModelAdmin):
     actions = ("cancel_jobs", "retry_jobs", "requeue_jobs")
     fieldsets = (
         ("Request", {"fields": ("owner", "prompt", "model", "seed", "num_steps", "resolution", "num_frames",
-                                "adaptive_resolution", "ode", "retry_of", "idempotency_key", "input_preview")}),
+                                "adaptive_resolution", "resize_mode", "ode", "retry_of", "idempotency_key", "input_preview")}),
         ("Progress", {"fields": ("status", "progress", "stage", "error", "attempts", "worker", "gpu_name",
                                  "heartbeat_at", "created_at", "started_at", "finished_at")}),
         ("Result", {"fields": ("video_preview", "width", "height", "frames", "fps", "bytes", "peak_memory_bytes",

@@ -9,8 +9,13 @@ from django import forms
 from django.conf import settings
 
 from generation import models_catalog
-from generation.services import MAX_SEED
+from generation.services import MAX_SEED, RESIZE_MODES
 
+RESIZE_LABELS = {
+    "stretch": "Stretch to the video size (as the model was trained)",
+    "crop": "Crop the centre to the video's shape",
+    "pad": "Fit inside, black bars",
+}
 STEP_CHOICES = [(4, "4 steps (best quality)"), (3, "3 steps"), (2, "2 steps"), (1, "1 step (fastest)")]
 
 
@@ -46,6 +51,8 @@ class NewVideoForm(forms.Form):
                                     help_text="4k+1 frames (17, 33, 49, 81 …); empty for the model's default.")
     adaptive_resolution = forms.BooleanField(required=False, initial=True, label="Keep the image's aspect ratio")
     ode = forms.BooleanField(required=False, label="Deterministic sampling (ODE)")
+    resize_mode = forms.ChoiceField(choices=[(mode, RESIZE_LABELS[mode]) for mode in RESIZE_MODES],
+                                    initial=RESIZE_MODES[0], required=False, label="Image fit")
     model = forms.ChoiceField(choices=(), required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -65,5 +72,6 @@ class NewVideoForm(forms.Form):
             "num_frames": data.get("num_frames"),
             "adaptive_resolution": bool(data.get("adaptive_resolution")),
             "ode": bool(data.get("ode")),
+            "resize_mode": data.get("resize_mode") or None,
             "model": data.get("model") or None,
         }

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 MAX_SEED = 2**63 - 1
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 ETA_SAMPLE = 20  # recent successful runs averaged for the ETA
+# How the worker fits the image to the video size (inference.types.RESIZE_MODES, kept torch-free here; a test
+# checks the two agree). The first is the default: the reference's own preprocessing.
+RESIZE_MODES = ("stretch", "crop", "pad")
 
 
 class JobRejected(Exception):
@@ -64,6 +67,7 @@ class JobParameters:
     adaptive_resolution: bool
     ode: bool
     model: str
+    resize_mode: str = RESIZE_MODES[0]
 
     def fingerprint(self, image_digest: str) -> str:
         body = json.dumps({**asdict(self), "image_sha256": image_digest}, sort_keys=True, separators=(",", ":"))
@@ -91,7 +95,7 @@ def _int(value: Any, field: str) -> int | None:
 
 def validate_parameters(*, prompt: Any, seed: Any = None, num_steps: Any = 4, resolution: Any = None,
                         num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
-                        model: str | None = None) -> JobParameters:
+                        model: str | None = None, resize_mode: Any = None) -> JobParameters:
     """Check every parameter and fill defaults from the model's config. Raises JobRejected (400, or 409 when the
     model's weights are not installed) naming the parameter and the allowed values."""
     try:
@@ -125,9 +129,14 @@ def validate_parameters(*, prompt: Any, seed: Any = None, num_steps: Any = 4, re
             f"num_frames must be 4k+1 between 5 and {facts.max_frames} for model {facts.name} "
             f"(e.g. 17, 33, 81), got {frames}", field="num_frames")
 
+    mode = str(resize_mode).strip() if resize_mode not in (None, "") else RESIZE_MODES[0]
+    if mode not in RESIZE_MODES:
+        raise JobRejected(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {mode[:40]!r}",
+                          field="resize_mode")
+
     return JobParameters(prompt=clean_prompt, seed=seed_value, num_steps=steps, resolution=chosen_resolution,
                          num_frames=frames, adaptive_resolution=bool(adaptive_resolution), ode=bool(ode),
-                         model=facts.name)
+                         model=facts.name, resize_mode=mode)
 
 
 def frames_for_duration(seconds: float, model: str | None = None) -> int:
@@ -254,7 +263,8 @@ def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, finger
               seed=params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1),
               num_steps=params.num_steps, resolution=params.resolution, num_frames=params.num_frames,
               adaptive_resolution=params.adaptive_resolution, ode=params.ode, model=params.model,
-              idempotency_key=key, request_fingerprint=fingerprint, retry_of=retry_of, stage="queued")
+              resize_mode=params.resize_mode, idempotency_key=key, request_fingerprint=fingerprint,
+              retry_of=retry_of, stage="queued")
     name = storage.input_name(job)
     try:
         storage.save_bytes(name, png, "image/png")
@@ -291,13 +301,14 @@ def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, finger
 def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = 4,
                resolution: Any = None, num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
                model: str | None = None, idempotency_key: str | None = None,
-               attach: Callable[[Job], None] | None = None) -> Submission:
+               attach: Callable[[Job], None] | None = None, resize_mode: Any = None) -> Submission:
     """create_job, also saying whether the job is new or an idempotent replay of an earlier request.
     `attach(job)` runs in the creating transaction of a new job (see _insert); a replay does not run it."""
     if image is None:
         raise JobRejected("An image is required (multipart field 'image').", field="image", code="image_missing")
     params = validate_parameters(prompt=prompt, seed=seed, num_steps=num_steps, resolution=resolution,
-                                 num_frames=num_frames, adaptive_resolution=adaptive_resolution, ode=ode, model=model)
+                                 num_frames=num_frames, adaptive_resolution=adaptive_resolution, ode=ode, model=model,
+                                 resize_mode=resize_mode)
     key = _check_idempotency_key(idempotency_key)
     fingerprint = params.fingerprint(_upload_digest(image))
     if key and (earlier := _replay(owner, key, fingerprint)):
@@ -324,12 +335,12 @@ def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num
 
 def create_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = 4,
                resolution: Any = None, num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
-               model: str | None = None, idempotency_key: str | None = None) -> Job:
+               model: str | None = None, idempotency_key: str | None = None, resize_mode: Any = None) -> Job:
     """Validate, normalise and store the image, create the QUEUED job and enqueue it after commit.
     A repeated Idempotency-Key with the same body returns the first job; with another body, JobRejected 422."""
     return submit_job(owner, image=image, prompt=prompt, seed=seed, num_steps=num_steps, resolution=resolution,
                       num_frames=num_frames, adaptive_resolution=adaptive_resolution, ode=ode, model=model,
-                      idempotency_key=idempotency_key).job
+                      idempotency_key=idempotency_key, resize_mode=resize_mode).job
 
 
 def retry_job(job: Job) -> Job:
@@ -337,7 +348,7 @@ def retry_job(job: Job) -> Job:
     # Validated again: the model's limits (or the model itself) may have changed since the job was made.
     params = validate_parameters(prompt=job.prompt, seed=job.seed, num_steps=job.num_steps, resolution=job.resolution,
                                  num_frames=job.num_frames, adaptive_resolution=job.adaptive_resolution, ode=job.ode,
-                                 model=job.model)
+                                 model=job.model, resize_mode=job.resize_mode)
     _check_model_installed(params.model)
     _check_active_limit(job.owner)
     _check_broker()

@@ -358,6 +358,7 @@ def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
         num_frames=job.num_frames or None,
         adaptive_resolution=bool(job.adaptive_resolution),
         ode=bool(job.ode),
+        resize_mode=job.resize_mode or "stretch",
     )
     mp4_name = storage.output_name(job)
     poster_name = storage.poster_name(job)

@@ -12,7 +12,14 @@ from pathlib import Path
 from PIL import Image
 
 from inference.configs import MODELS, TINY, get_config
-from inference.types import GenerationCanceled, GenerationRequest, InferenceInputError, ProgressEvent, WeightsError
+from inference.types import (
+    RESIZE_MODES,
+    GenerationCanceled,
+    GenerationRequest,
+    InferenceInputError,
+    ProgressEvent,
+    WeightsError,
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -38,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--poster", type=Path, default=None, help="also write the first frame (.jpg or .png)")
     gen.add_argument(
         "--no-adaptive", action="store_true", help="use the fixed resolution instead of the image's aspect"
+    )
+    gen.add_argument(
+        "--resize-mode", default=RESIZE_MODES[0], choices=RESIZE_MODES,
+        help="how the image meets the video size: stretch it (the reference's way, default), centre-crop it, or "
+        "fit it inside with black bars (pad)",
     )
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--memory-policy", default="auto", help="auto, resident, offload or stream (default auto)")
@@ -96,6 +108,7 @@ def _generate(args: argparse.Namespace) -> int:
         num_frames=args.frames,
         adaptive_resolution=not args.no_adaptive,
         ode=args.ode,
+        resize_mode=args.resize_mode,
     )
 
     started = time.perf_counter()

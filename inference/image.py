@@ -3,7 +3,13 @@
 Sizes (spec section 6): each named resolution is a landscape (width, height); portrait inputs swap it and
 near-square inputs (up to 4:3 either way) take a square of at least the same pixel area, its side rounded up
 to a multiple of 16 (480p -> 640x640, 720p -> 960x960). Adaptive sizing keeps the named area and the input's
-own aspect ratio. Every side is a multiple of 16 (VAE stride 8 x patch 2).
+own aspect ratio, computed and rounded as TurboDiffusion's I2V script does. Every side is a multiple of 16
+(VAE stride 8 x patch 2).
+
+Resizing (`resize_mode`): "stretch", the default, is the reference's own preprocessing and so what the model was
+distilled with: the whole image stretched to the target size by antialiased bilinear interpolation, kept as uint8,
+then mapped to [-1, 1]. "crop" takes the largest centred crop of the target's aspect ratio first; "pad" fits the
+whole image inside the target and fills the rest with black. Both then resize the same way.
 """
 
 from __future__ import annotations
@@ -14,18 +20,21 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inference.configs import ModelConfig
-from inference.types import InferenceInputError
+from inference.types import RESIZE_MODES, InferenceInputError
 
 SIZE_MULTIPLE = 16
+DEFAULT_RESIZE_MODE = RESIZE_MODES[0]
 # Aspect ratios closer (in log scale) to 1:1 than to 16:9 use the square size: up to 4:3 either way.
 _SQUARE_LIMIT = math.sqrt(16 / 9)
 
 
 def _round_to_multiple(value: float, multiple: int = SIZE_MULTIPLE) -> int:
-    return max(multiple, math.floor(value / multiple + 0.5) * multiple)
+    # round() sends halves to even, as the reference's round() of a numpy float does (52.5 -> 52, not 53).
+    return max(1, round(value / multiple)) * multiple
 
 
 def target_size(
@@ -43,8 +52,9 @@ def target_size(
     area = base_w * base_h
     aspect = in_w / in_h
     if adaptive:
-        height = math.sqrt(area / aspect)
-        return _round_to_multiple(height * aspect), _round_to_multiple(height)
+        # The reference's own expressions (aspect = h / w), so its float results and ties are ours too.
+        ratio = in_h / in_w
+        return _round_to_multiple(math.sqrt(area / ratio)), _round_to_multiple(math.sqrt(area * ratio))
     if 1 / _SQUARE_LIMIT <= aspect <= _SQUARE_LIMIT:
         # Rounded up: 480p -> 640x640 and 720p -> 960x960, the squares upstream uses.
         side = math.ceil(math.sqrt(area) / SIZE_MULTIPLE) * SIZE_MULTIPLE
@@ -72,20 +82,65 @@ def load_image(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Im
     return image.convert("RGB")
 
 
-def preprocess_image(image: Image.Image, width: int, height: int) -> torch.Tensor:
-    """[3, height, width] float32 in [-1, 1]: the largest centred crop of the target aspect ratio, resized with
-    antialiasing (bicubic). Cropping instead of stretching keeps shapes true when a fixed size's aspect differs
-    from the input's; with adaptive sizes the crop is at most a few pixels."""
+def check_resize_mode(mode: str) -> str:
+    if mode not in RESIZE_MODES:
+        raise InferenceInputError(f"unknown resize_mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    return mode
+
+
+def _uint8_chw(image: Image.Image) -> torch.Tensor:
+    width, height = image.size
+    pixels = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+    return pixels.view(height, width, 3).permute(2, 0, 1)
+
+
+def _resize_uint8(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """uint8 [3, h, w] -> uint8 [3, height, width], bilinear with antialiasing: what torchvision's Resize does to
+    the reference's uint8 image (torch's uint8 kernel where the CPU has AVX2, else float math rounded back)."""
+    if tuple(pixels.shape[1:]) == (height, width):
+        return pixels
+    batch = pixels.unsqueeze(0)
+    if "AVX2" in torch.backends.cpu.get_cpu_capability() or "AVX512" in torch.backends.cpu.get_cpu_capability():
+        resized = F.interpolate(batch, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    else:
+        resized = F.interpolate(batch.float(), size=(height, width), mode="bilinear", align_corners=False,
+                                antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+    return resized[0]
+
+
+def _crop_box(in_w: int, in_h: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, top, crop width, crop height): the largest centred box with the aspect ratio width:height."""
+    if in_w * height > in_h * width:
+        crop_w, crop_h = max(1, round(in_h * width / height)), in_h
+    else:
+        crop_w, crop_h = in_w, max(1, round(in_w * height / width))
+    return (in_w - crop_w) // 2, (in_h - crop_h) // 2, crop_w, crop_h
+
+
+def preprocess_image(image: Image.Image, width: int, height: int, resize_mode: str = DEFAULT_RESIZE_MODE) -> torch.Tensor:
+    """[3, height, width] float32 in [-1, 1] (uint8 / 255, then (v - 0.5) / 0.5, the reference's normalisation).
+
+    "stretch" resizes the whole image to the target (aspect ratio not kept; with adaptive sizes it changes by a
+    few pixels at most); "crop" first cuts the largest centred box of the target's aspect ratio; "pad" resizes the
+    whole image to fit inside the target and centres it on black."""
     if width <= 0 or height <= 0:
         raise InferenceInputError(f"target size must be positive, got {width}x{height}")
-    image = image.convert("RGB")
-    in_w, in_h = image.size
-    scale = min(in_w / width, in_h / height)
-    crop_w, crop_h = width * scale, height * scale
-    left, top = (in_w - crop_w) / 2, (in_h - crop_h) / 2
-    resized = image.resize((width, height), Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
-    pixels = torch.frombuffer(bytearray(resized.tobytes()), dtype=torch.uint8).view(height, width, 3)
-    return pixels.permute(2, 0, 1).float().div(127.5).sub(1.0)
+    check_resize_mode(resize_mode)
+    pixels = _uint8_chw(image)
+    in_h, in_w = pixels.shape[1:]
+    if resize_mode == "crop":
+        left, top, crop_w, crop_h = _crop_box(in_w, in_h, width, height)
+        pixels = _resize_uint8(pixels[:, top:top + crop_h, left:left + crop_w], width, height)
+    elif resize_mode == "pad":
+        fit = min(width / in_w, height / in_h)
+        fit_w, fit_h = min(width, max(1, round(in_w * fit))), min(height, max(1, round(in_h * fit)))
+        canvas = torch.zeros((3, height, width), dtype=torch.uint8)
+        left, top = (width - fit_w) // 2, (height - fit_h) // 2
+        canvas[:, top:top + fit_h, left:left + fit_w] = _resize_uint8(pixels, fit_w, fit_h)
+        pixels = canvas
+    else:
+        pixels = _resize_uint8(pixels, width, height)
+    return pixels.float().div_(255.0).sub_(0.5).div_(0.5)
 
 
 def validate_num_frames(n: int, max_frames: int) -> None:

@@ -24,7 +24,7 @@ from inference.block_streaming import StreamedBlocks
 from inference.checkpoint import load_dit, weights_status
 from inference.configs import ModelConfig, get_config
 from inference.dit import WanDiT
-from inference.image import load_image, preprocess_image, target_size, validate_num_frames
+from inference.image import check_resize_mode, load_image, preprocess_image, target_size, validate_num_frames
 from inference.sampler import MAX_STEPS, check_num_steps, expert_plan, rcm_timesteps, sample
 from inference.text_encoder import load_text_encoder, umt5_config
 from inference.types import (
@@ -586,9 +586,10 @@ class I2VPipeline:
             resolution=request.resolution,
             num_frames=request.num_frames,
         )
+        check_resize_mode(request.resize_mode)
         image = load_image(request.image)
         width, height = target_size(self.config, image.size, resolved.resolution, request.adaptive_resolution)
-        pixels = preprocess_image(image, width, height)
+        pixels = preprocess_image(image, width, height, request.resize_mode)
 
         tracker = _Progress(progress, should_cancel)
         timer = _Timer(self.device)

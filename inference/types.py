@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+# How the input image meets the video size (inference.image.preprocess_image); the first is the default.
+RESIZE_MODES = ("stretch", "crop", "pad")
+
 
 class InferenceInputError(ValueError):
     """A request the model cannot serve (bad frame count, unknown resolution...). The message names the problem."""
@@ -31,6 +34,7 @@ class GenerationRequest:
     num_frames: int | None = None  # None: the model's default; must be 4k+1
     adaptive_resolution: bool = True  # keep the input's aspect ratio at the target area
     ode: bool = False  # deterministic ODE steps instead of the default SDE
+    resize_mode: str = RESIZE_MODES[0]  # "stretch" (the reference's), "crop" or "pad": how the image meets the size
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ class JobCreateSerializer(serializers.Serializer):
     adaptive_resolution = FormBooleanField(required=False, default=True,
                                            help_text="Keep the image's aspect ratio at the target area.")
     ode = FormBooleanField(required=False, default=False, help_text="Deterministic ODE sampling instead of SDE.")
+    resize_mode = serializers.ChoiceField(
+        choices=services.RESIZE_MODES, required=False, default=services.RESIZE_MODES[0],
+        help_text="How the image meets the video size: stretch it to the size (the model's own preprocessing, "
+                  "default), crop its centre to the size's aspect ratio, or pad it with black bars (fit inside).")
     model = serializers.CharField(required=False, allow_blank=True, allow_null=True,
                                   help_text="Model name from /models/; the deployment's default when absent.")
     webhook_url = serializers.CharField(
@@ -59,6 +63,7 @@ class JobParametersSerializer(serializers.Serializer):
     num_frames = serializers.IntegerField()
     adaptive_resolution = serializers.BooleanField()
     ode = serializers.BooleanField()
+    resize_mode = serializers.CharField()
     model = serializers.CharField()
 
 

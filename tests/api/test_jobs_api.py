@@ -50,7 +50,7 @@ def test_create_stores_the_normalised_input_and_queues_after_commit(alice, user,
     assert body["status"] == "QUEUED" and body["queue_position"] == 1 and body["output_url"] is None
     assert body["parameters"] == {"prompt": "a red square drifts left", "seed": 42, "num_steps": 2,
                                   "resolution": "480p", "num_frames": 9, "adaptive_resolution": True,
-                                  "ode": True, "model": "tiny"}
+                                  "ode": True, "resize_mode": "stretch", "model": "tiny"}
     job = Job.objects.get(id=body["id"])
     assert job.owner == user and job.input_image.name == f"inputs/{user.id}/{job.id}.png"
     head = s3_server().client().head_object(Bucket=default_storage.bucket_name, Key=job.input_image.name)
@@ -84,10 +84,22 @@ def test_create_rejects_bad_parameters_naming_them(alice, image_upload, fields, 
 
 
 @pytest.mark.parametrize(("fields", "field"), [({"num_steps": "5"}, "num_steps"), ({"seed": "-1"}, "seed"),
-                                               ({"resolution": "4k"}, "resolution"), ({"ode": "maybe"}, "ode")])
+                                               ({"resolution": "4k"}, "resolution"), ({"ode": "maybe"}, "ode"),
+                                               ({"resize_mode": "squash"}, "resize_mode")])
 def test_create_rejects_bad_types_and_ranges(alice, image_upload, fields, field):
     response = post_job(alice, image_upload(), **fields)
     assert response.status_code == 400 and field in response.json()
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad", "stretch"])
+def test_create_takes_a_resize_mode_and_retry_keeps_it(alice, image_upload, enqueued, mode):
+    response = post_job(alice, image_upload(), resize_mode=mode)
+    assert response.status_code == 201, response.json()
+    job = Job.objects.get(id=response.json()["id"])
+    assert response.json()["parameters"]["resize_mode"] == mode and job.resize_mode == mode
+    job.fail("boom")
+    again = alice.post(f"{detail(job)}retry/")
+    assert again.status_code == 201 and again.json()["parameters"]["resize_mode"] == mode
 
 
 def test_create_rejects_a_non_image_and_stores_nothing(alice):
@@ -333,6 +345,8 @@ def test_schema_describes_the_multipart_create_and_enums(alice):
     components = schema["components"]["schemas"]
     status_enum = next(v["enum"] for v in components.values() if set(v.get("enum", [])) >= {"QUEUED", "SUCCEEDED"})
     assert set(status_enum) == set(Job.Status.values)
+    resize_enum = next(v["enum"] for v in components.values() if set(v.get("enum", [])) >= {"stretch", "pad"})
+    assert resize_enum == ["stretch", "crop", "pad"]
     assert "/v1/turbodiffusion/wan22-i2v/jobs" in schema["paths"]
 
 

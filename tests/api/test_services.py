@@ -15,7 +15,8 @@ from generation.services import JobRejected
 def test_defaults_come_from_the_model_config():
     params = services.validate_parameters(prompt="  a cat  \r\n", model=None)
     assert params == services.JobParameters(prompt="a cat", seed=None, num_steps=4, resolution="480p",
-                                            num_frames=17, adaptive_resolution=True, ode=False, model="tiny")
+                                            num_frames=17, adaptive_resolution=True, ode=False, model="tiny",
+                                            resize_mode="stretch")
 
 
 @pytest.mark.parametrize(("kwargs", "field", "fragment"), [
@@ -25,11 +26,21 @@ def test_defaults_come_from_the_model_config():
     ({"resolution": "1080p"}, "resolution", "480p, 720p"),
     ({"model": "nope"}, "model", "known models: tiny, wan2.2-i2v-a14b"),
     ({"seed": "abc"}, "seed", "must be an integer"),
+    ({"resize_mode": "fill"}, "resize_mode", "stretch, crop, pad"),
 ])
 def test_parameter_errors_name_the_field_and_allowed_values(kwargs, field, fragment):
     with pytest.raises(JobRejected) as caught:
         services.validate_parameters(prompt="p", **kwargs)
     assert caught.value.status_code == 400 and caught.value.field == field and fragment in caught.value.message
+
+
+def test_resize_modes_are_the_workers_own_list():
+    from inference.types import RESIZE_MODES  # tests may import inference; the web side keeps its own plain list
+
+    assert services.RESIZE_MODES == RESIZE_MODES
+    assert services.validate_parameters(prompt="p", resize_mode=" crop ").resize_mode == "crop"
+    assert services.validate_parameters(prompt="p").fingerprint("a") != services.validate_parameters(
+        prompt="p", resize_mode="pad").fingerprint("a")
 
 
 def test_fingerprint_depends_on_parameters_and_image():

@@ -128,3 +128,29 @@ def test_timing_table_totals_and_peak() -> None:
     table = format_timings({"denoise": 1.5, "decode": 0.25}, 3 * 2**30)
     assert "total" in table and "1.75" in table and "3.00 GiB" in table
     assert "n/a (cpu)" in format_timings({"denoise": 1.0}, None)
+
+
+@pytest.mark.parametrize("mode", ["stretch", "crop", "pad"])
+def test_resize_mode_reaches_the_request(
+    input_image: Path, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference import pipeline as pipeline_module
+    from inference.types import GenerationCanceled
+
+    seen = []
+
+    class Recorder:
+        def generate(self, request, progress=None):
+            seen.append(request)
+            raise GenerationCanceled("stop here")
+
+    monkeypatch.setattr(pipeline_module.I2VPipeline, "load", classmethod(lambda cls, *a, **k: Recorder()))
+    code = main(["generate", "--image", str(input_image), "--prompt", "x", "--out", str(tmp_path / "o.mp4"),
+                 "--resize-mode", mode])
+    assert code == 130 and [r.resize_mode for r in seen] == [mode]
+
+
+def test_unknown_resize_mode_is_a_usage_error(input_image: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", "--image", str(input_image), "--prompt", "x", "--out", "o.mp4", "--resize-mode", "fill"])
+    assert exited.value.code == 2 and "'fill'" in capsys.readouterr().err

@@ -113,15 +113,44 @@ def test_preprocess_scales_to_minus_one_one() -> None:
     assert out.min() >= -1 and out.max() <= 1
 
 
-def test_preprocess_centre_crops_to_the_target_aspect() -> None:
-    # Three vertical bands; a square target keeps only the middle (green) one.
+def _three_bands() -> Image.Image:
     img = Image.new("RGB", (300, 100), (255, 0, 0))
     img.paste(Image.new("RGB", (100, 100), (0, 255, 0)), (100, 0))
     img.paste(Image.new("RGB", (100, 100), (0, 0, 255)), (200, 0))
-    out = preprocess_image(img, 32, 32)
-    green = torch.tensor([-1.0, 1.0, -1.0]).view(3, 1, 1)
-    # Bicubic resampling rings slightly at the borders; the inside is pure green.
-    torch.testing.assert_close(out[:, 2:-2, 2:-2], green.expand(3, 28, 28), atol=0.02, rtol=0)
+    return img
+
+
+RED_T, GREEN_T, BLUE_T, BLACK_T = (torch.tensor(c, dtype=torch.float32).view(3, 1, 1)
+                                   for c in ([1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0] * 3))
+
+
+def test_preprocess_crop_mode_centre_crops_to_the_target_aspect() -> None:
+    # Three vertical bands; a square target keeps only the middle (green) one.
+    out = preprocess_image(_three_bands(), 32, 32, resize_mode="crop")
+    torch.testing.assert_close(out, GREEN_T.expand(3, 32, 32), atol=0, rtol=0)
+
+
+def test_preprocess_stretch_mode_keeps_the_whole_image() -> None:
+    # The default squeezes all three bands into the square: a third each, blended only where two bands meet.
+    out = preprocess_image(_three_bands(), 30, 30)
+    torch.testing.assert_close(out[:, :, :9], RED_T.expand(3, 30, 9), atol=0, rtol=0)
+    torch.testing.assert_close(out[:, :, 11:19], GREEN_T.expand(3, 30, 8), atol=0, rtol=0)
+    torch.testing.assert_close(out[:, :, 21:], BLUE_T.expand(3, 30, 9), atol=0, rtol=0)
+
+
+def test_preprocess_pad_mode_letterboxes_on_black() -> None:
+    # 300x100 into 60x60: the whole image scaled to 60x20, centred, black above and below.
+    out = preprocess_image(_three_bands(), 60, 60, resize_mode="pad")
+    torch.testing.assert_close(out[:, :20], BLACK_T.expand(3, 20, 60), atol=0, rtol=0)
+    torch.testing.assert_close(out[:, 40:], BLACK_T.expand(3, 20, 60), atol=0, rtol=0)
+    torch.testing.assert_close(out[:, 20:40, :19], RED_T.expand(3, 20, 19), atol=0, rtol=0)
+    torch.testing.assert_close(out[:, 20:40, 21:39], GREEN_T.expand(3, 20, 18), atol=0, rtol=0)
+    torch.testing.assert_close(out[:, 20:40, 41:], BLUE_T.expand(3, 20, 19), atol=0, rtol=0)
+
+
+def test_unknown_resize_mode_is_named() -> None:
+    with pytest.raises(InferenceInputError, match=r"'squash'.*stretch, crop, pad"):
+        preprocess_image(_three_bands(), 32, 32, resize_mode="squash")
 
 
 def test_preprocess_antialiases_when_shrinking() -> None:

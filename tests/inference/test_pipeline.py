@@ -174,6 +174,30 @@ def test_network_input_is_noise_mask_then_image_latent(pipeline: I2VPipeline, im
     torch.testing.assert_close(x[:, 20:], pipeline.vae.encode(video).to(x.dtype))
 
 
+@pytest.mark.parametrize("mode", ["stretch", "crop", "pad"])
+def test_resize_mode_reaches_the_image_latent(pipeline: I2VPipeline, image: Image.Image, mode: str) -> None:
+    seen: list[torch.Tensor] = []
+    high = pipeline._experts["high"].module
+    handle = high.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    image = image.crop((0, 0, 200, 80))  # 5:2 into the fixed 160x96 (5:3): the three modes differ
+    try:
+        pipeline.generate(_request(image, num_frames=1, num_steps=1, adaptive_resolution=False, resize_mode=mode))
+    finally:
+        handle.remove()
+    video = preprocess_image(image, 160, 96, mode)[None, :, None]
+    torch.testing.assert_close(seen[0][:, 20:], pipeline.vae.encode(video).to(seen[0].dtype))
+    if mode != "stretch":
+        other = preprocess_image(image, 160, 96, "stretch")[None, :, None]
+        assert not torch.allclose(seen[0][:, 20:], pipeline.vae.encode(other).to(seen[0].dtype))
+
+
+def test_unknown_resize_mode_is_refused_before_work(pipeline: I2VPipeline, image: Image.Image) -> None:
+    events: list[ProgressEvent] = []
+    with pytest.raises(InferenceInputError, match="resize_mode 'fill'"):
+        pipeline.generate(_request(image, resize_mode="fill"), progress=events.append)
+    assert events == []
+
+
 def test_cancellation_between_steps_and_pipeline_survives(pipeline: I2VPipeline, image: Image.Image) -> None:
     events: list[ProgressEvent] = []
 

@@ -55,7 +55,7 @@ def test_home_is_the_new_video_form(browser_client):
     html = response.content.decode()
     assert response.status_code == 200
     for name in ("image", "prompt", "seed", "num_steps", "resolution", "num_frames", "adaptive_resolution", "ode",
-                 "model"):
+                 "model", "resize_mode"):
         assert f'name="{name}"' in html, name
     assert 'enctype="multipart/form-data"' in html and "css/pages.css" in html and "js/new_video.js" in html
     assert '<option value="tiny" selected>tiny (default)</option>' in html
@@ -69,6 +69,7 @@ def test_submitting_the_form_creates_the_job_and_shows_it(browser_client, user):
     assert (job.seed, job.num_steps, job.num_frames, job.resolution, job.model, job.prompt) == (
         4242, 2, 9, "480p", "tiny", "the lake ripples")
     assert job.adaptive_resolution is True and job.ode is False and job.status == Job.Status.QUEUED
+    assert job.resize_mode == "stretch"  # the default: the model's own preprocessing
 
     page = browser_client.get(response["Location"])
     html = page.content.decode()
@@ -76,6 +77,18 @@ def test_submitting_the_form_creates_the_job_and_shows_it(browser_client, user):
     assert 'data-reload-on-finish="true"' in html and "<progress" in html and 'data-testid="cancel"' in html
     assert "Your video is queued" in html
     assert_no_inline_script_or_style(html)
+
+
+def test_the_form_offers_the_resize_modes_and_passes_the_choice(browser_client, user):
+    html = browser_client.get("/").content.decode()
+    assert '<option value="stretch" selected>' in html and '<option value="pad">' in html
+    browser_client.post("/", form_data(resize_mode="pad"))
+    job = Job.objects.get(owner=user)
+    assert job.resize_mode == "pad"
+    assert "Image fit" in browser_client.get(reverse("job", kwargs={"job_id": job.id})).content.decode()
+    refused = browser_client.post("/", form_data(resize_mode="squash"))
+    assert refused.status_code == 400 and Job.objects.count() == 1  # the form shows the error, nothing is made
+    assert "squash is not one of the available choices" in refused.content.decode()
 
 
 def test_rules_from_the_service_come_back_as_form_errors(browser_client, user):
