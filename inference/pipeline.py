@@ -450,11 +450,12 @@ class I2VPipeline:
             else _Placement(module, device, self.memory_plan.experts_resident)
             for name, module in (("high", high_noise), ("low", low_noise))
         }
-        # The first step of every job uses the high-noise expert: have it on the device between jobs.
-        self._experts["high"].fetch()
         self._text = (
             _Placement(text_module, device, self.memory_plan.text_encoder_resident) if text_module is not None else None
         )
+        # The first step of every job uses the high-noise expert: have it on the device between jobs (after anything
+        # parked above has left it, so a tight memory budget holds).
+        self._experts["high"].fetch()
 
     @property
     def experts(self) -> dict[str, nn.Module]:
