@@ -14,8 +14,7 @@ Variants, chosen by keyword of `sla_attention` (defaults = the kernels above, th
   tensor descriptors (Hopper+): the gathered key blocks are TMA copies at a dynamic row, so the loads no longer
   cost address arithmetic and registers. Two key blocks per iteration are two loads and two score chains merged in
   one online-softmax update. Only when the layout maps onto a 2-D descriptor (see `_tma_layout`); else the
-  pointer kernel runs. `warp_specialize=True` passes warp_specialize=True to the key loop's tl.range (triton
-  documents it for Blackwell; triton 3.9 compiles it for sm_90 but leaves the loop unpartitioned).
+  pointer kernel runs.
 - `sparse_impl="gluon"` (default): turbokernels.sla_gluon, the same work split in Gluon, warp-specialised with the
   score and P.V products software-pipelined (FlashAttention-3's scheme); on sm_90 only, else "tma" runs. Its linear
   branch runs in the epilogue as one more wgmma (kv and proj_l folded into one bf16 matrix per head).
@@ -264,7 +263,7 @@ if HAVE_TRITON:
         slut_bh, slut_q,
         BLOCK_M: tl.constexpr, BLOCK_QB: tl.constexpr, BLOCK_KB: tl.constexpr, TWO: tl.constexpr,
         HEAD_DIM: tl.constexpr, FUSE_LINEAR: tl.constexpr, NUM_STAGES: tl.constexpr,
-        WARP_SPECIALIZE: tl.constexpr, QK_INT8: tl.constexpr,
+        QK_INT8: tl.constexpr,
     ):
         # QK_INT8: q_desc/k_desc address int8 copies of q and of the smoothed k (k - mean_L k: a per-query-row shift
         # of the logits, which softmax ignores), one scale per BLOCK_M query rows (QSCALE) and per key block
@@ -297,19 +296,11 @@ if HAVE_TRITON:
         STEP: tl.constexpr = 2 if TWO else 1
         # All but the last 1..STEP slots need no mask; the tail step handles those.
         n_main = (n_sel - 1) // STEP
-        # warp_specialize is passed only when asked for, so a triton without the keyword still builds the rest.
-        if WARP_SPECIALIZE:
-            for it in tl.range(0, n_main, num_stages=NUM_STAGES, warp_specialize=True):
-                m_i, l_i, acc = _main_step(
-                    it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L,
-                    m_i, l_i, acc, BLOCK_KB, TWO, QK_INT8, S_DTYPE,
-                )
-        else:
-            for it in tl.range(0, n_main, num_stages=NUM_STAGES):
-                m_i, l_i, acc = _main_step(
-                    it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L,
-                    m_i, l_i, acc, BLOCK_KB, TWO, QK_INT8, S_DTYPE,
-                )
+        for it in tl.range(0, n_main, num_stages=NUM_STAGES):
+            m_i, l_i, acc = _main_step(
+                it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L,
+                m_i, l_i, acc, BLOCK_KB, TWO, QK_INT8, S_DTYPE,
+            )
         j = n_main * STEP
         blk0 = tl.load(lut_row + j)
         # An odd tail re-reads slot j as its (masked-out) second block instead of branching.
@@ -695,7 +686,6 @@ def sparse_forward(
     num_stages: int = 2,
     fuse_linear: bool = True,
     sparse_impl: str = "gluon",
-    warp_specialize: bool = False,
     qk_int8: bool = False,
     k_mean: torch.Tensor | None = None,
     pv_fp8: bool = False,
@@ -742,7 +732,7 @@ def sparse_forward(
             length, h, n_sel, qk_scale, math.ceil(length / block_k), *q_map, *k_map, *v_map,
             *q.stride(), *out.stride(), lut.stride(1), lut.stride(2),
             BLOCK_M=block_m, BLOCK_QB=block_q, BLOCK_KB=block_k, TWO=blocks_per_iter == 2, HEAD_DIM=d,
-            FUSE_LINEAR=fuse_linear, NUM_STAGES=num_stages, WARP_SPECIALIZE=warp_specialize, QK_INT8=qk_int8,
+            FUSE_LINEAR=fuse_linear, NUM_STAGES=num_stages, QK_INT8=qk_int8,
             num_warps=num_warps, num_stages=num_stages,
         )
     else:
@@ -778,7 +768,6 @@ def sla_attention(
     num_stages: int = 2,
     fuse_linear: bool = True,
     sparse_impl: str = "gluon",
-    warp_specialize: bool = False,
     side_impl: str = "fused",
     qk_int8: bool = False,
     pv_fp8: bool = False,
@@ -789,7 +778,6 @@ def sla_attention(
     the TMA Triton kernel and 38.4 ms for the first kernel at 720p, in one run).
     sparse_impl: "gluon" (default: turbokernels.sla_gluon on sm_90, else "tma"), "tma" (falls back to "pointer" where
     `tma_supported` is false) or "pointer";
-    warp_specialize: TMA kernel only, Triton's automatic warp specialisation of the key loop (no gain on Hopper);
     side_impl: "fused" (default: k pooled inside the kv pass) or "separate" (pool q, pool k, kv reduction);
     qk_int8: TMA or Gluon kernel, QK^T on int8 copies of q and smoothed k with per-block scales (SageAttention's
     idea; int32 products, twice the bf16 tensor-core rate). Approximate: the sweep and GPU tests hold it to
@@ -805,6 +793,6 @@ def sla_attention(
     return sparse_forward(
         q, k, v, lut, kv, ksum, proj_l_weight, proj_l_bias, block_q, block_k, blocks_per_iter=blocks_per_iter,
         block_m=block_m, num_warps=num_warps, num_stages=num_stages, fuse_linear=fuse_linear,
-        sparse_impl=sparse_impl, warp_specialize=warp_specialize, qk_int8=qk_int8,
+        sparse_impl=sparse_impl, qk_int8=qk_int8,
         k_mean=_k_mean(pooled_k, q.shape[-2], block_k) if qk_int8 else None, pv_fp8=fp8_pv, v_absmax=vmax,
     )

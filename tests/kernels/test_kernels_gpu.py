@@ -140,20 +140,6 @@ def test_sla_tma_on_contiguous_heads(blocks_per_iter):
     assert _rel(out, ref) < 2e-2
 
 
-def test_sla_tma_warp_specialized_matches_reference():
-    """Triton's automatic warp specialisation of the TMA key loop (tl.range(warp_specialize=True)); on its own so
-    a triton that cannot build it on Hopper shows as this test alone failing."""
-    from turbokernels import sla_triton
-
-    q, k, v = _model_layout_qkv(4000, 4, 11)
-    w = torch.eye(128, device="cuda") * 0.1
-    b = torch.zeros(128, device="cuda")
-    ref = reference.sla_attention(q, k, v, w, b, 0.1, 128, 64)
-    out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl="tma", warp_specialize=True)
-    assert _cos(out, ref) > 0.9995
-    assert _rel(out, ref) < 2e-2
-
-
 def _assert_8bit_bounds(label: str, out: torch.Tensor, ref: torch.Tensor, exact: torch.Tensor) -> None:
     """The bar for SLA's approximate 8-bit products: finite, cosine >= 0.999 and relative error < 4% against the
     fp32 reference, largest error under 10% of its largest value, and not the exact kernel's output (the 8-bit

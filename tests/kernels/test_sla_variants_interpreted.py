@@ -39,7 +39,7 @@ def test_sla_tma_variant_matches_reference(interpreted_kernels, layout, blocks_p
     ref = reference.sla_attention(q, k, v, w, b, topk, 32, 16)
     for side_impl in ("separate", "fused"):
         out = sla.sla_attention(q, k, v, w, b, topk, 32, 16, sparse_impl="tma", blocks_per_iter=blocks_per_iter,
-                                side_impl=side_impl, warp_specialize=blocks_per_iter == 2)
+                                side_impl=side_impl)
         assert out.shape == ref.shape
         assert torch.isfinite(out).all()
         assert _rel(out, ref) < 1e-5, side_impl
