@@ -27,7 +27,7 @@ from bench.common import GRIDS, environment, print_table, rel_err, wall_s, write
 from inference.configs import A14B
 from inference.dit import SelfAttention, WanDiT
 from turbokernels import dispatch
-from turbokernels.graphs import compile_blocks
+from turbokernels.torch_compile import compile_blocks
 
 MODES = ("dense_bf16", "sla_bf16", "sla_fp8_unfused", "sla_fp8", "sla_fp8_pv8", "sla_fp8_attn8", "sla_fp8_compile")
 # Modes whose SLA sparse branch runs 8-bit products: (int8 Q.K^T, e4m3 P.V).

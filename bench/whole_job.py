@@ -55,7 +55,7 @@ def build_pipeline(linears: str, *, dense: bool = False, compile_blocks: bool = 
         if dense:
             set_dense(dit, True, {})
         if compile_blocks:
-            from turbokernels.graphs import compile_blocks as compile_dit_blocks
+            from turbokernels.torch_compile import compile_blocks as compile_dit_blocks
 
             compile_dit_blocks(dit)
         torch.cuda.empty_cache()

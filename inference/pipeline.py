@@ -526,7 +526,7 @@ class I2VPipeline:
             if linear_mode == "fp8":
                 module.use_fp8_linears()
             if compile_blocks:
-                from turbokernels.graphs import compile_blocks as compile_dit_blocks
+                from turbokernels.torch_compile import compile_blocks as compile_dit_blocks
 
                 compile_dit_blocks(module)
         return cls(

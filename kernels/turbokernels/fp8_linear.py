@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbokernels.graphs import opaque_to_compile
+from turbokernels.torch_compile import opaque_to_compile
 from turbokernels.norms_triton import row_warps
 
 try:

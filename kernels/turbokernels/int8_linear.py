@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from turbokernels.graphs import opaque_to_compile
+from turbokernels.torch_compile import opaque_to_compile
 
 try:
     import triton

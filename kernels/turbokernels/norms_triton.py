@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from turbokernels.graphs import opaque_to_compile
+from turbokernels.torch_compile import opaque_to_compile
 
 try:
     import triton

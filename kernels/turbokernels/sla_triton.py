@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from turbokernels.graphs import opaque_to_compile
+from turbokernels.torch_compile import opaque_to_compile
 
 try:  # Triton is absent on some CPU-only installs; the dispatcher then keeps to the reference.
     import triton

@@ -1,11 +1,11 @@
-"""turbokernels.graphs: block compilation setup and kernel wrappers opaque to torch.compile."""
+"""turbokernels.torch_compile: block compilation setup and kernel wrappers opaque to torch.compile."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from turbokernels import graphs
+from turbokernels import torch_compile
 
 
 class _Model(nn.Module):
@@ -16,7 +16,7 @@ class _Model(nn.Module):
 
 def test_compile_blocks_compiles_each_block_and_keeps_one_cache_entry_per_block():
     model = _Model()
-    assert graphs.compile_blocks(model) == 3
+    assert torch_compile.compile_blocks(model) == 3
     assert all(block._compiled_call_impl is not None for block in model.blocks)
     # 40 blocks of one class must not exhaust Dynamo's per-code cache and fall back to eager.
     assert torch._dynamo.config.cache_size_limit >= 40
@@ -26,7 +26,7 @@ def test_opaque_wrapper_still_computes_the_same():
     def double(x: torch.Tensor) -> torch.Tensor:
         return x * 2
 
-    wrapped = graphs.opaque_to_compile(double)
+    wrapped = torch_compile.opaque_to_compile(double)
     x = torch.arange(4.0)
     assert torch.equal(wrapped(x), x * 2)
     assert wrapped is not double
