@@ -1,4 +1,5 @@
-"""Dramatiq actors. The broker is set up before the first declaration (see turbosite/broker.py)."""
+"""The Dramatiq actor that runs jobs, and the Dramatiq worker that consumes the GPU queue (worker side: this
+module imports the GPU code, so only worker processes and the embedded worker import it)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import dramatiq
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
-from turbosite.broker import GPU_QUEUE, ensure_broker
+from generation import queue, worker
+from turbosite import broker
 
-ensure_broker()
+broker.ensure_broker()  # an actor binds to the broker that is global when it is declared
 log = logging.getLogger(__name__)
 
 # Our own deadline stops a job cleanly between steps (generation/worker.py); Dramatiq's limit, a minute later, is
@@ -20,13 +22,12 @@ ACTOR_TIME_LIMIT_MS = (settings.TURBO_JOB_TIME_LIMIT_S + 60) * 1000
 DATABASE_RETRY_DELAY_MS = 15_000
 
 
-@dramatiq.actor(queue_name=GPU_QUEUE, max_retries=0, time_limit=ACTOR_TIME_LIMIT_MS, notify_shutdown=True)
+@dramatiq.actor(actor_name=queue.RUN_JOB, queue_name=queue.GPU_QUEUE, max_retries=0, time_limit=ACTOR_TIME_LIMIT_MS,
+                notify_shutdown=True)
 def run_job(job_id: str) -> None:
     """Run one generation job; a job that is not QUEUED any more (duplicate delivery, canceled) is skipped."""
-    from generation.worker import execute_job
-
     try:
-        execute_job(job_id)
+        worker.execute_job(job_id)
     except DatabaseError:
         # Dramatiq retries are off (a retry must not rerun a claimed job), so the message is sent again by hand.
         # Harmless either way: if the job was claimed before the database went, this delivery's claim fails and
@@ -34,4 +35,9 @@ def run_job(job_id: str) -> None:
         log.exception("job %s: database unreachable; message sent again in %d s", job_id,
                       DATABASE_RETRY_DELAY_MS // 1000)
         close_old_connections()
-        run_job.send_with_options(args=(job_id,), delay=DATABASE_RETRY_DELAY_MS)
+        queue.enqueue_job(job_id, delay_ms=DATABASE_RETRY_DELAY_MS)
+
+
+def start_worker(*, threads: int = 1) -> dramatiq.Worker:
+    """Start a Dramatiq worker in this process on the "gpu" queue (run_job is declared: this module is loaded)."""
+    return broker.start_worker(queues={queue.GPU_QUEUE}, threads=threads)

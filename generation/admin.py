@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from generation import services, storage
+from generation import queue, services, storage
 from generation.models import Job
 
 PREVIEW_WIDTH = 480
@@ -160,10 +160,8 @@ def _seconds(value: object) -> str:
 
 def queue_snapshot(now=None) -> dict[str, object]:
     """What the queue page shows: depth (broker and database), running jobs, and each worker's last heartbeat."""
-    from generation import queue
-
     now = now or timezone.now()
-    stale_after = timedelta(seconds=getattr(settings, "TURBO_HEARTBEAT_STALE_S", 120))
+    stale_after = timedelta(seconds=settings.TURBO_HEARTBEAT_STALE_S)
     try:
         broker_depth = queue.queue_depth()
     except Exception:

@@ -12,7 +12,7 @@ class GenerationConfig(AppConfig):
 
         if not settings.REDIS_URL:
             # Embedded default: the web process runs jobs itself; the first real request starts the worker thread
-            # (never migrate, shell or the test client: see turbosite/broker.py).
-            from turbosite.broker import start_embedded_worker_on_request
+            # and the reaper (never migrate, shell or the test client: see generation/embedded.py).
+            from generation import embedded
 
-            request_started.connect(start_embedded_worker_on_request, dispatch_uid="turbosite-embedded-worker")
+            request_started.connect(embedded.start_on_request, dispatch_uid="turbosite-embedded-worker")

@@ -38,7 +38,7 @@ class NewVideoForm(forms.Form):
     )
     prompt = forms.CharField(
         strip=True,
-        max_length=getattr(settings, "TURBO_MAX_PROMPT_CHARS", 2000),
+        max_length=settings.TURBO_MAX_PROMPT_CHARS,
         help_text="What should happen: motion, camera, mood.",
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": "The waves roll in slowly while the camera pans left"}),
     )

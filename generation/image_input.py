@@ -31,11 +31,6 @@ logger = logging.getLogger(__name__)
 # extra preview frames). Everything else (TIFF, PSD, ICO, EPS, ...) is refused: each extra decoder is attack surface.
 ACCEPTED_FORMATS: Final = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP"})
 
-DEFAULT_MAX_UPLOAD_BYTES: Final = 20 * 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS: Final = 40_000_000
-DEFAULT_MIN_IMAGE_SIDE: Final = 64
-DEFAULT_MAX_ASPECT_RATIO: Final = 4.0
-
 _WHITE = (255, 255, 255, 255)
 _ALPHA_MODES: Final = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_GREY_MODES: Final = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -51,12 +46,12 @@ class ImageRejected(ValueError):
 
 
 def limits() -> dict[str, float]:
-    """The limits in force (settings with defaults), for error messages, the API schema and the pages."""
+    """The limits in force (from settings), for error messages, the API schema and the pages."""
     return {
-        "max_upload_bytes": int(getattr(settings, "TURBO_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)),
-        "max_image_pixels": int(getattr(settings, "TURBO_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)),
-        "min_image_side": int(getattr(settings, "TURBO_MIN_IMAGE_SIDE", DEFAULT_MIN_IMAGE_SIDE)),
-        "max_aspect_ratio": float(getattr(settings, "TURBO_MAX_ASPECT_RATIO", DEFAULT_MAX_ASPECT_RATIO)),
+        "max_upload_bytes": int(settings.TURBO_MAX_UPLOAD_BYTES),
+        "max_image_pixels": int(settings.TURBO_MAX_IMAGE_PIXELS),
+        "min_image_side": int(settings.TURBO_MIN_IMAGE_SIDE),
+        "max_aspect_ratio": float(settings.TURBO_MAX_ASPECT_RATIO),
     }
 
 

@@ -6,6 +6,7 @@ a worker and a user, or a worker and the reaper can never both win the same tran
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +21,14 @@ from generation.signals import send_job_changed
 
 class IllegalTransition(Exception):
     """A state change that the state machine forbids from the job's current state."""
+
+
+class Standing(enum.StrEnum):
+    """Where a worker's attempt at a job stands, read from the row (Job.standing)."""
+
+    OURS = "ours"  # RUNNING on this attempt: carry on
+    CANCELED = "canceled"  # its owner canceled it: stop and keep nothing
+    LOST = "lost"  # deleted, ended, requeued or claimed by another attempt: let go without writing
 
 
 class Job(models.Model):
@@ -104,6 +113,11 @@ class Job(models.Model):
 
     # -- state machine -------------------------------------------------------------------------------------
 
+    def _rows(self, statuses: Iterable[str], attempt: int | None = None) -> models.QuerySet[Job]:
+        """This job's row, if it is in one of `statuses` (and, for a worker's write, still on `attempt`)."""
+        rows = Job.objects.filter(id=self.id, status__in=tuple(statuses))
+        return rows if attempt is None else rows.filter(attempts=attempt)
+
     def _transition(self, target: str, *, sources: Iterable[str] | None = None, attempt: int | None = None,
                     **fields: Any) -> bool:
         """Move to `target` only if the row is still in an allowed source state. Returns whether it moved.
@@ -116,10 +130,7 @@ class Job(models.Model):
         allowed = tuple(sources) if sources is not None else self.TRANSITIONS[target]
         if not set(allowed) <= set(self.TRANSITIONS[target]):
             raise IllegalTransition(f"{target} cannot be entered from {sorted(set(allowed) - set(self.TRANSITIONS[target]))}")
-        rows = Job.objects.filter(id=self.id, status__in=allowed)
-        if attempt is not None:
-            rows = rows.filter(attempts=attempt)
-        updated = rows.update(status=target, **fields)
+        updated = self._rows(allowed, attempt).update(status=target, **fields)
         if updated:
             self.refresh_from_db()
             send_job_changed(self, "status")
@@ -159,12 +170,41 @@ class Job(models.Model):
                                   "heartbeat_at": timezone.now()}
         if timings is not None:
             fields["timings"] = timings
-        rows = Job.objects.filter(id=self.id, status=self.Status.RUNNING)
-        if attempt is not None:
-            rows = rows.filter(attempts=attempt)
-        updated = rows.update(**fields)
+        updated = self._rows([self.Status.RUNNING], attempt).update(**fields)
         if updated:
             for name, value in fields.items():
                 setattr(self, name, value)
             send_job_changed(self, "progress")
         return bool(updated)
+
+    # -- a running worker's writes and checks --------------------------------------------------------------
+
+    def beat(self, attempt: int) -> bool:
+        """Touch the heartbeat while RUNNING on `attempt` (the reaper takes back jobs whose heartbeat stops).
+        False means the job is no longer this attempt's; `standing` says why. The instance is not changed: the
+        heartbeat thread shares it with the thread running the job."""
+        return bool(self._rows([self.Status.RUNNING], attempt).update(heartbeat_at=timezone.now()))
+
+    def record_gpu(self, gpu_name: str, *, attempt: int | None = None) -> bool:
+        """Write the name of the GPU running the job, while it is RUNNING (on `attempt`, when given)."""
+        gpu_name = gpu_name[:128]
+        updated = self._rows([self.Status.RUNNING], attempt).update(gpu_name=gpu_name)
+        if updated:
+            self.gpu_name = gpu_name
+        return bool(updated)
+
+    def standing(self, attempt: int) -> Standing:
+        """Whether the worker running `attempt` still owns the job, read from the row now."""
+        row = Job.objects.filter(id=self.id).values_list("status", "attempts").first()
+        if row is None:
+            return Standing.LOST  # deleted while running
+        status, attempts = row
+        if status == self.Status.CANCELED:
+            return Standing.CANCELED
+        if status != self.Status.RUNNING or attempts != attempt:
+            return Standing.LOST
+        return Standing.OURS
+
+    def claimed_again(self, attempt: int) -> bool:
+        """Whether a later attempt has claimed the job since `attempt` (its files then belong to that attempt)."""
+        return Job.objects.filter(id=self.id).exclude(attempts=attempt).exists()

@@ -18,8 +18,6 @@ from typing import Final
 
 from django.conf import settings
 
-DEFAULT_MAX_PROMPT_CHARS: Final = 2000
-
 BIDI_CONTROLS: Final = frozenset(
     "\u202a\u202b\u202c\u202d\u202e"  # embeddings and overrides
     "\u2066\u2067\u2068\u2069"  # isolates
@@ -38,7 +36,7 @@ class PromptRejected(ValueError):
 
 
 def max_prompt_chars() -> int:
-    return int(getattr(settings, "TURBO_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS))
+    return int(settings.TURBO_MAX_PROMPT_CHARS)
 
 
 def clean_prompt_or_reject(text: object) -> str:

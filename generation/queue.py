@@ -1,31 +1,62 @@
-"""Sending jobs to the GPU queue. Services call `enqueue_job` from `transaction.on_commit`, so a worker never
-receives the id of a row it cannot read yet."""
+"""The one place that sends messages to the queues, and what the web side may ask about them.
+
+Messages are addressed by name (queue and actor), so sending needs neither the actor nor the code behind it: the web
+process stays free of the GPU stack. `generation.actors` declares run_job and `generation.webhooks.actors`
+deliver_webhook under the same names. Services call `enqueue_job` from `transaction.on_commit`, so a worker never
+receives the id of a row it cannot read yet; the reaper and the worker use it to send a job again.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
 
+import dramatiq
+
 from turbosite import broker
+from turbosite.broker import GPU_QUEUE, WEBHOOK_QUEUE
 
 log = logging.getLogger(__name__)
 
+RUN_JOB = "run_job"  # the actor's name: generation.actors.run_job
+DELIVER_WEBHOOK = "deliver_webhook"  # generation.webhooks.actors.deliver_webhook
 
-def enqueue_job(job_id: uuid.UUID | str) -> None:
-    """Put one message for `job_id` on the "gpu" queue. Sending twice is harmless: the worker's claim is atomic.
+
+def enqueue_job(job_id: uuid.UUID | str, *, delay_ms: int | None = None) -> None:
+    """Put one run_job message for `job_id` on the "gpu" queue (after `delay_ms`, when given). Sending twice is
+    harmless: the worker's claim is atomic.
 
     On the embedded default the message waits in this process until its worker thread runs (started by the first
     real request; queued rows left by a stopped process are sent again when it starts).
     """
-    from generation.actors import run_job  # imported late: the broker must exist before the actor is declared
+    _send(GPU_QUEUE, RUN_JOB, str(job_id), delay_ms)
+    log.info("job %s sent to the %s queue (%s)%s", job_id, GPU_QUEUE, broker.describe_broker(),
+             f" to run in {delay_ms} ms" if delay_ms else "")
 
-    run_job.send(str(job_id))
-    log.info("job %s sent to the %s queue (%s)", job_id, broker.GPU_QUEUE, broker.describe_broker())
+
+def send_webhook_delivery(delivery_id: uuid.UUID | str, *, delay_ms: int | None = None) -> None:
+    """Put one deliver_webhook message for `delivery_id` on the "webhooks" queue (after `delay_ms`, when given)."""
+    _send(WEBHOOK_QUEUE, DELIVER_WEBHOOK, str(delivery_id), delay_ms)
+
+
+def _send(queue_name: str, actor_name: str, argument: str, delay_ms: int | None) -> None:
+    current = broker.ensure_broker()
+    current.declare_queue(queue_name)  # idempotent; the in-process broker refuses undeclared queues
+    current.enqueue(dramatiq.Message(queue_name=queue_name, actor_name=actor_name, args=(argument,), kwargs={},
+                                     options={}), delay=delay_ms)
 
 
 def queue_depth() -> int | None:
     """Messages waiting on the "gpu" queue, None when the broker cannot be reached."""
-    return broker.queue_depth(broker.GPU_QUEUE)
+    return broker.queue_depth(GPU_QUEUE)
+
+
+def messages_waiting() -> bool | None:
+    """Whether any message waits, on the queue or delayed; None when the broker cannot be read."""
+    depths = [broker.queue_depth(GPU_QUEUE), broker.queue_depth(f"{GPU_QUEUE}.DQ")]
+    if any(depth is None for depth in depths):
+        return None
+    return any(depths)
 
 
 def broker_ok() -> bool:

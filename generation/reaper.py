@@ -18,6 +18,7 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from generation import queue
 from generation.lifecycle.retention import expire_old_jobs_now_and_then
 from generation.lifecycle.services import cancel_overdue_jobs
 from generation.models import Job
@@ -44,8 +45,6 @@ def stale_jobs(*, stale_after_s: float | None = None, now: datetime | None = Non
 def reap_stale_jobs(*, stale_after_s: float | None = None, max_attempts: int | None = None,
                     now: datetime | None = None) -> ReapResult:
     """Requeue (and send again) or fail every RUNNING job whose worker went silent."""
-    from generation.queue import enqueue_job
-
     max_attempts = settings.TURBO_MAX_ATTEMPTS if max_attempts is None else max_attempts
     result = ReapResult()
     for job in stale_jobs(stale_after_s=stale_after_s, now=now):
@@ -62,7 +61,7 @@ def reap_stale_jobs(*, stale_after_s: float | None = None, max_attempts: int | N
                          f"queued again (attempt {job.attempts} of {max_attempts})", attempt=job.attempts):
             result.requeued.append(str(job.id))
             try:
-                enqueue_job(job.id)
+                queue.enqueue_job(job.id)
             except Exception:
                 # The row is QUEUED already; resend_lost_messages sends it once the queue is reachable again.
                 log.exception("job %s requeued but its message could not be sent", job.id)
@@ -73,11 +72,9 @@ def reap_stale_jobs(*, stale_after_s: float | None = None, max_attempts: int | N
 def resend_queued_jobs() -> int:
     """Send a message for every QUEUED job (after an in-process broker restarted with an empty queue).
     Duplicates are harmless: only one delivery can claim a job."""
-    from generation.queue import enqueue_job
-
     ids = list(Job.objects.filter(status=Job.Status.QUEUED).order_by("created_at").values_list("id", flat=True))
     for job_id in ids:
-        enqueue_job(job_id)
+        queue.enqueue_job(job_id)
     if ids:
         log.info("sent %d queued jobs again", len(ids))
     return len(ids)
@@ -89,20 +86,16 @@ def resend_lost_messages(*, older_than_s: float | None = None, now: datetime | N
     Workers take only the message they run (prefetch 1), so an empty queue with jobs QUEUED for a while means
     those messages were lost. A duplicate from a race with a worker that just took one is harmless.
     """
-    from generation.queue import enqueue_job
-    from turbosite import broker
-
     older_than_s = settings.TURBO_QUEUED_RESEND_S if older_than_s is None else older_than_s
     cutoff = (now or timezone.now()) - timedelta(seconds=older_than_s)
     waiting = list(Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=cutoff)
                    .order_by("created_at").values_list("id", flat=True))
     if not waiting:
         return []
-    depths = [broker.queue_depth(broker.GPU_QUEUE), broker.queue_depth(f"{broker.GPU_QUEUE}.DQ")]
-    if any(depth is None or depth > 0 for depth in depths):
+    if queue.messages_waiting() is not False:
         return []  # messages are waiting (or the broker cannot be read): nothing is known to be lost
     for job_id in waiting:
-        enqueue_job(job_id)
+        queue.enqueue_job(job_id)
     log.warning("the queue was empty while %d jobs waited over %s s: sent them again", len(waiting), older_than_s)
     return [str(job_id) for job_id in waiting]
 

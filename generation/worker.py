@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 from dramatiq.middleware.shutdown import Shutdown
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from PIL import Image
 
-from generation.models import Job
+from generation import queue, storage
+from generation.models import Job, Standing
 from inference.types import GenerationCanceled, GenerationRequest, InferenceInputError, ProgressEvent, WeightsError
 
 if TYPE_CHECKING:
@@ -61,6 +61,9 @@ def _load_inference_pipeline(model: str) -> Any:
         device=settings.TURBO_DEVICE or None,
         attention=settings.TURBO_ATTENTION,
         memory_policy=settings.TURBO_MEMORY_POLICY,
+        linears=settings.TURBO_LINEARS,
+        compile_blocks=settings.TURBO_COMPILE,
+        kernels=settings.TURBO_KERNELS,
     )
 
 
@@ -138,13 +141,20 @@ class _Ownership:
     def stop(self) -> bool:
         return self.canceled or self.lost or self.timed_out
 
+    def update(self, standing: Standing, *, beat_failed: bool = False) -> None:
+        """Take in the row's standing; after a failed heartbeat the job cannot be ours any more."""
+        if standing is Standing.CANCELED:
+            self.canceled = True
+        elif standing is Standing.LOST or beat_failed:
+            self.lost = True
+
 
 class _Heartbeat(threading.Thread):
     """Touches the row every TURBO_HEARTBEAT_INTERVAL_S while the job runs, so long steps still beat."""
 
-    def __init__(self, job_id: Any, attempt: int, ownership: _Ownership) -> None:
-        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
-        self.job_id = job_id
+    def __init__(self, job: Job, attempt: int, ownership: _Ownership) -> None:
+        super().__init__(name=f"heartbeat-{job.id}", daemon=True)
+        self.job = job
         self.attempt = attempt
         self.ownership = ownership
         self.stopped = threading.Event()
@@ -159,23 +169,17 @@ class _Heartbeat(threading.Thread):
                 except Exception:
                     # One failed write (a database restart, a lock) must not end the heartbeats of a healthy job,
                     # or the reaper would take it back; reconnect on the next beat.
-                    log.exception("heartbeat for job %s failed; retrying", self.job_id)
+                    log.exception("heartbeat for job %s failed; retrying", self.job.id)
                     connection.close()
         finally:
             connection.close()
 
     def beat(self) -> bool:
         """Touch the row; False once the job is no longer this attempt's (canceled, reaped or deleted)."""
-        updated = Job.objects.filter(id=self.job_id, status=Job.Status.RUNNING, attempts=self.attempt).update(
-            heartbeat_at=timezone.now())
         self.beats += 1
-        if updated:
+        if self.job.beat(self.attempt):
             return True
-        status = Job.objects.filter(id=self.job_id).values_list("status", flat=True).first()
-        if status == Job.Status.CANCELED:
-            self.ownership.canceled = True
-        else:
-            self.ownership.lost = True
+        self.ownership.update(self.job.standing(self.attempt), beat_failed=True)
         return False
 
     def stop(self) -> None:
@@ -225,13 +229,7 @@ class _Run:
         return self.ownership.stop
 
     def refresh_ownership(self) -> None:
-        row = Job.objects.filter(id=self.job.id).values_list("status", "attempts").first()
-        if row is None:
-            self.ownership.lost = True  # deleted while running
-        elif row[0] == Job.Status.CANCELED:
-            self.ownership.canceled = True
-        elif row[0] != Job.Status.RUNNING or row[1] != self.attempt:
-            self.ownership.lost = True
+        self.ownership.update(self.job.standing(self.attempt))
 
     def check(self) -> None:
         if self.should_cancel():
@@ -240,8 +238,6 @@ class _Run:
     # -- storage ----------------------------------------------------------------------------------------------
 
     def upload(self, name: str, data: bytes, content_type: str) -> str:
-        from generation import storage
-
         self.uploaded.append(name)  # before the call: a write that failed half-way is cleaned up as well
         try:
             return storage.save_bytes(name, data, content_type)
@@ -249,10 +245,7 @@ class _Run:
             raise StorageFailed(f"saving {name} failed ({type(exc).__name__}: {exc})") from exc
 
     def delete_outputs(self) -> None:
-        from generation import storage
-
-        attempts = Job.objects.filter(id=self.job.id).values_list("attempts", flat=True).first()
-        if attempts is not None and attempts != self.attempt:
+        if self.job.claimed_again(self.attempt):
             # The reaper gave the job to another attempt, which writes the same names: those files are its own.
             self.uploaded.clear()
             return
@@ -272,7 +265,7 @@ def execute_job(job_id: str) -> str | None:
         log.info("job %s is %s, not QUEUED: duplicate or stale delivery skipped", job_id, job.status)
         return None
     run = _Run(job=job, attempt=job.attempts, deadline=time.monotonic() + settings.TURBO_JOB_TIME_LIMIT_S)
-    heartbeat = _Heartbeat(job.id, run.attempt, run.ownership)
+    heartbeat = _Heartbeat(job, run.attempt, run.ownership)
     heartbeat.start()
     started = time.perf_counter()
     log.info("job %s claimed by %s (attempt %d)", job.id, job.worker, run.attempt)
@@ -293,9 +286,7 @@ def _run_to_end(run: _Run, started: float) -> str | None:
         # The worker is stopping (deploy, SIGTERM): give the job back to the queue for another worker.
         run.delete_outputs()
         if job.requeue("the worker shut down while running this job; it was queued again", attempt=run.attempt):
-            from generation.queue import enqueue_job
-
-            enqueue_job(job.id)
+            queue.enqueue_job(job.id)
         return Job.Status.QUEUED
     except TimeLimitExceeded:
         return _failed(run, _time_limit_message(run))
@@ -332,8 +323,6 @@ def _run_to_end(run: _Run, started: float) -> str | None:
 
 
 def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
-    from generation import storage
-
     job = run.job
     run.set_stage("loading_model")
     pipeline, load_seconds = get_pipeline(job.model)
@@ -341,7 +330,7 @@ def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
         run.timings["load_model"] = round(load_seconds, 4)
     device_name = str(getattr(pipeline, "device_name", "") or "")
     if device_name:
-        Job.objects.filter(id=job.id, status=Job.Status.RUNNING).update(gpu_name=device_name[:128])
+        job.record_gpu(device_name)
 
     run.set_stage("reading_input")
     t0 = time.perf_counter()
@@ -389,8 +378,6 @@ def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
 
 
 def _read_input(job: Job) -> Image.Image:
-    from generation import storage
-
     name = job.input_image.name if job.input_image else ""
     if not name:
         raise InferenceInputError(f"job {job.id} has no input image")

@@ -26,7 +26,19 @@ EXIT_INTERRUPTED = 130
 _POSTER_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 
 
+def environment_switches() -> dict[str, str]:
+    """The switches a shell may set for the CLI, read here once and passed down as option defaults (the site reads
+    the same variables in turbosite/settings.py and hands them to the pipeline the same way)."""
+    return {
+        "weights": os.environ.get("TURBO_MODEL_DIR", "").strip(),
+        "linears": os.environ.get("TURBO_LINEARS", "").strip() or "auto",
+        "compile": os.environ.get("TURBO_COMPILE", "0").strip(),
+        "kernels": os.environ.get("TURBO_KERNELS", "").strip() or "auto",
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
+    env = environment_switches()
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -41,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     gen.add_argument("--ode", action="store_true", help="deterministic ODE steps instead of SDE")
     gen.add_argument("--attention", default="sla", help="sla or dense (default sla)")
-    gen.add_argument("--weights", default=None, help="weights folder (default: $TURBO_MODEL_DIR)")
+    gen.add_argument("--weights", default=env["weights"] or None, help="weights folder (default: $TURBO_MODEL_DIR)")
     gen.add_argument("--poster", type=Path, default=None, help="also write the first frame (.jpg or .png)")
     gen.add_argument(
         "--no-adaptive", action="store_true", help="use the fixed resolution instead of the image's aspect"
@@ -53,11 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--memory-policy", default="auto", help="auto, resident, offload or stream (default auto)")
-    gen.add_argument("--linears", default=None, help="auto, fp8 or native (default $TURBO_LINEARS or auto)")
-    gen.add_argument("--compile", action="store_true", help="torch.compile each DiT block (pays off from the 2nd job)")
+    gen.add_argument("--linears", default=env["linears"], help="auto, fp8 or native (default $TURBO_LINEARS or auto)")
+    gen.add_argument("--compile", action="store_true", default=env["compile"] == "1",
+                     help="torch.compile each DiT block (default: on when $TURBO_COMPILE=1)")
+    gen.add_argument("--kernels", default=env["kernels"], choices=("auto", "kernel", "reference"),
+                     help="kernel backend (default $TURBO_KERNELS or auto)")
 
     models = commands.add_parser("models", help="list models and whether their weights are installed")
-    models.add_argument("--weights", default=None, help="weights folder (default: $TURBO_MODEL_DIR)")
+    models.add_argument("--weights", default=env["weights"] or None, help="weights folder (default: $TURBO_MODEL_DIR)")
     return parser
 
 
@@ -114,7 +129,7 @@ def _generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     pipeline = I2VPipeline.load(
         args.model, args.weights, device=args.device, attention=args.attention, memory_policy=args.memory_policy,
-        linears=args.linears, compile_blocks=args.compile or None,
+        linears=args.linears, compile_blocks=args.compile, kernels=args.kernels,
     )
     load_seconds = time.perf_counter() - started
 
@@ -164,7 +179,7 @@ def format_timings(timings: dict[str, float], peak_memory_bytes: int | None) -> 
 def _list_models(weights_dir: str | None) -> int:
     from inference.checkpoint import weights_status
 
-    folder = weights_dir or os.environ.get("TURBO_MODEL_DIR")
+    folder = weights_dir
     rows = [("model", "resolution", "frames", "weights")]
     for config in MODELS.values():
         if config.random_weights:

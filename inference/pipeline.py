@@ -6,7 +6,6 @@ high- and low-noise experts -> VAE decode. Every stage and step reports progress
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from inference.types import (
 )
 from inference.vae import WanVAE, load_vae
 from inference.video import frames_to_uint8, frames_to_uint8_into
+from turbokernels.dispatch import set_backend as set_kernel_backend
 
 ATTENTION_MODES = ("sla", "dense", "auto")  # auto: SLA where the checkpoint carries its weights
 MEMORY_POLICIES = ("auto", "resident", "offload", "stream")
@@ -383,7 +383,7 @@ def _weight_paths(config: ModelConfig, weights_dir: str | Path | None) -> tuple[
     """Where each weight file lives; random-weight models need none. Raises WeightsError naming missing files."""
     if config.random_weights:
         return None, dict.fromkeys(("high", "low", "vae", "text"))
-    folder = weights_dir if weights_dir is not None else os.environ.get("TURBO_MODEL_DIR")
+    folder = weights_dir
     if not folder:
         needed = (config.high_noise_file, config.low_noise_file, config.vae_file, config.text_encoder_file)
         raise WeightsError(
@@ -472,15 +472,16 @@ class I2VPipeline:
         attention: str = "sla",
         memory_policy: str = "auto",
         linears: str | None = None,
-        compile_blocks: bool | None = None,
+        compile_blocks: bool = False,
+        kernels: str | None = None,
     ) -> I2VPipeline:
-        """Build the pipeline for a model name from `configs.MODELS`; weights come from `weights_dir`
-        (default: $TURBO_MODEL_DIR) unless the model uses seeded random weights.
+        """Build the pipeline for a model name from `configs.MODELS`; weights come from `weights_dir` (the
+        worker passes TURBO_MODEL_DIR, the CLI --weights) unless the model uses seeded random weights.
 
-        `linears` (default $TURBO_LINEARS or "auto") picks fp8 block linears on Hopper-class GPUs;
-        `compile_blocks` (default: on when $TURBO_COMPILE=1, else off) wraps each DiT block in torch.compile: about
-        12 s of compiling the first time each video size is seen, and no faster since the fused kernels took over
-        the work it used to fuse (bench/README.md); kept for experiments."""
+        The callers read the switches from their environment and pass them in: `linears` ("auto" when None) picks
+        fp8 block linears on Hopper-class GPUs; `compile_blocks` wraps each DiT block in torch.compile (kept for
+        experiments: no faster since the fused kernels took over the work it used to fuse, see bench/README.md);
+        `kernels`, when given, sets the process's kernel backend (turbokernels.dispatch: auto, kernel, reference)."""
         try:
             config = get_config(model)
         except ValueError as exc:
@@ -493,9 +494,9 @@ class I2VPipeline:
             )
         chosen = pick_device(device)
         dtype = torch.bfloat16 if chosen.type == "cuda" else torch.float32
-        linear_mode = resolve_linears(linears or os.environ.get("TURBO_LINEARS", "auto"), chosen)
-        if compile_blocks is None:
-            compile_blocks = os.environ.get("TURBO_COMPILE", "0") == "1"
+        linear_mode = resolve_linears(linears or "auto", chosen)
+        if kernels is not None:
+            set_kernel_backend(kernels)
         folder, paths = _weight_paths(config, weights_dir)
 
         # Plan before loading, from parameter bytes, so that whatever stays resident loads straight onto the device

@@ -1,11 +1,8 @@
 """The Dramatiq broker: Redis when settings.REDIS_URL is set, else an in-process StubBroker.
 
-`ensure_broker()` must run before any actor is declared (generation/actors.py calls it at import), because an actor
-binds to whichever broker is global at declaration time.
-
-On the embedded default (no Redis) nothing outside the web process can see the StubBroker's queue, so the web
-process itself runs one worker thread (`start_embedded_worker`), started lazily by the first real HTTP request or
-explicitly; migrate, shell and the test client never start it.
+This module only configures the broker; it knows nothing of jobs. `generation.queue` sends to it,
+`generation.actors` declares the actor on it (an actor binds to whichever broker is global at declaration time, so
+`ensure_broker()` runs first), and `generation.embedded` runs the in-process worker on the embedded default.
 """
 
 from __future__ import annotations
@@ -31,13 +28,13 @@ from dramatiq.middleware import (
 
 log = logging.getLogger(__name__)
 
+# The queues this deployment runs. GPU jobs and webhook deliveries never share one: a delivery must not wait behind
+# a minutes-long video, nor a video behind a slow receiver.
 GPU_QUEUE = "gpu"
-WEBHOOK_QUEUE = "webhooks"  # webhook deliveries: never behind a GPU job (generation/webhooks/actors.py)
+WEBHOOK_QUEUE = "webhooks"
 
 _lock = threading.RLock()
 _broker: dramatiq.Broker | None = None
-_embedded_worker: dramatiq.Worker | None = None
-_embedded_webhook_worker: dramatiq.Worker | None = None
 _booted = False
 
 
@@ -93,7 +90,7 @@ def is_embedded() -> bool:
     return isinstance(ensure_broker(), StubBroker)
 
 
-def queue_depth(queue_name: str = GPU_QUEUE) -> int | None:
+def queue_depth(queue_name: str) -> int | None:
     """Messages waiting in the broker's queue (not yet taken by a worker); None when the broker is unreachable."""
     broker = ensure_broker()
     try:
@@ -117,12 +114,9 @@ def ping() -> bool:
     return True
 
 
-def start_worker(*, queues: set[str] | None = None, threads: int = 1) -> dramatiq.Worker:
-    """Start a Dramatiq worker in this process for the given queues (the actors must be imported first)."""
-    # Importing declares run_job ("gpu") and deliver_webhook ("webhooks") on the broker.
-    import generation.actors
-    import generation.webhooks.actors  # noqa: F401
-
+def start_worker(*, queues: set[str], threads: int = 1) -> dramatiq.Worker:
+    """Start a Dramatiq worker in this process on `queues`. The caller imports the actors of those queues first
+    (generation.actors, generation.webhooks.actors): a message is run by the actor declared under its name."""
     global _booted
     broker = ensure_broker()
     with _lock:
@@ -130,61 +124,9 @@ def start_worker(*, queues: set[str] | None = None, threads: int = 1) -> dramati
         if not _booted:
             broker.emit_after("process_boot")
             _booted = True
-    worker = dramatiq.Worker(broker, queues=queues or {GPU_QUEUE}, worker_threads=threads, worker_timeout=1000)
+    worker = dramatiq.Worker(broker, queues=queues, worker_threads=threads, worker_timeout=1000)
     # Take only what the threads can run now: a message prefetched behind a minutes-long job would wait for this GPU
     # while another worker's GPU sits idle.
     worker.queue_prefetch = threads
     worker.start()
     return worker
-
-
-def start_embedded_worker() -> dramatiq.Worker | None:
-    """Start the in-process worker thread and reaper once (embedded default only). Returns the worker or None."""
-    global _embedded_worker, _embedded_webhook_worker
-    with _lock:
-        if _embedded_worker is not None:
-            return _embedded_worker
-        if not is_embedded():
-            return None
-        _embedded_worker = start_worker(threads=1)
-        # Deliveries get threads of their own: a slow receiver never waits behind a video, nor a video behind it.
-        _embedded_webhook_worker = start_worker(queues={WEBHOOK_QUEUE}, threads=2)
-        from generation.reaper import resend_queued_jobs, start_reaper_thread
-
-        start_reaper_thread()
-        # The previous process's in-memory queue died with it: queued rows get a fresh message.
-        resend_queued_jobs()
-        log.info("embedded worker thread started (in-process broker)")
-        return _embedded_worker
-
-
-def embedded_worker() -> dramatiq.Worker | None:
-    return _embedded_worker
-
-
-def stop_embedded_worker(timeout_ms: int = 10_000) -> None:
-    global _embedded_worker, _embedded_webhook_worker
-    with _lock:
-        if _embedded_worker is not None:
-            _embedded_worker.stop(timeout=timeout_ms)
-            _embedded_worker = None
-        if _embedded_webhook_worker is not None:
-            _embedded_webhook_worker.stop(timeout=timeout_ms)
-            _embedded_webhook_worker = None
-
-
-def start_embedded_worker_on_request(sender: type, **kwargs: Any) -> None:
-    """request_started receiver: the first request served by a real WSGI handler starts the embedded worker.
-
-    The Django test client's handler is skipped, so unit tests never get a background worker by accident.
-    """
-    if _embedded_worker is not None or not settings.TURBO_EMBEDDED_WORKER:
-        return
-    from django.test.client import ClientHandler
-
-    if isinstance(sender, type) and issubclass(sender, ClientHandler):
-        return
-    try:
-        start_embedded_worker()
-    except Exception:
-        log.exception("could not start the embedded worker thread")

@@ -39,10 +39,10 @@ def storage_origins() -> list[str]:
     """Origins a browser fetches outputs from: the S3 public endpoint (and its bucket subdomain when addressing
     is virtual-hosted), AWS's own names when no endpoint is set, plus settings.TURBO_CSP_MEDIA_ORIGINS (a CDN)."""
     origins: list[str] = []
-    bucket = getattr(settings, "S3_BUCKET", "")
+    bucket = settings.S3_BUCKET
     if bucket:
-        endpoint = getattr(settings, "S3_PUBLIC_ENDPOINT_URL", "") or getattr(settings, "S3_ENDPOINT_URL", "")
-        virtual = getattr(settings, "S3_ADDRESSING_STYLE", "path") == "virtual"
+        endpoint = settings.S3_PUBLIC_ENDPOINT_URL
+        virtual = settings.S3_ADDRESSING_STYLE == "virtual"
         if endpoint:
             origin = _origin(endpoint)
             if origin:
@@ -51,10 +51,10 @@ def storage_origins() -> list[str]:
                     scheme, host = origin.split("://", 1)
                     origins.append(f"{scheme}://{bucket}.{host}")
         else:
-            region = getattr(settings, "S3_REGION", "us-east-1")
+            region = settings.S3_REGION
             origins += [f"https://{bucket}.s3.amazonaws.com", f"https://{bucket}.s3.{region}.amazonaws.com",
                         f"https://s3.{region}.amazonaws.com"]
-    for extra in getattr(settings, "TURBO_CSP_MEDIA_ORIGINS", []):
+    for extra in settings.TURBO_CSP_MEDIA_ORIGINS:
         origin = _origin(extra)
         if origin:
             origins.append(origin)
@@ -125,7 +125,7 @@ class CappedUploadHandler(FileUploadHandler):
     def new_file(self, *args, **kwargs) -> None:
         super().new_file(*args, **kwargs)
         self.received = 0
-        self.limit = int(getattr(settings, "TURBO_MAX_UPLOAD_BYTES", 20 * 1024 * 1024))
+        self.limit = int(settings.TURBO_MAX_UPLOAD_BYTES)
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
         self.received += len(raw_data)

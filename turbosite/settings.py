@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from PIL import Image
 
 from turbosite.env import env_bool, env_int, env_list, env_str
 
@@ -47,14 +48,19 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our own origin (the CSP allows 'self' only)
     "axes",
     "storages",
     "turbosite.accounts",
+    "turbosite.api_keys",
     "generation",
+    "generation.webhooks",
+    "generation.lifecycle",  # Cancel-After deadlines, Prefer: wait, retention
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "turbosite.security.SecurityHeadersMiddleware",  # CSP, permissions policy, cross-origin isolation
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -101,9 +107,19 @@ else:
                                          "init_command": "PRAGMA journal_mode=WAL;"}}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Queue: Redis when REDIS_URL is set, otherwise an in-process broker with a worker thread (turbosite/broker.py).
+# Queue and workers: Redis when REDIS_URL is set, otherwise an in-process broker whose worker thread runs inside the
+# web process (turbosite/broker.py, generation/embedded.py). Each job is owned by one worker thread; the reaper
+# returns jobs whose heartbeat stopped.
 REDIS_URL = env_str("REDIS_URL")
 QUEUE_NAMESPACE = env_str("QUEUE_NAMESPACE", "turbosite")  # Redis key prefix for the queues
+TURBO_EMBEDDED_WORKER = env_bool("TURBO_EMBEDDED_WORKER", True)  # without Redis: run jobs in the web process
+TURBO_JOB_TIME_LIMIT_S = env_int("TURBO_JOB_TIME_LIMIT_S", 1800)  # a job that runs longer ends FAILED
+TURBO_HEARTBEAT_INTERVAL_S = env_int("TURBO_HEARTBEAT_INTERVAL_S", 10)  # how often a running job's row is touched
+TURBO_HEARTBEAT_STALE_S = env_int("TURBO_HEARTBEAT_STALE_S", 120)  # silence after which the reaper takes a job back
+TURBO_MAX_ATTEMPTS = env_int("TURBO_MAX_ATTEMPTS", 3)  # lost workers tolerated per job before it is FAILED
+TURBO_REAPER_INTERVAL_S = env_int("TURBO_REAPER_INTERVAL_S", 30)
+TURBO_QUEUED_RESEND_S = env_int("TURBO_QUEUED_RESEND_S", 300)  # QUEUED this long with an empty queue: message lost
+TURBO_PROGRESS_WRITE_INTERVAL_MS = env_int("TURBO_PROGRESS_WRITE_INTERVAL_MS", 1000)  # throttle between row writes
 
 # Files: S3 (MinIO, SeaweedFS, AWS...) when S3_BUCKET is set, otherwise a local folder.
 S3_BUCKET = env_str("S3_BUCKET")
@@ -152,9 +168,54 @@ STORAGES = {
     },
 }
 
-# The model the site serves.
-TURBO_MODEL_DIR = env_str("TURBO_MODEL_DIR")
+# Jobs: what a request gets by default and how much one user may ask for.
 TURBO_DEFAULT_MODEL = env_str("TURBO_DEFAULT_MODEL", "tiny")
+TURBO_MAX_ACTIVE_JOBS = env_int("TURBO_MAX_ACTIVE_JOBS", 3)  # QUEUED + RUNNING per user; 0 means no limit
+TURBO_JOB_CREATE_RATE = env_str("TURBO_JOB_CREATE_RATE", "30/min")  # submissions per user, API and compat routes
+TURBO_PAGE_POLL_MS = env_int("TURBO_PAGE_POLL_MS", 1500)  # how often a job page asks the API for progress
+# Create requests one web process lets wait for their job at once (each holds a server thread up to 60 s).
+TURBO_PREFER_WAIT_MAX_WAITERS = env_int("TURBO_PREFER_WAIT_MAX_WAITERS", 4)
+# Finished jobs' files are deleted this many days after they end (the job is marked expired); 0 keeps them.
+TURBO_RETENTION_DAYS = env_int("TURBO_RETENTION_DAYS", 30)
+
+# Webhooks (generation/webhooks): deliveries on their own queue, signed, retried on a schedule.
+TURBO_WEBHOOK_TIMEOUT_S = env_int("TURBO_WEBHOOK_TIMEOUT_S", 10)  # per attempt: connect, send, read the answer
+# Seconds before each retry after a failed attempt (Standard Webhooks' schedule: about a day in all).
+TURBO_WEBHOOK_RETRY_SCHEDULE_S = [float(s) for s in env_list("TURBO_WEBHOOK_RETRY_SCHEDULE_S",
+                                                             ["5", "300", "1800", "7200", "18000", "36000", "36000"])]
+# Networks webhooks may reach although not public (CIDRs). The embedded default allows loopback, for a receiver on
+# the same laptop; a deployment with Redis allows nothing private unless told.
+TURBO_WEBHOOK_ALLOWED_NETWORKS = env_list("TURBO_WEBHOOK_ALLOWED_NETWORKS",
+                                          [] if REDIS_URL else ["127.0.0.0/8", "::1/128"])
+
+# Input limits (generation/image_input.py, generation/prompt_rules.py; docs/hardening.md has the table).
+TURBO_MAX_UPLOAD_BYTES = env_int("TURBO_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
+TURBO_MAX_IMAGE_PIXELS = env_int("TURBO_MAX_IMAGE_PIXELS", 40_000_000)
+TURBO_MIN_IMAGE_SIDE = env_int("TURBO_MIN_IMAGE_SIDE", 64)
+TURBO_MAX_ASPECT_RATIO = 4.0
+TURBO_MAX_PROMPT_CHARS = env_int("TURBO_MAX_PROMPT_CHARS", 2000)
+# Pillow's own bomb guard matches ours for every decode in the process (it raises at twice this, warns above it).
+Image.MAX_IMAGE_PIXELS = TURBO_MAX_IMAGE_PIXELS
+# Non-file form fields and JSON bodies: 1 MiB is plenty for a prompt and options.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = 4
+# Files above 5 MiB go to a temporary file instead of memory; the capped handler stores at most the upload limit.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+FILE_UPLOAD_HANDLERS = [
+    "turbosite.security.CappedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+
+# Inference, read here once and handed to the pipeline by the GPU worker (generation/worker.py); the web side
+# never loads a model.
+TURBO_MODEL_DIR = env_str("TURBO_MODEL_DIR")  # weights folder (inference/weights.md); unset: only `tiny`
+TURBO_DEVICE = env_str("TURBO_DEVICE")  # "" picks cuda when present; CUDA_VISIBLE_DEVICES pins one GPU per process
+TURBO_ATTENTION = env_str("TURBO_ATTENTION", "sla")
+TURBO_MEMORY_POLICY = env_str("TURBO_MEMORY_POLICY", "auto")
+TURBO_LINEARS = env_str("TURBO_LINEARS", "auto")  # fp8, native or auto (fp8 where the GPU has fp8 tensor cores)
+TURBO_COMPILE = env_bool("TURBO_COMPILE", False)  # torch.compile each DiT block
+TURBO_KERNELS = env_str("TURBO_KERNELS", "auto")  # auto, kernel or reference (turbokernels.dispatch)
 
 # Accounts
 AUTH_PASSWORD_VALIDATORS = [
@@ -181,19 +242,34 @@ AXES_RESET_ON_SUCCESS = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # API keys (turbosite/api_keys): `Bearer <key>` first; DRF's legacy `Token` stays for one release.
+        "turbosite.api_keys.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated",
+                                   "turbosite.api_keys.authentication.ReadOnlyKeys"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
+    "DEFAULT_THROTTLE_RATES": {"job_create": TURBO_JOB_CREATE_RATE},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "TurboSite API",
     "DESCRIPTION": "Turn one image and a prompt into a short video (Wan2.2-I2V-A14B, TurboDiffusion).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "generation.models.Job.Status",
+        "CompatStatusEnum": "generation.compat.views.COMPAT_STATUSES",
+        "WebhookEventEnum": "generation.webhooks.models.JobWebhook.Event",
+        "WebhookDeliveryStatusEnum": "generation.webhooks.models.WebhookDelivery.Status",
+    },
+    # API docs without a CDN: Swagger UI from drf-spectacular-sidecar; /api/docs/ is SpectacularSwaggerSplitView so
+    # its start-up script is not inline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LANGUAGE_CODE = "en-us"
@@ -216,6 +292,10 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Extra origins allowed to serve images and video (a CDN in front of the bucket), comma-separated.
+TURBO_CSP_MEDIA_ORIGINS = env_list("CSP_MEDIA_ORIGINS", [])
+# /metrics (generation/metrics.py): staff sessions, or this token as `Authorization: Bearer <token>`.
+TURBO_METRICS_TOKEN = env_str("TURBO_METRICS_TOKEN")
 
 LOGGING = {
     "version": 1,
@@ -225,88 +305,3 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
-
-# --- worker (worker helper) ---
-# Queue, GPU worker, reaper. Each job is owned by one worker thread; the reaper returns jobs whose heartbeat stopped.
-TURBO_JOB_TIME_LIMIT_S = env_int("TURBO_JOB_TIME_LIMIT_S", 1800)  # a job that runs longer ends FAILED
-TURBO_HEARTBEAT_INTERVAL_S = env_int("TURBO_HEARTBEAT_INTERVAL_S", 10)  # how often a running job's row is touched
-TURBO_HEARTBEAT_STALE_S = env_int("TURBO_HEARTBEAT_STALE_S", 120)  # silence after which the reaper takes a job back
-TURBO_MAX_ATTEMPTS = env_int("TURBO_MAX_ATTEMPTS", 3)  # lost workers tolerated per job before it is FAILED
-TURBO_REAPER_INTERVAL_S = env_int("TURBO_REAPER_INTERVAL_S", 30)
-TURBO_QUEUED_RESEND_S = env_int("TURBO_QUEUED_RESEND_S", 300)  # QUEUED this long with an empty queue: message lost
-TURBO_PROGRESS_WRITE_INTERVAL_MS = env_int("TURBO_PROGRESS_WRITE_INTERVAL_MS", 1000)  # throttle between row writes
-TURBO_DEVICE = env_str("TURBO_DEVICE")  # "" picks cuda when present; CUDA_VISIBLE_DEVICES pins one GPU per process
-TURBO_ATTENTION = env_str("TURBO_ATTENTION", "sla")
-TURBO_MEMORY_POLICY = env_str("TURBO_MEMORY_POLICY", "auto")
-# Embedded default (no REDIS_URL): the web process runs jobs in a worker thread of its own.
-TURBO_EMBEDDED_WORKER = env_bool("TURBO_EMBEDDED_WORKER", True)
-TURBO_PAGE_POLL_MS = env_int("TURBO_PAGE_POLL_MS", 1500)  # how often a job page asks the API for progress
-
-# --- hardening (hardening helper) ---
-# Upload and input limits (generation/image_input.py, generation/prompt_rules.py; docs/hardening.md has the table).
-TURBO_MAX_UPLOAD_BYTES = env_int("TURBO_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
-TURBO_MAX_IMAGE_PIXELS = env_int("TURBO_MAX_IMAGE_PIXELS", 40_000_000)
-TURBO_MIN_IMAGE_SIDE = env_int("TURBO_MIN_IMAGE_SIDE", 64)
-TURBO_MAX_ASPECT_RATIO = 4.0
-TURBO_MAX_PROMPT_CHARS = env_int("TURBO_MAX_PROMPT_CHARS", 2000)
-# Pillow's own bomb guard matches ours for every decode in the process (it raises at twice this, warns above it).
-from PIL import Image as _PILImage  # noqa: E402
-
-_PILImage.MAX_IMAGE_PIXELS = TURBO_MAX_IMAGE_PIXELS
-# Non-file form fields and JSON bodies: 1 MiB is plenty for a prompt and options.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
-DATA_UPLOAD_MAX_NUMBER_FILES = 4
-# Files above 5 MiB go to a temporary file instead of memory; the capped handler stores at most the upload limit.
-FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
-FILE_UPLOAD_HANDLERS = [
-    "turbosite.security.CappedUploadHandler",
-    "django.core.files.uploadhandler.MemoryFileUploadHandler",
-    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
-]
-# Extra origins allowed to serve images and video (a CDN in front of the bucket), comma-separated.
-TURBO_CSP_MEDIA_ORIGINS = env_list("CSP_MEDIA_ORIGINS", [])
-MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
-                  "turbosite.security.SecurityHeadersMiddleware")
-
-# --- jobs (API helper) ---
-TURBO_MAX_ACTIVE_JOBS = env_int("TURBO_MAX_ACTIVE_JOBS", 3)  # QUEUED + RUNNING per user; 0 means no limit
-REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
-    **REST_FRAMEWORK.get("DEFAULT_THROTTLE_RATES", {}),
-    "job_create": env_str("TURBO_JOB_CREATE_RATE", "30/min"),  # submissions per user, API and compat routes
-}
-SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
-    **SPECTACULAR_SETTINGS.get("ENUM_NAME_OVERRIDES", {}),
-    "JobStatusEnum": "generation.models.Job.Status",
-    "CompatStatusEnum": "generation.compat.views.COMPAT_STATUSES",
-}
-# API docs without a CDN (the CSP allows scripts from our own origin only): Swagger UI from drf-spectacular-sidecar;
-# /api/docs/ is SpectacularSwaggerSplitView so its start-up script is not inline.
-INSTALLED_APPS.append("drf_spectacular_sidecar")
-SPECTACULAR_SETTINGS.update({"SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR"})
-
-# --- API for programs (issue 16): webhooks, API keys, waiting, retention, metrics ---
-INSTALLED_APPS.append("generation.webhooks")
-SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update({
-    "WebhookEventEnum": "generation.webhooks.models.JobWebhook.Event",
-    "WebhookDeliveryStatusEnum": "generation.webhooks.models.WebhookDelivery.Status",
-})
-# API keys (turbosite/api_keys): `Bearer <key>` first; DRF's legacy `Token` stays for one release.
-INSTALLED_APPS.append("turbosite.api_keys")
-REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"].insert(0, "turbosite.api_keys.authentication.ApiKeyAuthentication")
-REST_FRAMEWORK["DEFAULT_PERMISSION_CLASSES"].append("turbosite.api_keys.authentication.ReadOnlyKeys")
-# Cancel-After deadlines and Prefer: wait (generation/lifecycle).
-INSTALLED_APPS.append("generation.lifecycle")
-# Create requests one web process lets wait for their job at once (each holds a server thread up to 60 s).
-TURBO_PREFER_WAIT_MAX_WAITERS = env_int("TURBO_PREFER_WAIT_MAX_WAITERS", 4)
-# Finished jobs' files are deleted this many days after they end (the job is marked expired); 0 keeps them.
-TURBO_RETENTION_DAYS = env_int("TURBO_RETENTION_DAYS", 30)
-# /metrics (generation/metrics.py): staff sessions, or this token as `Authorization: Bearer <token>`.
-TURBO_METRICS_TOKEN = env_str("TURBO_METRICS_TOKEN")
-TURBO_WEBHOOK_TIMEOUT_S = env_int("TURBO_WEBHOOK_TIMEOUT_S", 10)  # per attempt: connect, send, read the answer
-# Seconds before each retry after a failed attempt (Standard Webhooks' schedule: about a day in all).
-TURBO_WEBHOOK_RETRY_SCHEDULE_S = [float(s) for s in env_list("TURBO_WEBHOOK_RETRY_SCHEDULE_S",
-                                                             ["5", "300", "1800", "7200", "18000", "36000", "36000"])]
-# Networks webhooks may reach although not public (CIDRs). The embedded default allows loopback, for a receiver on
-# the same laptop; a deployment with Redis allows nothing private unless told.
-TURBO_WEBHOOK_ALLOWED_NETWORKS = env_list("TURBO_WEBHOOK_ALLOWED_NETWORKS",
-                                          [] if REDIS_URL else ["127.0.0.0/8", "::1/128"])

@@ -25,7 +25,7 @@ class JobCreateSerializer(serializers.Serializer):
     image = serializers.FileField(help_text="The still image to animate (JPEG, PNG, WebP, GIF or BMP).")
     prompt = serializers.CharField(allow_blank=True, trim_whitespace=False,
                                    help_text="What should happen in the video. Stripped; at most "
-                                             f"{getattr(settings, 'TURBO_MAX_PROMPT_CHARS', 2000)} characters.")
+                                             f"{settings.TURBO_MAX_PROMPT_CHARS} characters.")
     seed = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=services.MAX_SEED,
                                     help_text="Random seed; a random one is chosen (and returned) when absent.")
     num_steps = serializers.IntegerField(required=False, default=4, min_value=1, max_value=4,

@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework.renderers import JSONRenderer
 
+from generation import queue
 from generation.models import Job
 from generation.services import JobRejected
 from generation.webhooks import netguard, signing
@@ -116,13 +117,8 @@ def on_job_changed(sender: Any, *, job: Job, kind: str, **_: Any) -> None:
 
 
 def send_delivery(delivery_id: uuid.UUID | str, *, delay_s: float = 0) -> None:
-    from generation.webhooks.actors import deliver_webhook
-
     try:
-        if delay_s:
-            deliver_webhook.send_with_options(args=(str(delivery_id),), delay=int(delay_s * 1000))
-        else:
-            deliver_webhook.send(str(delivery_id))
+        queue.send_webhook_delivery(delivery_id, delay_ms=int(delay_s * 1000) if delay_s else None)
     except Exception:
         # The queue is down: the delivery stays pending in the log; the job itself must not suffer for it.
         log.exception("webhook delivery %s could not be queued", delivery_id)

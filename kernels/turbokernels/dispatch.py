@@ -1,6 +1,7 @@
 """The one place the model calls its ops. Each function has the signature of its twin in turbokernels.reference.
 
-Backend choice: `set_backend(...)` or the env var TURBO_KERNELS:
+Backend choice: `set_backend(...)`, called by whoever owns the process's configuration (the GPU worker passes
+TURBO_KERNELS through I2VPipeline.load, the CLI and benchmarks likewise):
 - "reference": always the pure-PyTorch reference;
 - "kernel": always the fast kernel (an error naming the reason if the op has none for these tensors);
 - "auto" (default): the fast kernel on CUDA tensors whose shapes it supports, else the reference.
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
     from turbokernels.fp8_linear import Fp8Rows
 
 BACKENDS = ("auto", "reference", "kernel")
-_ENV_VAR = "TURBO_KERNELS"
-_backend: str | None = None  # None: read the env var on each call, so tests can set it late
+DEFAULT_BACKEND = "auto"
+_backend = DEFAULT_BACKEND
 
 # A check returns None when the kernel can take these arguments, else the reason it cannot.
 Check = Callable[..., str | None]
@@ -129,18 +130,15 @@ _KERNELS: dict[str, tuple[str, str, Check]] = {
 
 
 def set_backend(name: str | None) -> None:
-    """Pick the backend for every op; None goes back to the TURBO_KERNELS env var (default "auto")."""
+    """Pick the backend for every op; None goes back to the default ("auto")."""
     global _backend
     if name is not None and name not in BACKENDS:
         raise ValueError(f"unknown kernel backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    _backend = name
+    _backend = DEFAULT_BACKEND if name is None else name
 
 
 def get_backend() -> str:
-    name = _backend if _backend is not None else os.environ.get(_ENV_VAR, "auto")
-    if name not in BACKENDS:
-        raise ValueError(f"{_ENV_VAR}={name!r} is not a kernel backend; choose one of {', '.join(BACKENDS)}")
-    return name
+    return _backend
 
 
 def _interpreting() -> bool:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbokernels.torch_compile import opaque_to_compile
 from turbokernels.norms_triton import row_warps
+from turbokernels.torch_compile import opaque_to_compile
 
 try:
     import triton

@@ -158,3 +158,30 @@ def test_a_replaced_worker_cannot_write_over_the_attempt_that_took_over(user):
     assert replacement.report_progress(progress=0.5, stage="denoise", attempt=2) is True
     assert replacement.succeed(attempt=2, width=160) is True
     assert _fresh(job).status == Job.Status.SUCCEEDED and _fresh(job).width == 160
+
+
+@pytest.mark.django_db
+def test_a_workers_writes_hold_only_while_its_attempt_runs(user):
+    from generation.models import Standing
+
+    job = _job(user)
+    assert job.beat(1) is False and job.record_gpu("H200") is False  # not running yet
+    assert job.standing(1) is Standing.LOST
+    assert job.claim(worker="worker-a")
+    Job.objects.filter(id=job.id).update(heartbeat_at=None)
+
+    assert job.standing(1) is Standing.OURS and job.standing(2) is Standing.LOST
+    assert job.beat(1) is True and _fresh(job).heartbeat_at is not None
+    assert job.beat(2) is False
+    assert job.record_gpu("NVIDIA H200" + "x" * 200) is True
+    assert _fresh(job).gpu_name == ("NVIDIA H200" + "x" * 200)[:128] == job.gpu_name
+    assert job.claimed_again(1) is False
+
+    assert job.requeue("lost", attempt=1) and job.claim(worker="worker-b")  # the reaper gave it to attempt 2
+    assert job.claimed_again(1) is True and job.standing(1) is Standing.LOST
+    assert job.beat(1) is False and job.beat(2) is True
+
+    assert job.cancel()
+    assert job.standing(2) is Standing.CANCELED
+    Job.objects.filter(id=job.id).delete()
+    assert job.standing(2) is Standing.LOST and job.claimed_again(2) is False

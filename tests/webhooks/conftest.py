@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from django.core.cache import cache
 
+from generation.webhooks import actors
 from turbosite import broker
 
 
@@ -104,7 +105,7 @@ def webhook_settings(settings) -> Any:
 def webhook_worker(webhook_settings) -> Iterator[Any]:
     current = broker.ensure_broker()
     current.flush_all()
-    worker = broker.start_worker(queues={broker.WEBHOOK_QUEUE}, threads=2)
+    worker = actors.start_worker(threads=2)
     yield worker
     worker.stop(timeout=5_000)
     current.flush_all()

@@ -14,14 +14,14 @@ from django.core.signals import request_started
 from django.contrib.auth import get_user_model
 from django.test.client import ClientHandler
 from PIL import Image
-from generation import services
+from generation import embedded, services
 from generation.models import Job
 from turbosite import broker
 
 request_started.send(sender=ClientHandler, environ={})
-started_by_test_client = broker.embedded_worker() is not None
+started_by_test_client = embedded.embedded_worker() is not None
 request_started.send(sender=WSGIHandler, environ={})
-worker = broker.embedded_worker()
+worker = embedded.embedded_worker()
 
 buffer = io.BytesIO()
 Image.new("RGB", (96, 64), (10, 120, 40)).save(buffer, format="PNG")

@@ -121,6 +121,7 @@ def test_queued_jobs_are_sent_again_after_an_in_process_restart(make_job, sent):
 
 
 def test_queued_jobs_whose_messages_were_lost_are_sent_again(make_job, monkeypatch):
+    from generation import queue
     from turbosite import broker
 
     current = broker.ensure_broker()
@@ -129,7 +130,7 @@ def test_queued_jobs_whose_messages_were_lost_are_sent_again(make_job, monkeypat
     Job.objects.filter(id=old.id).update(created_at=timezone.now() - timedelta(minutes=10))
     make_job()  # just created: its message may still be on the way
     assert reaper.resend_lost_messages(older_than_s=300) == [str(old.id)]
-    assert broker.queue_depth() == 1
+    assert queue.queue_depth() == 1
     # The message is there now: nothing is sent twice.
     assert reaper.resend_lost_messages(older_than_s=300) == []
     current.flush_all()

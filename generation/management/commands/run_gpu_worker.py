@@ -23,6 +23,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from generation import actors, queue, reaper
+from generation import worker as job_worker
 from turbosite import broker
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,6 @@ class Command(BaseCommand):
                                "(on the embedded default the web process runs jobs itself)")
         if not broker.ping():
             raise CommandError(f"the Redis broker at REDIS_URL does not answer ({broker.describe_broker()})")
-        from generation import worker as job_worker
-
         preload = options["preload"] or settings.TURBO_DEFAULT_MODEL
         if preload.lower() != "none":
             from inference.types import InferenceInputError, WeightsError
@@ -67,14 +67,12 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
 
-        dramatiq_worker = broker.start_worker(queues={broker.GPU_QUEUE}, threads=1)
-        reaper = None
+        dramatiq_worker = actors.start_worker(threads=1)
+        reaper_thread = None
         if not options["no_reaper"]:
-            from generation.reaper import start_reaper_thread
-
-            reaper = start_reaper_thread()
+            reaper_thread = reaper.start_reaper_thread()
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "all visible")
-        self.stdout.write(f"worker {job_worker.worker_name()} ready: queue {broker.GPU_QUEUE!r} on "
+        self.stdout.write(f"worker {job_worker.worker_name()} ready: queue {queue.GPU_QUEUE!r} on "
                           f"{broker.describe_broker()}, GPUs {gpus}")
         self.stdout.flush()
         try:
@@ -83,8 +81,8 @@ class Command(BaseCommand):
         finally:
             self.stdout.write("shutting down")
             self.stdout.flush()
-            if reaper is not None:
-                reaper.stop()
+            if reaper_thread is not None:
+                reaper_thread.stop()
             dramatiq_worker.stop(timeout=options["shutdown_timeout"] * 1000)
 
     def _warm_up(self, pipeline: Any) -> None:

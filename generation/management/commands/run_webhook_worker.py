@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from generation.webhooks import actors
 from turbosite import broker
 
 
@@ -31,7 +32,7 @@ class Command(BaseCommand):
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        dramatiq_worker = broker.start_worker(queues={broker.WEBHOOK_QUEUE}, threads=max(1, options["threads"]))
+        dramatiq_worker = actors.start_worker(threads=max(1, options["threads"]))
         self.stdout.write(f"webhook worker ready: queue {broker.WEBHOOK_QUEUE!r} on {broker.describe_broker()}")
         self.stdout.flush()
         try:
