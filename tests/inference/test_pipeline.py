@@ -21,6 +21,7 @@ from inference.pipeline import (
     plan_memory,
     resolve_linears,
     resolve_request,
+    usable_gpu_bytes,
 )
 from inference.types import (
     GenerationCanceled,
@@ -332,6 +333,19 @@ def test_memory_plan(policy: str, on_cuda: bool, free: int, expected: MemoryPlan
         headroom_bytes=HEADROOM,
     )
     assert plan == expected
+
+
+@pytest.mark.parametrize(("fraction", "reserved", "expected"), [(1.0, 30 * GiB, 100 * GiB),
+                                                                (0.2, 20 * GiB, 8 * GiB),
+                                                                (0.1, 20 * GiB, 0)])
+def test_usable_gpu_bytes_honours_the_process_memory_fraction(
+    monkeypatch: pytest.MonkeyPatch, fraction: float, reserved: int, expected: int
+) -> None:
+    """A 140 GiB card with 100 GiB free: a per-process cap (as on a smaller card) leaves cap - reserved."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (100 * GiB, 140 * GiB))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda index: fraction)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index: reserved)
+    assert usable_gpu_bytes(torch.device("cuda", 0)) == expected
 
 
 def test_weight_estimate_matches_loaded_modules(pipeline: I2VPipeline) -> None:
