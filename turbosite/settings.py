@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "generation",
     "generation.webhooks",
     "generation.lifecycle",  # Cancel-After deadlines, Prefer: wait, retention
+    "generation.events",  # Server-Sent Events of job changes (Redis pub/sub, or in process when embedded)
 ]
 
 MIDDLEWARE = [

@@ -1,6 +1,8 @@
-// Live progress for queued and running jobs: every element with data-job-poll="<API URL>" polls
-// GET /api/v1/jobs/<id>/ (session cookie; a GET needs no CSRF token) and updates its progress bar, stage and
-// status badge. The job page reloads when its job ends, so the server renders the player or the error.
+// Live progress for queued and running jobs: every element with data-job-poll="<API URL>" follows its job and
+// updates its progress bar, stage and status badge. The job page reloads when its job ends, so the server renders
+// the player or the error. Updates are pushed: GET <API URL>events (Server-Sent Events, session cookie). If the
+// browser has no EventSource, the page watches more jobs than MAX_STREAMS, or the stream fails before its first
+// event (or three times in a row), the element falls back to polling GET <API URL>.
 (function () {
   "use strict";
   var FINISHED = { SUCCEEDED: true, FAILED: true, CANCELED: true };
@@ -84,5 +86,44 @@
     schedule(Math.min(interval, 500));
   }
 
-  document.querySelectorAll("[data-job-poll]").forEach(poll);
+  var MAX_STREAMS = 3;  // browsers allow about six connections per site; leave room for the page itself
+
+  function follow(root) {
+    var source;
+    try {
+      source = new EventSource(root.getAttribute("data-job-poll") + "events");
+    } catch (error) {
+      poll(root);
+      return;
+    }
+    var received = false;
+    var errors = 0;
+    var errorNote = field(root, "poll-error");
+
+    function onEvent(event) {
+      received = true;
+      errors = 0;
+      if (errorNote) { errorNote.hidden = true; }
+      var job = JSON.parse(event.data);
+      render(root, job);
+      if (FINISHED[job.status]) {
+        source.close();
+        finish(root, job);
+      }
+    }
+    ["status", "progress", "completed"].forEach(function (name) { source.addEventListener(name, onEvent); });
+    source.onerror = function () {
+      errors += 1;
+      // The server ends a long stream on purpose and EventSource reconnects by itself (with Last-Event-ID);
+      // a stream that never worked, or keeps failing, gives way to polling.
+      if (!received || errors >= 3 || source.readyState === EventSource.CLOSED) {
+        source.close();
+        poll(root);
+      }
+    };
+  }
+
+  var watched = document.querySelectorAll("[data-job-poll]");
+  var push = typeof window.EventSource === "function" && watched.length <= MAX_STREAMS;
+  watched.forEach(push ? follow : poll);
 })();
