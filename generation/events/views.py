@@ -69,10 +69,13 @@ class _Stream:
         self.job_id = job_id
         self.request = request
         self.last_id = last_event_id
+        self.last_status = ""
         self.done = False
 
-    def next_events(self, kind: str | None) -> list[str]:
-        """Events for the job's current state (none when unchanged since the last one sent)."""
+    def next_events(self) -> list[str]:
+        """Events for the job's current state (none when unchanged since the last one sent). The event's name
+        comes from what changed, not from the message that woke us: a heartbeat's re-read may see a change
+        before its message arrives."""
         snapshot = _snapshot(self.job_id, self.request)
         if snapshot is None:  # deleted while watched
             self.done = True
@@ -81,21 +84,23 @@ class _Stream:
         if data["status"] in Job.FINISHED:
             self.done = True
             return [_event("completed", event_id, data)]
-        if event_id == self.last_id:
+        if event_id == self.last_id:  # the client has this state (Last-Event-ID), or nothing changed
+            self.last_status = data["status"]
             return []
-        self.last_id = event_id
-        return [_event("progress" if kind == "progress" else "status", event_id, data)]
+        name = "progress" if data["status"] == self.last_status == Job.Status.RUNNING else "status"
+        self.last_id, self.last_status = event_id, data["status"]
+        return [_event(name, event_id, data)]
 
 
 def _blocking(stream: _Stream) -> Iterator[str]:
     subscription = bus.subscribe(stream.job_id)  # before the first read: no change can fall in between
     try:
         yield f"retry: {RETRY_MS}\n\n"
-        yield from stream.next_events(None)
+        yield from stream.next_events()
         ends = time.monotonic() + MAX_STREAM_S
         while not stream.done and time.monotonic() < ends:
             kind = subscription.get(timeout=HEARTBEAT_S)
-            events = stream.next_events(kind)
+            events = stream.next_events()
             yield from events
             if kind is None and not events:
                 yield ": heartbeat\n\n"
@@ -117,12 +122,12 @@ async def _async(stream: _Stream) -> AsyncIterator[str]:
             local.close()
     try:
         yield f"retry: {RETRY_MS}\n\n"
-        for event in await next_events(None):
+        for event in await next_events():
             yield event
         ends = time.monotonic() + MAX_STREAM_S
         while not stream.done and time.monotonic() < ends:
             kind = await get(timeout=HEARTBEAT_S)
-            events = await next_events(kind)
+            events = await next_events()
             for event in events:
                 yield event
             if kind is None and not events:

@@ -78,7 +78,7 @@ def finish_steps(job: Job):
     def succeed() -> None:
         assert Job.objects.get(id=job.id).succeed(output_video=storage.output_name(job), poster=storage.poster_name(job))
 
-    return (0.4, progress), (0.4, succeed)
+    return (0.5, progress), (1.0, succeed)  # room for the stream to send the progress before the end
 
 
 def events_of(response) -> list[dict]:
