@@ -48,7 +48,7 @@ class JobAdmin(admin.ModelAdmin):
     fieldsets = (
         ("Request", {"fields": ("owner", "prompt", "model", "seed", "num_steps", "resolution", "num_frames",
                                 "adaptive_resolution", "resize_mode", "ode", "retry_of", "idempotency_key", "input_preview")}),
-        ("Progress", {"fields": ("status", "progress", "stage", "error", "attempts", "worker", "gpu_name",
+        ("Progress", {"fields": ("status", "progress", "stage", "error", "error_detail", "attempts", "worker", "gpu_name",
                                  "heartbeat_at", "created_at", "started_at", "finished_at")}),
         ("Result", {"fields": ("video_preview", "width", "height", "frames", "fps", "bytes", "peak_memory_bytes",
                                "timings_table", "output_video", "poster", "input_image")}),
@@ -159,14 +159,13 @@ def _seconds(value: object) -> str:
 
 
 def queue_snapshot(now=None) -> dict[str, object]:
-    """What the queue page shows: depth (broker and database), running jobs, and each worker's last heartbeat."""
+    """What the queue page shows: depth (broker and database, and how the two match up), running jobs, and each
+    worker's last heartbeat."""
     now = now or timezone.now()
     stale_after = timedelta(seconds=settings.TURBO_HEARTBEAT_STALE_S)
-    try:
-        broker_depth = queue.queue_depth()
-    except Exception:
-        broker_depth = None
     counts = dict(Job.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+    messages_match = match_messages_to_jobs()
+    broker_depth = messages_match["messages"] if messages_match else None
     running = list(Job.objects.filter(status=Job.Status.RUNNING).select_related("owner").order_by("started_at"))
     for job in running:
         job.heartbeat_age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
@@ -183,10 +182,33 @@ def queue_snapshot(now=None) -> dict[str, object]:
         worker["is_stale"] = bool(worker["running"]) and (beat is None or now - beat > stale_after)
     return {
         "broker_depth": broker_depth,
+        "messages_match": messages_match,
         "queued_in_db": counts.get(Job.Status.QUEUED, 0),
         "status_counts": [(label, counts.get(value, 0)) for value, label in Job.Status.choices],
         "running_jobs": running,
         "workers": workers,
         "stale_after_s": int(stale_after.total_seconds()),
         "now": now,
+    }
+
+
+def match_messages_to_jobs() -> dict[str, int] | None:
+    """The broker's waiting messages against the QUEUED rows, so the two counts explain each other: messages for
+    queued jobs, extra copies for the same job (a resend), messages whose job is no longer queued (canceled,
+    finished or deleted: a worker drops them), and queued jobs with no waiting message (a worker already took it,
+    or it was lost and the reaper sends it again after TURBO_QUEUED_RESEND_S). None when the broker is unreachable."""
+    try:
+        job_ids = queue.waiting_job_ids()
+    except Exception:
+        job_ids = None
+    if job_ids is None:
+        return None
+    queued = {str(job_id) for job_id in Job.objects.filter(status=Job.Status.QUEUED).values_list("id", flat=True)}
+    waiting = [job_id for job_id in job_ids if job_id in queued]
+    return {
+        "messages": len(job_ids),
+        "for_queued_jobs": len(set(waiting)),
+        "duplicates": len(waiting) - len(set(waiting)),
+        "for_other_jobs": len(job_ids) - len(waiting),
+        "queued_without_message": len(queued - set(waiting)),
     }

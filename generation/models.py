@@ -72,7 +72,10 @@ class Job(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     progress = models.FloatField(default=0.0)
     stage = models.CharField(max_length=32, blank=True)
+    # `error` is what the owner reads (pages, API): a short reason and what to try. `error_detail` is the
+    # exception, its text and any server names or paths, for the logs and the admin only.
     error = models.TextField(blank=True)
+    error_detail = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=128, blank=True)
@@ -141,26 +144,28 @@ class Job(models.Model):
         now = timezone.now()
         return self._transition(
             self.Status.RUNNING, attempts=F("attempts") + 1, worker=worker, gpu_name=gpu_name,
-            started_at=now, heartbeat_at=now, progress=0.0, stage="starting", error="",
+            started_at=now, heartbeat_at=now, progress=0.0, stage="starting", error="", error_detail="",
         )
 
     def succeed(self, *, attempt: int | None = None, **result: Any) -> bool:
         return self._transition(self.Status.SUCCEEDED, attempt=attempt, progress=1.0, stage="done",
                                 finished_at=timezone.now(), heartbeat_at=timezone.now(), **result)
 
-    def fail(self, error: str, *, attempt: int | None = None, **extra: Any) -> bool:
-        return self._transition(self.Status.FAILED, attempt=attempt, error=error[:10_000], finished_at=timezone.now(),
-                                **extra)
+    def fail(self, error: str, *, detail: str = "", attempt: int | None = None, **extra: Any) -> bool:
+        """End FAILED. `error` is shown to the owner; `detail` (exception, paths) only to operators."""
+        return self._transition(self.Status.FAILED, attempt=attempt, error=error[:10_000],
+                                error_detail=detail[-10_000:], finished_at=timezone.now(), **extra)
 
     def cancel(self, reason: str = "") -> bool:
         """`reason` (for a person) goes to `error`: why the job ended without its owner asking (a deadline)."""
         extra = {"error": reason[:10_000]} if reason else {}
         return self._transition(self.Status.CANCELED, finished_at=timezone.now(), stage="canceled", **extra)
 
-    def requeue(self, reason: str = "", *, attempt: int | None = None) -> bool:
-        """RUNNING -> QUEUED, for a worker that died or is shutting down; the next claim counts a new attempt."""
+    def requeue(self, reason: str = "", *, detail: str = "", attempt: int | None = None) -> bool:
+        """RUNNING -> QUEUED, for a worker that died or is shutting down; the next claim counts a new attempt.
+        `reason` is shown to the owner, `detail` (worker names) only to operators."""
         return self._transition(self.Status.QUEUED, attempt=attempt, worker="", heartbeat_at=None, progress=0.0,
-                                stage="queued", error=reason[:10_000])
+                                stage="queued", error=reason[:10_000], error_detail=detail[-10_000:])
 
     def report_progress(self, *, progress: float, stage: str, timings: dict[str, float] | None = None,
                         attempt: int | None = None) -> bool:

@@ -50,15 +50,16 @@ def reap_stale_jobs(*, stale_after_s: float | None = None, max_attempts: int | N
     for job in stale_jobs(stale_after_s=stale_after_s, now=now):
         last = job.heartbeat_at.isoformat() if job.heartbeat_at else "never"
         if job.attempts >= max_attempts:
-            message = (f"The worker was lost {job.attempts} times while running this job (last worker "
-                       f"{job.worker or 'unknown'}, last heartbeat {last}); it was not retried again. "
-                       "Retry it, maybe with fewer frames or a lower resolution; the operator should check the "
-                       "GPU workers' logs.")
-            if job.fail(message, attempt=job.attempts):
+            message = (f"The video could not be made: the worker was lost {job.attempts} times while running this "
+                       "job, so it was not tried again. Retry it, maybe with fewer frames or a lower resolution.")
+            detail = (f"last worker {job.worker or 'unknown'}, last heartbeat {last}; check the GPU workers' logs")
+            if job.fail(message, detail=detail, attempt=job.attempts):
                 result.failed.append(str(job.id))
                 log.warning("job %s failed after %d lost workers", job.id, job.attempts)
-        elif job.requeue(f"worker {job.worker or 'unknown'} stopped sending heartbeats (last {last}); "
-                         f"queued again (attempt {job.attempts} of {max_attempts})", attempt=job.attempts):
+        elif job.requeue(f"The worker running this job stopped responding; it was queued again (attempt "
+                         f"{job.attempts} of {max_attempts}).",
+                         detail=f"worker {job.worker or 'unknown'} stopped sending heartbeats (last {last})",
+                         attempt=job.attempts):
             result.requeued.append(str(job.id))
             try:
                 queue.enqueue_job(job.id)

@@ -25,7 +25,6 @@ from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import DurationField, ExpressionWrapper, F
-from django.utils import timezone
 from PIL import Image
 
 from generation import models_catalog, storage
@@ -140,15 +139,21 @@ def validate_parameters(*, prompt: Any, seed: Any = None, num_steps: Any = 4, re
 
 
 def frames_for_duration(seconds: float, model: str | None = None) -> int:
-    """The valid 4k+1 frame count nearest to `seconds` of video at the model's fps (plus the first frame),
-    within 5..max_frames. Used by the compatibility route's duration_seconds."""
+    """The valid 4k+1 frame count nearest to `seconds` of video at the model's fps (plus the first frame), at
+    least 5. Used by the compatibility route's duration_seconds. A duration the model cannot make at its default
+    resolution is refused naming the limit, never silently shortened."""
     facts = models_catalog.get_model(model)
     if not seconds > 0:
         raise JobRejected(f"duration_seconds must be positive, got {seconds}", field="duration_seconds")
     wanted = seconds * facts.fps + 1
     k = max(1, round((wanted - 1) / 4))
-    largest = (facts.max_frames - 1) // 4
-    return 4 * min(k, largest) + 1
+    if 4 * k + 1 > facts.max_frames:
+        limit = (facts.max_frames - 1) / facts.fps
+        raise JobRejected(
+            f"duration_seconds must be at most {limit:g} s for model {facts.name} at {facts.default_resolution} "
+            f"({facts.max_frames} frames at {facts.fps} fps), got {seconds:g}", field="duration_seconds",
+            code="duration_too_long")
+    return 4 * k + 1
 
 
 def _check_model_installed(name: str) -> None:
@@ -240,7 +245,8 @@ def _enqueue_after_commit(job: Job, failures: list[BaseException]) -> None:
             failures.append(exc)
             # Whoever committed may not be waiting for the answer (an outer transaction): never leave it QUEUED
             # without a message.
-            job.fail("The job could not be handed to the queue (the broker was unreachable). Submit it again.")
+            job.fail("The video could not be made: the job could not be handed to the queue. Submit it again.",
+                     detail=f"enqueue failed: {type(exc).__name__}: {exc}")
 
     transaction.on_commit(send)
 
@@ -428,24 +434,12 @@ def _typical_run_seconds(model: str) -> float | None:
     return sum(values, timedelta()).total_seconds() / len(values)
 
 
-def _busy_workers() -> int:
-    return max(1, Job.objects.filter(status=Job.Status.RUNNING).exclude(worker="").values("worker").distinct().count())
+def eta_seconds(job: Job) -> float | None:
+    """Seconds until the job should finish, from the measured stage costs (generation.eta); None when finished or
+    when nothing has been measured yet."""
+    from generation import eta
 
-
-def eta_seconds(job: Job, *, typical: float | None = None) -> float | None:
-    """Seconds until the job should finish, from recent run times; None when there is nothing to go on."""
-    if job.status in Job.FINISHED:
-        return None
-    typical = typical if typical is not None else typical_run_seconds(job.model)
-    if typical is None:
-        return None
-    if job.status == Job.Status.RUNNING:
-        elapsed = (timezone.now() - job.started_at).total_seconds() if job.started_at else 0.0
-        if job.progress > 0.05:
-            return round(max(0.0, elapsed / job.progress - elapsed), 1)
-        return round(max(0.0, typical - elapsed), 1)
-    ahead = (queue_position(job) or 1) - 1
-    return round(typical * (ahead // _busy_workers() + 1), 1)
+    return eta.eta_seconds(job)
 
 
 __all__ = [

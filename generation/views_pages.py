@@ -17,23 +17,9 @@ from django.views.decorators.http import require_http_methods, require_POST
 from generation import services, storage
 from generation.forms import NewVideoForm
 from generation.models import Job
+from generation.stages import label_for, stage_labels
 
 HISTORY_PAGE_SIZE = 24
-# What a person reads for each stage the worker writes (static/js/job_progress.js receives the same table).
-STAGE_LABELS = {
-    "queued": "Waiting in the queue",
-    "starting": "Starting",
-    "loading_model": "Loading the model",
-    "reading_input": "Reading your image",
-    "text_encode": "Reading the prompt",
-    "image_encode": "Encoding the image",
-    "denoise": "Generating frames",
-    "decode": "Decoding frames",
-    "encoding": "Encoding the video",
-    "uploading": "Saving the video",
-    "done": "Done",
-    "canceled": "Canceled",
-}
 
 
 def _owned_job(request: HttpRequest, job_id: Any) -> Job:
@@ -51,7 +37,7 @@ def _card(job: Job) -> dict[str, Any]:
     return {
         "job": job,
         "picture": _link(job.poster.name) if succeeded and job.poster else _link(job.input_image.name),
-        "stage_label": STAGE_LABELS.get(job.stage, job.stage),
+        "stage_label": label_for(job.stage),
     }
 
 
@@ -86,7 +72,7 @@ def history(request: HttpRequest) -> HttpResponse:
         "cards": [_card(job) for job in page.object_list],
         "status_filter": status,
         "statuses": Job.Status.choices,
-        "stage_labels": STAGE_LABELS,
+        "stage_labels": stage_labels(),
     })
 
 
@@ -101,8 +87,8 @@ def job_detail(request: HttpRequest, job_id: Any) -> HttpResponse:
         "poster_url": _link(job.poster.name) if succeeded else None,
         "download_url": _link(job.output_video.name, f"turbosite-{job.id}.mp4") if succeeded else None,
         "input_url": _link(job.input_image.name),
-        "stage_label": STAGE_LABELS.get(job.stage, job.stage),
-        "stage_labels": STAGE_LABELS,
+        "stage_label": label_for(job.stage),
+        "stage_labels": stage_labels(),
         "queue_position": services.queue_position(job),
         "eta_seconds": services.eta_seconds(job),
         "timings": sorted(job.timings.items(), key=lambda item: -float(item[1])) if job.timings else [],

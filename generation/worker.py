@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from PIL import Image
 
 from generation import queue, storage
 from generation.models import Job, Standing
+from generation.stages import PIPELINE_STAGES, TIMING_KEYS, Stage
 from inference.types import GenerationCanceled, GenerationRequest, InferenceInputError, ProgressEvent, WeightsError
 
 if TYPE_CHECKING:
@@ -41,10 +43,6 @@ log = logging.getLogger(__name__)
 
 PipelineLoader = Callable[[str], Any]
 
-# Overall progress owned by the steps around the pipeline; the pipeline's own 0..1 maps into the gap.
-_PIPELINE_START = 0.03
-_PIPELINE_END = 0.90
-_STAGE_PROGRESS = {"loading_model": 0.0, "reading_input": 0.02, "encoding": 0.92, "uploading": 0.96}
 _POSTER_TYPES = {".jpg": ("JPEG", "image/jpeg"), ".jpeg": ("JPEG", "image/jpeg"), ".png": ("PNG", "image/png")}
 
 _pipelines: dict[str, Any] = {}
@@ -195,21 +193,26 @@ class _Run:
     attempt: int
     deadline: float
     ownership: _Ownership = field(default_factory=_Ownership)
-    stage: str = "starting"
+    stage: Stage = Stage.STARTING
+    stage_started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     uploaded: list[str] = field(default_factory=list)
     last_write: float = 0.0
 
     # -- progress and cancellation ------------------------------------------------------------------------
+    # The row's stage always names the stage running now (written the moment it starts), and its progress is
+    # the stage's start plus the part of its share already done (generation.stages), never lower than before.
 
-    def set_stage(self, stage: str, progress: float | None = None) -> None:
-        self.write_progress(stage, _STAGE_PROGRESS.get(stage, self.job.progress) if progress is None else progress)
+    def set_stage(self, stage: Stage) -> None:
+        self.write_progress(stage, stage.progress(0.0))
         self.check()
 
-    def write_progress(self, stage: str, progress: float, *, force: bool = False) -> None:
+    def write_progress(self, stage: Stage, progress: float) -> None:
         now = time.monotonic()
         changed = stage != self.stage
-        if not (changed or force or now - self.last_write >= settings.TURBO_PROGRESS_WRITE_INTERVAL_MS / 1000):
+        if changed:
+            self._stage_finished(self.stage)
+        if not (changed or now - self.last_write >= settings.TURBO_PROGRESS_WRITE_INTERVAL_MS / 1000):
             return
         self.stage = stage
         self.last_write = now
@@ -217,9 +220,19 @@ class _Run:
                                         timings=dict(self.timings), attempt=self.attempt):
             self.refresh_ownership()
 
+    def _stage_finished(self, stage: Stage) -> None:
+        """Record how long a pipeline stage took as it ends, so the row shows the run so far (the ETA counts on
+        it); the pipeline's own, exact timings replace these when generate returns."""
+        now = time.perf_counter()
+        if stage in PIPELINE_STAGES:
+            self.timings.setdefault(TIMING_KEYS[stage], round(now - self.stage_started, 4))
+        self.stage_started = now
+
     def on_progress(self, event: ProgressEvent) -> None:
-        overall = _PIPELINE_START + (_PIPELINE_END - _PIPELINE_START) * event.progress
-        self.write_progress(event.stage, overall, force=event.stage == "done")
+        stage = Stage.parse(event.stage)
+        if stage is None or stage not in PIPELINE_STAGES:
+            return  # "done": the worker's own stages follow
+        self.write_progress(stage, stage.progress(event.stage_fraction()))
 
     def should_cancel(self) -> bool:
         if not self.ownership.stop:
@@ -285,17 +298,20 @@ def _run_to_end(run: _Run, started: float) -> str | None:
     except Shutdown:
         # The worker is stopping (deploy, SIGTERM): give the job back to the queue for another worker.
         run.delete_outputs()
-        if job.requeue("the worker shut down while running this job; it was queued again", attempt=run.attempt):
+        if job.requeue("The worker running this job shut down; the job was queued again and starts over on "
+                       "another worker.", detail=f"worker {job.worker} shut down during {run.stage}",
+                       attempt=run.attempt):
             queue.enqueue_job(job.id)
         return Job.Status.QUEUED
     except TimeLimitExceeded:
-        return _failed(run, _time_limit_message(run))
+        return _failed(run, _time_limit_message(run), f"dramatiq time limit during {run.stage}")
     except BaseException as exc:  # every failure must end the job, whatever raised it
         if isinstance(exc, KeyboardInterrupt | SystemExit):
-            _failed(run, f"The worker was interrupted during {run.stage}. Retry the job.")
+            _failed(run, f"The video could not be made: the worker was stopped while {run.stage.label.lower()}. "
+                         "Run it again.", failure_detail(exc, run))
             raise
         log.exception("job %s failed during %s", job.id, run.stage)
-        return _failed(run, failure_message(exc, run))
+        return _failed(run, failure_message(exc, run), failure_detail(exc, run))
 
     run.timings["total"] = round(time.perf_counter() - started, 4)
     if job.created_at and job.started_at:
@@ -324,7 +340,7 @@ def _run_to_end(run: _Run, started: float) -> str | None:
 
 def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
     job = run.job
-    run.set_stage("loading_model")
+    run.set_stage(Stage.LOADING_MODEL)
     pipeline, load_seconds = get_pipeline(job.model)
     if load_seconds is not None:
         run.timings["load_model"] = round(load_seconds, 4)
@@ -332,7 +348,7 @@ def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
     if device_name:
         job.record_gpu(device_name)
 
-    run.set_stage("reading_input")
+    run.set_stage(Stage.READING_INPUT)
     t0 = time.perf_counter()
     image = _read_input(job)
     run.timings["read_input"] = round(time.perf_counter() - t0, 4)
@@ -363,12 +379,12 @@ def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
 
             # Streaming, most of the mp4 was encoded during the decode: this stage only waits for the tail, and
             # "encode" is its own time, so the stages still add up to the job's total.
-            run.set_stage("encoding")
+            run.set_stage(Stage.ENCODING)
             t0 = time.perf_counter()
             video_data, poster_data = _encode(result, video_path, poster_format, stream)
             run.timings["encode"] = round(time.perf_counter() - t0, 4)
 
-    run.set_stage("uploading")
+    run.set_stage(Stage.UPLOADING)
     t0 = time.perf_counter()
     mp4_name = run.upload(mp4_name, video_data, "video/mp4")
     poster_name = run.upload(poster_name, poster_data, poster_type)
@@ -441,38 +457,46 @@ def _stopped(run: _Run) -> str | None:
         log.info("job %s canceled during %s", job.id, run.stage)
         return Job.Status.CANCELED
     if run.ownership.timed_out and not run.ownership.lost:
-        return _failed(run, _time_limit_message(run))
+        return _failed(run, _time_limit_message(run), f"time limit reached during {run.stage}")
     log.warning("job %s was taken from this worker during %s (reaped or deleted); letting it go", job.id, run.stage)
     return None
 
 
-def _failed(run: _Run, message: str) -> str | None:
+def _failed(run: _Run, message: str, detail: str) -> str | None:
     run.delete_outputs()
     _free_gpu_cache()
-    if run.job.fail(message, attempt=run.attempt, timings=run.timings):
+    if run.job.fail(message, detail=detail, attempt=run.attempt, timings=run.timings):
         return Job.Status.FAILED
     run.refresh_ownership()
     return Job.Status.CANCELED if run.ownership.canceled else None
 
 
 def _time_limit_message(run: _Run) -> str:
-    return (f"The job exceeded the time limit of {settings.TURBO_JOB_TIME_LIMIT_S} s during {run.stage}. "
-            "Try fewer frames, fewer steps or a lower resolution.")
+    return (f"The video could not be made: it took longer than the time limit of {settings.TURBO_JOB_TIME_LIMIT_S} s "
+            f"(it was {run.stage.label.lower()}). Try fewer frames, fewer steps or a lower resolution.")
 
 
 def failure_message(exc: BaseException, run: _Run) -> str:
-    """A reason the job's owner (or the operator) can act on."""
+    """What the job's owner reads: a short reason and what to try. No exception text, file names or server
+    names (those go to failure_detail, the log and the admin)."""
     job = run.job
     if isinstance(exc, WeightsError):
-        return (f"The model's weights could not be loaded: {exc}. The operator must install the weight files under "
-                "TURBO_MODEL_DIR (see inference/weights.md), or choose another model.")
+        return (f"The video could not be made: the model {job.model} is not installed on this server. Choose "
+                "another model, or ask the operator to install its weights.")
     if _is_out_of_memory(exc):
-        return (f"The GPU ran out of memory generating {job.num_frames} frames at {job.resolution}. "
-                "Try a lower resolution or fewer frames.")
+        return (f"The video could not be made: the GPU ran out of memory for {job.num_frames} frames at "
+                f"{job.resolution}. Try a lower resolution or fewer frames.")
     if isinstance(exc, StorageFailed):
-        return (f"Storage is unavailable: {exc}. Nothing was kept from this job; retry it when storage is back "
-                "(the operator should check the S3 server or media folder).")
+        return ("The video could not be made: file storage was unavailable, so nothing was kept. Run it again in a "
+                "few minutes.")
     if isinstance(exc, InferenceInputError):
-        return f"The request cannot be generated: {exc}"
-    return (f"Internal error during {run.stage}: {type(exc).__name__}: {exc}. Retry the job; if it fails again, "
-            f"give the operator the job id {job.id}.")
+        return ("The video could not be made: the model cannot use this image with these settings. Try another "
+                "image or the default settings.")
+    return (f"The video could not be made: something went wrong on the server while {run.stage.label.lower()}. "
+            f"Run it again; if it fails again, give the operator the job id {job.id}.")
+
+
+def failure_detail(exc: BaseException, run: _Run) -> str:
+    """For operators: the stage, the exception and its traceback (the admin shows it; the owner never sees it)."""
+    trace = "".join(traceback.format_exception(exc))
+    return f"{type(exc).__name__} during {run.stage}: {exc}\n\n{trace}"

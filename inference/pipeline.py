@@ -360,13 +360,23 @@ class _Progress:
         if self.should_cancel is not None and self.should_cancel():
             raise GenerationCanceled(f"canceled before {before}")
 
+    def stage_started(self, stage: str, **extra: int) -> None:
+        """Tell the caller which stage runs now, before its work begins (a label never lags behind the work)."""
+        self._emit(ProgressEvent(stage=stage, progress=round(self.done, 6), fraction=0.0, **extra))
+
+    def advanced(self, stage: str, fraction: float) -> None:
+        """Part of a long stage (VAE encode or decode chunks) is done."""
+        fraction = max(0.0, min(1.0, fraction))
+        progress = self.done + _STAGE_SHARE[stage] * fraction
+        self._emit(ProgressEvent(stage=stage, progress=round(progress, 6), fraction=round(fraction, 6)))
+
     def stage_finished(self, stage: str) -> None:
         self.done += _STAGE_SHARE[stage]
-        self._emit(ProgressEvent(stage=stage, progress=round(self.done, 6)))
 
     def step_finished(self, step: int, total: int) -> None:
         progress = self.done + _STAGE_SHARE["denoise"] * step / total
-        self._emit(ProgressEvent(stage="denoise", progress=round(progress, 6), step=step, total_steps=total))
+        self._emit(ProgressEvent(stage="denoise", progress=round(progress, 6), step=step, total_steps=total,
+                                 fraction=round(step / total, 6)))
         if step == total:
             self.done += _STAGE_SHARE["denoise"]
 
@@ -575,8 +585,9 @@ class I2VPipeline:
         should_cancel: CancelHook | None = None,
         frame_sink: FrameSink | None = None,
     ) -> GenerationResult:
-        """Run one job. Progress events report each stage (and denoising step) just finished, with a
-        non-decreasing overall fraction ending at 1.0 with stage "done".
+        """Run one job. Progress events name the stage running now: one as each stage starts, then one per
+        denoising step and per VAE chunk (encode and decode), with a non-decreasing overall fraction ending at 1.0
+        with stage "done".
 
         With `frame_sink`, each decoded chunk's uint8 frames go to it, in order, while later chunks still decode
         (the result's frames are the same either way); the "decode" timing then includes that hand-off and
@@ -599,16 +610,20 @@ class I2VPipeline:
             torch.cuda.reset_peak_memory_stats(self.device)
 
         tracker.check_cancel("text encoding")
+        tracker.stage_started("text_encode")
         with timer.stage("text_encode"):
             context = self._encode_text(request.prompt)
         tracker.stage_finished("text_encode")
 
         tracker.check_cancel("image encoding")
+        tracker.stage_started("image_encode")
         with timer.stage("image_encode"):
-            condition = self._encode_image(pixels, resolved.num_frames)
+            condition = self._encode_image(
+                pixels, resolved.num_frames, on_chunk=lambda done, total: tracker.advanced("image_encode", done / total))
         tracker.stage_finished("image_encode")
 
         tracker.check_cancel("denoising")
+        tracker.stage_started("denoise", step=0, total_steps=resolved.num_steps)
         with timer.stage("denoise"):
             latent = self._denoise(condition, context, resolved, ode=request.ode, tracker=tracker)
         if self.memory_plan.experts_streamed:
@@ -616,14 +631,24 @@ class I2VPipeline:
             timer.timings["denoise_weights_copy"] = sum(e.copy_seconds() for e in self._experts.values())
 
         tracker.check_cancel("decoding")
+        tracker.stage_started("decode")
+        decoded_frames = 1 + self.config.vae.temporal_stride * (latent.shape[2] - 1)
+        decoded = 0
+
+        def decoded_chunk(count: int) -> None:
+            nonlocal decoded
+            decoded += count
+            tracker.advanced("decode", decoded / decoded_frames)
+
         if frame_sink is None:
             with timer.stage("decode"):
-                video = self.vae.decode(latent.to(self.dtype), chunk_latents=VAE_CHUNK_LATENTS)
+                video = self.vae.decode(latent.to(self.dtype), chunk_latents=VAE_CHUNK_LATENTS,
+                                        on_chunk=lambda part: decoded_chunk(part.shape[2]))
             tracker.stage_finished("decode")
             frames = frames_to_uint8(video[0])
         else:
             with timer.stage("decode"):
-                frames, sink_seconds = self._decode_streaming(latent, frame_sink)
+                frames, sink_seconds = self._decode_streaming(latent, frame_sink, decoded_chunk)
             timer.timings["decode_encoder_wait"] = sink_seconds
             tracker.stage_finished("decode")
         peak = int(torch.cuda.max_memory_allocated(self.device)) if self.device.type == "cuda" else None
@@ -636,9 +661,11 @@ class I2VPipeline:
             device_name=self.device_name,
         )
 
-    def _decode_streaming(self, latent: torch.Tensor, frame_sink: FrameSink) -> tuple[np.ndarray, float]:
-        """Decode, giving each chunk's uint8 frames to `frame_sink` as it comes. Returns all the frames and the
-        seconds spent inside the sink (an encoder slower than the decode makes it wait there)."""
+    def _decode_streaming(self, latent: torch.Tensor, frame_sink: FrameSink,
+                          on_decoded: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:
+        """Decode, giving each chunk's uint8 frames to `frame_sink` as it comes (and their count to `on_decoded`).
+        Returns all the frames and the seconds spent inside the sink (an encoder slower than the decode makes it
+        wait there)."""
         num_frames = 1 + self.config.vae.temporal_stride * (latent.shape[2] - 1)
         frames: np.ndarray | None = None
         filled = 0
@@ -658,6 +685,8 @@ class I2VPipeline:
             start = time.perf_counter()
             frame_sink(part)
             sink_seconds += time.perf_counter() - start
+            if on_decoded is not None:
+                on_decoded(count)
 
         # decode's returned video is dropped at once: the uint8 frames filled above are the result.
         self.vae.decode(latent.to(self.dtype), chunk_latents=VAE_CHUNK_LATENTS, on_chunk=on_chunk)
@@ -675,12 +704,14 @@ class I2VPipeline:
                 self._text.park()
         return context.to(device=self.device, dtype=self.dtype)
 
-    def _encode_image(self, pixels: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Image latent of [image, then num_frames - 1 black frames], preceded by the 4-channel first-frame mask."""
+    def _encode_image(self, pixels: torch.Tensor, num_frames: int,
+                      on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Image latent of [image, then num_frames - 1 black frames], preceded by the 4-channel first-frame mask.
+        `on_chunk(frames_done, frames)` follows the VAE encoder through the video."""
         channels, height, width = pixels.shape
         video = torch.zeros(1, channels, num_frames, height, width, device=self.device, dtype=self.dtype)
         video[0, :, 0] = pixels.to(device=self.device, dtype=self.dtype)
-        image_latent = self.vae.encode(video, chunk_latents=VAE_CHUNK_LATENTS)
+        image_latent = self.vae.encode(video, chunk_latents=VAE_CHUNK_LATENTS, on_chunk=on_chunk)
         mask = torch.zeros(1, MASK_CHANNELS, *image_latent.shape[2:], device=self.device, dtype=image_latent.dtype)
         mask[:, :, 0] = 1.0
         return torch.cat([mask, image_latent], dim=1).to(self.dtype)

@@ -39,10 +39,21 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class ProgressEvent:
+    """Where generate() stands: `stage` is the stage running now (an event comes as each stage starts and as it
+    advances), `progress` the overall fraction so far, `fraction` how much of `stage` is done."""
+
     stage: str  # "text_encode" | "image_encode" | "denoise" | "decode" | "done"
     progress: float  # overall fraction 0..1
-    step: int | None = None  # 1-based denoising step, only for stage "denoise"
+    step: int | None = None  # denoising steps finished so far, only for stage "denoise"
     total_steps: int | None = None
+    fraction: float | None = None  # 0..1 of `stage` done; None: derived from step / total_steps, else 0
+
+    def stage_fraction(self) -> float:
+        if self.fraction is not None:
+            return max(0.0, min(1.0, self.fraction))
+        if self.step is not None and self.total_steps:
+            return max(0.0, min(1.0, self.step / self.total_steps))
+        return 0.0
 
 
 @dataclass

@@ -485,11 +485,13 @@ class WanVAE(nn.Module):
         return 1 + (num_frames - 1) // stride
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, *, chunk_latents: int | None = 1) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, *, chunk_latents: int | None = 1,
+               on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """video [B, 3, F, H, W] in [-1, 1], F = 4k+1, H and W multiples of 8 -> z [B, 16, 1 + (F-1)/4, H/8, W/8].
 
         The video goes through the encoder in causal chunks: the first frame alone, then `chunk_latents` latent
         frames' worth (4 frames each) at a time; None runs the whole video as one chunk (same result, more memory).
+        `on_chunk(frames_done, frames)` is called after each chunk (progress for long videos).
         """
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"encode expects a video [B, 3, F, H, W], got shape {tuple(video.shape)}")
@@ -505,7 +507,11 @@ class WanVAE(nn.Module):
             bounds = [0, *range(1, frames, stride * max(1, chunk_latents)), frames]
         cache = StreamCache()
         with self._running():
-            parts = [self.encoder(video[:, :, a:b], cache) for a, b in itertools.pairwise(bounds)]
+            parts = []
+            for a, b in itertools.pairwise(bounds):
+                parts.append(self.encoder(video[:, :, a:b], cache))
+                if on_chunk is not None:
+                    on_chunk(b, frames)
             mu = self.conv1(torch.cat(parts, dim=2)).chunk(2, dim=1)[0]
         mean, std = self._latent_stats(mu)
         return ((mu - mean) / std).contiguous()

@@ -184,7 +184,8 @@ def test_s3_down_while_the_output_uploads_is_retried_then_failed_with_the_reason
     relay.down()
     done = wait_status(job, (Job.Status.FAILED, Job.Status.SUCCEEDED), 90)
     assert done.status == Job.Status.FAILED
-    assert "Storage is unavailable" in done.error and "outputs/" in done.error
+    assert "storage was unavailable" in done.error and "outputs/" not in done.error
+    assert "outputs/" in done.error_detail  # the name of what failed is for the operator
     assert relay.refused_while_down >= 3  # the upload was tried again, not given up at the first error
     assert "try 2 of" in worker.output()  # the storage layer's own backoff, not only the S3 client's
     assert not done.output_video.name

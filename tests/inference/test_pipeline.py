@@ -85,8 +85,9 @@ def test_frame_sink_gets_exactly_the_result_frames_chunk_by_chunk(pipeline: I2VP
     events: list[ProgressEvent] = []
 
     def sink(frames: np.ndarray) -> None:
-        # Each chunk arrives during the decode (its progress event comes after), as uint8 [n, H, W, 3].
-        assert not any(event.stage == "decode" for event in events)
+        # Each chunk arrives during the decode, as uint8 [n, H, W, 3]: after the decode's start event and one
+        # progress event per chunk before it.
+        assert sum(event.stage == "decode" for event in events) == len(received) + 1
         received.append(frames.copy())
 
     streamed = pipeline.generate(_request(image, num_frames=13, num_steps=2), progress=events.append,
@@ -102,6 +103,8 @@ def test_frame_sink_gets_exactly_the_result_frames_chunk_by_chunk(pipeline: I2VP
     assert set(streamed.timings) == {"text_encode", "image_encode", "denoise", "decode", "decode_encoder_wait"}
     assert 0 <= streamed.timings["decode_encoder_wait"] <= streamed.timings["decode"]
     assert events[-1] == ProgressEvent(stage="done", progress=1.0)
+    decode = [event.fraction for event in events if event.stage == "decode"]
+    assert decode == sorted(decode) and decode[0] == 0.0 and decode[-1] == 1.0 and len(decode) == len(expected) + 1
 
 
 def test_a_failing_frame_sink_stops_the_job(pipeline: I2VPipeline, image: Image.Image) -> None:
@@ -132,12 +135,49 @@ def test_progress_reports_every_stage_and_step_monotonically(pipeline: I2VPipeli
     events: list[ProgressEvent] = []
     pipeline.generate(_request(image, num_steps=3, num_frames=1), progress=events.append)
     stages = [e.stage for e in events]
-    assert stages == ["text_encode", "image_encode", "denoise", "denoise", "denoise", "decode", "done"]
-    assert [(e.step, e.total_steps) for e in events if e.stage == "denoise"] == [(1, 3), (2, 3), (3, 3)]
+    # Each stage announces itself as it starts; the VAE stages then report each chunk (one frame here: one chunk).
+    assert stages == ["text_encode", "image_encode", "image_encode", "denoise", "denoise", "denoise", "denoise",
+                      "decode", "decode", "done"]
+    assert [(e.step, e.total_steps) for e in events if e.stage == "denoise"] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert [e.stage_fraction() for e in events if e.stage == "denoise"] == pytest.approx([0, 1 / 3, 2 / 3, 1])
     progress = [e.progress for e in events]
     assert progress == sorted(progress)
-    assert len(set(progress)) == len(progress)
-    assert progress[0] > 0 and progress[-1] == 1.0
+    assert progress[0] == 0.0 and progress[-1] == 1.0
+
+
+def test_progress_names_the_stage_that_is_running(pipeline: I2VPipeline, image: Image.Image,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last event seen when a stage's work begins names that stage (it used to name the one before)."""
+    events: list[ProgressEvent] = []
+    seen: dict[str, str] = {}
+
+    def spy(name: str, original):
+        def run(*args, **kwargs):
+            seen[name] = events[-1].stage
+            return original(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(pipeline, "_encode_text", spy("text_encode", pipeline._encode_text))
+    monkeypatch.setattr(pipeline, "_encode_image", spy("image_encode", pipeline._encode_image))
+    monkeypatch.setattr(pipeline, "_denoise", spy("denoise", pipeline._denoise))
+    monkeypatch.setattr(pipeline.vae, "decode", spy("decode", pipeline.vae.decode))
+    pipeline.generate(_request(image, num_steps=1, num_frames=5), progress=events.append)
+    assert seen == {"text_encode": "text_encode", "image_encode": "image_encode", "denoise": "denoise",
+                    "decode": "decode"}
+
+
+def test_progress_moves_during_vae_encode_and_decode(pipeline: I2VPipeline, image: Image.Image) -> None:
+    events: list[ProgressEvent] = []
+    pipeline.generate(_request(image, num_steps=1, num_frames=13), progress=events.append)
+    latents = 1 + 12 // TINY.vae.temporal_stride
+    for stage in ("image_encode", "decode"):
+        inside = [e for e in events if e.stage == stage]
+        fractions = [e.fraction for e in inside]
+        # The start, then one event per chunk, each further along, ending with the whole stage done.
+        assert fractions[0] == 0.0 and fractions[-1] == 1.0, stage
+        assert fractions == sorted(fractions) and len(set(fractions)) == len(fractions) >= 1 + latents // 2, stage
+        assert [e.progress for e in inside] == sorted(e.progress for e in inside)
+        assert inside[-1].progress > inside[0].progress, stage
 
 
 def test_same_seed_same_frames_different_seed_different_frames(pipeline: I2VPipeline, image: Image.Image) -> None:
@@ -203,11 +243,11 @@ def test_cancellation_between_steps_and_pipeline_survives(pipeline: I2VPipeline,
     events: list[ProgressEvent] = []
 
     def cancel_after_first_step() -> bool:
-        return any(e.stage == "denoise" for e in events)
+        return any(e.stage == "denoise" and e.step for e in events)
 
     with pytest.raises(GenerationCanceled):
         pipeline.generate(_request(image, num_frames=1), progress=events.append, should_cancel=cancel_after_first_step)
-    assert [e.step for e in events if e.stage == "denoise"] == [1]
+    assert [e.step for e in events if e.stage == "denoise"] == [0, 1]
     assert "decode" not in [e.stage for e in events]
     assert pipeline.generate(_request(image, num_frames=1, num_steps=1)).num_frames == 1
 

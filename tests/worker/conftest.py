@@ -23,15 +23,19 @@ FAKE_SIZE = (48, 32)  # width, height of the fake frames
 
 @dataclass
 class FakePipeline:
-    """Walks the same stages as the real pipeline, checks cancellation before each, and returns seeded frames.
+    """Walks the same stages as the real pipeline, checks cancellation before each, announces each as it starts
+    (as the real one does), and returns seeded frames.
 
     `on_step(step)` runs after each denoising step (tests cancel, requeue or sleep there); `fail_at` raises the given
-    exception when that stage starts.
+    exception when that stage starts; `on_work(stage, fraction)` runs while a stage works, after its events (the
+    start of each stage, and each of the `decode_chunks` chunks of the decode).
     """
 
     model: str
     step_delay: float = 0.0
     on_step: Callable[[int], None] | None = None
+    on_work: Callable[[str, float], None] | None = None
+    decode_chunks: int = 1
     fail_at: tuple[str, BaseException] | None = None
     requests: list[GenerationRequest] = field(default_factory=list)
     steps_run: int = 0
@@ -43,14 +47,22 @@ class FakePipeline:
         if self.fail_at is not None and self.fail_at[0] == name:
             raise self.fail_at[1]
 
+    def _work(self, stage: str, fraction: float = 0.0) -> None:
+        if self.on_work is not None:
+            self.on_work(stage, fraction)
+
     def generate(self, request: GenerationRequest, progress: Callable[[ProgressEvent], None] | None = None,
                  should_cancel: Callable[[], bool] | None = None) -> GenerationResult:
         self.requests.append(request)
         emit = progress or (lambda event: None)
         self._stage("text_encode", should_cancel)
-        emit(ProgressEvent(stage="text_encode", progress=0.05))
+        emit(ProgressEvent(stage="text_encode", progress=0.0, fraction=0.0))
+        self._work("text_encode")
         self._stage("image_encode", should_cancel)
-        emit(ProgressEvent(stage="image_encode", progress=0.1))
+        emit(ProgressEvent(stage="image_encode", progress=0.05, fraction=0.0))
+        self._work("image_encode")
+        emit(ProgressEvent(stage="denoise", progress=0.1, step=0, total_steps=request.num_steps))
+        self._work("denoise")
         for step in range(1, request.num_steps + 1):
             self._stage("denoise", should_cancel)
             time.sleep(self.step_delay)
@@ -60,7 +72,12 @@ class FakePipeline:
             if self.on_step is not None:
                 self.on_step(step)
         self._stage("decode", should_cancel)
-        emit(ProgressEvent(stage="decode", progress=0.98))
+        emit(ProgressEvent(stage="decode", progress=0.9, fraction=0.0))
+        self._work("decode", 0.0)
+        for chunk in range(1, self.decode_chunks + 1):
+            emit(ProgressEvent(stage="decode", progress=0.9 + 0.08 * chunk / self.decode_chunks,
+                               fraction=chunk / self.decode_chunks))
+            self._work("decode", chunk / self.decode_chunks)
         rng = np.random.default_rng(request.seed)
         width, height = FAKE_SIZE
         frames = rng.integers(0, 256, size=(request.num_frames or 17, height, width, 3), dtype=np.uint8)
@@ -87,7 +104,7 @@ class StreamingFakePipeline(FakePipeline):
                  should_cancel: Callable[[], bool] | None = None,
                  frame_sink: Callable[[np.ndarray], None] | None = None) -> GenerationResult:
         def streaming_progress(event: ProgressEvent) -> None:
-            if event.stage == "decode" and frame_sink is not None:
+            if event.stage == "decode" and event.fraction == 0.0 and frame_sink is not None:
                 self._stream(self._frames(request), frame_sink, should_cancel)
             if progress is not None:
                 progress(event)

@@ -43,7 +43,8 @@ def test_silent_job_is_requeued_and_sent_again_while_live_ones_are_left_alone(ma
     lost.refresh_from_db()
     alive.refresh_from_db()
     assert lost.status == Job.Status.QUEUED and lost.progress == 0.0 and lost.worker == ""
-    assert "gpu-host:4242:gpu0 stopped sending heartbeats" in lost.error
+    assert "gpu-host:4242:gpu0 stopped sending heartbeats" in lost.error_detail
+    assert "gpu-host" not in lost.error and "stopped responding" in lost.error
     assert alive.status == Job.Status.RUNNING
 
 
@@ -56,6 +57,7 @@ def test_job_that_used_every_attempt_is_failed_with_the_count(make_job, sent, se
     assert result.failed == [str(job.id)] and sent == []
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED and "worker was lost 3 times" in job.error
+    assert "gpu-host" in job.error_detail and "gpu-host" not in job.error
     assert job.finished_at is not None
 
 

@@ -110,10 +110,10 @@ def test_cancel_after_generate_aborts_the_stream_before_its_tail(make_job, fake_
     job = make_job(num_frames=9)
     real_set_stage = worker._Run.set_stage
 
-    def cancel_at_encoding(run: worker._Run, stage: str, progress: float | None = None) -> None:
+    def cancel_at_encoding(run: worker._Run, stage: str) -> None:
         if stage == "encoding":
             Job.objects.get(id=job.id).cancel()
-        real_set_stage(run, stage, progress)
+        real_set_stage(run, stage)
 
     monkeypatch.setattr(worker._Run, "set_stage", cancel_at_encoding)
     assert worker.execute_job(str(job.id)) == Job.Status.CANCELED
@@ -132,7 +132,8 @@ def test_pipeline_failure_mid_decode_aborts_the_stream(make_job, fake_loader, st
     job = make_job(num_frames=13)
     assert worker.execute_job(str(job.id)) == Job.Status.FAILED
     job.refresh_from_db()
-    assert "illegal memory access" in job.error
+    assert "illegal memory access" in job.error_detail and "illegal memory access" not in job.error
+    assert job.error.startswith("The video could not be made: something went wrong on the server")
     assert len(streams) == 1 and _gone(streams[0])
     assert not storage.default_storage.exists(storage.output_name(job))
 
@@ -151,7 +152,9 @@ def test_encoder_dying_fails_the_job_with_ffmpegs_reason(make_job, fake_loader, 
     job = make_job(num_frames=13)
     assert worker.execute_job(str(job.id)) == Job.Status.FAILED
     job.refresh_from_db()
-    assert "EncodeError" in job.error and "video.mp4" in job.error
+    # The encoder's reason and its temporary path are for operators; the owner reads what happened.
+    assert "EncodeError" in job.error_detail and "video.mp4" in job.error_detail
+    assert "EncodeError" not in job.error and "video.mp4" not in job.error and "/tmp" not in job.error
     assert len(streams) == 1 and _gone(streams[0])
     assert not storage.default_storage.exists(storage.output_name(job))
     assert job.output_video.name == ""
