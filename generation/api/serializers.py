@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 
-from generation import services, storage
+from generation import eta, services, storage
 from generation.models import Job
 
 RESOLUTIONS = ("480p", "720p")
@@ -94,11 +94,9 @@ class JobSerializer(serializers.ModelSerializer):
                   "bytes", "retry_of", "output_url", "poster_url", "input_url", "expired_at"]
         read_only_fields = fields
 
-    def _typical(self, model: str) -> float | None:
-        cache = self.context.setdefault("_typical_run_seconds", {})
-        if model not in cache:
-            cache[model] = services.typical_run_seconds(model)
-        return cache[model]
+    def _estimate(self) -> eta.QueueEstimate:
+        # One look at the queue per request: a page of the job list asks for many ETAs.
+        return self.context.setdefault("_queue_estimate", eta.QueueEstimate())
 
     @extend_schema_field(OpenApiTypes.INT)
     def get_queue_position(self, job: Job) -> int | None:
@@ -108,7 +106,7 @@ class JobSerializer(serializers.ModelSerializer):
     def get_eta_seconds(self, job: Job) -> float | None:
         if job.is_finished:
             return None
-        return services.eta_seconds(job, typical=self._typical(job.model))
+        return self._estimate().for_job(job)
 
     def _link(self, name: str, download_name: str | None = None) -> str | None:
         if not name:

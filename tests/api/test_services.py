@@ -10,6 +10,7 @@ from django.utils import timezone
 from generation import models_catalog, services
 from generation.models import Job
 from generation.services import JobRejected
+from generation.stages import Stage
 
 
 def test_defaults_come_from_the_model_config():
@@ -51,9 +52,12 @@ def test_fingerprint_depends_on_parameters_and_image():
     assert params.fingerprint("aa") != other.fingerprint("aa") != params.fingerprint("bb")
 
 
-def test_frames_for_duration_is_capped_and_positive():
+def test_frames_for_duration_stays_within_the_model_and_positive():
     assert services.frames_for_duration(5) == 81
-    assert services.frames_for_duration(60) == 161
+    assert services.frames_for_duration(10) == 161
+    with pytest.raises(JobRejected) as too_long:
+        services.frames_for_duration(60)
+    assert too_long.value.field == "duration_seconds" and "at most 10 s" in too_long.value.message
     with pytest.raises(JobRejected):
         services.frames_for_duration(0)
 
@@ -115,11 +119,18 @@ def test_enqueue_goes_through_generation_queue(user, image_upload, monkeypatch, 
     assert sent == [job.id]
 
 
-def test_eta_of_a_running_job_follows_its_progress(user, make_job):
-    job = make_job(user, Job.Status.RUNNING, progress=0.5)
+def test_eta_of_a_running_job_follows_its_stage(user, make_job):
+    make_job(user, Job.Status.SUCCEEDED)  # 12 s, of which the timings name denoise 1.5 s and decode 0.25 s
+    job = make_job(user, Job.Status.RUNNING, stage="decode", progress=0.9)
     Job.objects.filter(id=job.id).update(started_at=timezone.now() - timedelta(seconds=30))
     job.refresh_from_db()
-    assert services.eta_seconds(job, typical=100.0) == pytest.approx(30.0, abs=1.0)
+    # decode overran its 0.25 s: what is left is the measured share of encoding and upload (12 - 1.75 s spread
+    # over the stages the timings do not name, by their progress shares)
+    rest = 12 - 1.75
+    shares = sum(s.share for s in (Stage.READING_INPUT, Stage.TEXT_ENCODE, Stage.IMAGE_ENCODE, Stage.ENCODING,
+                                   Stage.UPLOADING))
+    expected = rest * (Stage.ENCODING.share + Stage.UPLOADING.share) / shares
+    assert services.eta_seconds(job) == pytest.approx(expected, abs=0.2)
     assert services.queue_position(job) is None
 
 
