@@ -62,7 +62,8 @@ def serve_signed(request: HttpRequest, name: str) -> HttpResponse:
         return _forbidden("invalid file link")
     download_name = request.GET.get("dl") or None
     try:
-        storage.check_local_link(name, request.GET.get("t", ""), request.GET.get("s", ""), download_name)
+        storage.check_local_link(name, request.GET.get("t", ""), request.GET.get("s", ""), download_name,
+                                 request.GET.get("x"))
     except storage.LinkExpired:
         return _forbidden("this file link has expired; ask for a fresh one")
     except storage.LinkInvalid:

@@ -7,7 +7,8 @@ Links: `signed_url` is the only way a file leaves the site, and callers make one
 request's user owns the job. On S3 it is a presigned GET signed for the *public* endpoint (what browsers reach,
 which may differ from the address the servers use); signing is local HMAC work, no network. On the local folder it
 is a Django URL under files/ whose query carries a timestamped HMAC over the name, checked by file_views.
-Both expire after settings.SIGNED_URL_MAX_AGE seconds.
+Both expire after settings.SIGNED_URL_MAX_AGE seconds, or after the `max_age` a caller asks for (the compatibility
+routes promise their clients one hour); a local link carries its own lifetime inside what is signed.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def _public_client(endpoint: str | None, access_key: str | None, secret_key: str
     )
 
 
-def _s3_signed_url(name: str, download_name: str | None) -> str:
+def _s3_signed_url(name: str, download_name: str | None, max_age: int) -> str:
     storage = default_storage
     endpoint = settings.S3_PUBLIC_ENDPOINT_URL or storage.endpoint_url or None
     client = _public_client(endpoint, storage.access_key or None, storage.secret_key or None, storage.region_name,
@@ -164,7 +165,7 @@ def _s3_signed_url(name: str, download_name: str | None) -> str:
     params: dict[str, str] = {"Bucket": storage.bucket_name, "Key": f"{location}/{name}" if location else name}
     if download_name:
         params["ResponseContentDisposition"] = content_disposition("attachment", download_name)
-    return client.generate_presigned_url("get_object", Params=params, ExpiresIn=settings.SIGNED_URL_MAX_AGE)
+    return client.generate_presigned_url("get_object", Params=params, ExpiresIn=max_age)
 
 
 def content_disposition(kind: str, filename: str) -> str:
@@ -172,16 +173,19 @@ def content_disposition(kind: str, filename: str) -> str:
     return f'{kind}; filename="{safe}"'
 
 
-def _link_payload(name: str, download_name: str | None) -> str:
-    return f"{name}\n{download_name or ''}"
+def _link_payload(name: str, download_name: str | None, max_age: int | None = None) -> str:
+    payload = f"{name}\n{download_name or ''}"
+    return f"{payload}\n{max_age}" if max_age is not None else payload
 
 
-def _local_signed_url(name: str, download_name: str | None) -> str:
-    signed = signing.TimestampSigner(salt=FILE_LINK_SALT).sign(_link_payload(name, download_name))
+def _local_signed_url(name: str, download_name: str | None, max_age: int | None) -> str:
+    signed = signing.TimestampSigner(salt=FILE_LINK_SALT).sign(_link_payload(name, download_name, max_age))
     _, stamp, signature = signed.rsplit(":", 2)
     query = {"t": stamp, "s": signature}
     if download_name:
         query["dl"] = download_name
+    if max_age is not None:
+        query["x"] = str(max_age)
     return f"{reverse('files:serve', kwargs={'name': name})}?{urlencode(query)}"
 
 
@@ -193,24 +197,32 @@ class LinkInvalid(Exception):
     """A local file link that was not made by this site for this name (tampered, truncated, other secret)."""
 
 
-def check_local_link(name: str, stamp: str, signature: str, download_name: str | None) -> None:
-    """Raise LinkInvalid or LinkExpired unless (stamp, signature) was made by _local_signed_url for these values."""
+def check_local_link(name: str, stamp: str, signature: str, download_name: str | None,
+                     max_age: str | None = None) -> None:
+    """Raise LinkInvalid or LinkExpired unless (stamp, signature) was made by _local_signed_url for these values.
+    `max_age` is the link's own lifetime (its "x" parameter), signed with it; absent, the site's default."""
     if not stamp or not signature:
         raise LinkInvalid("the link has no signature")
+    lifetime: int | None = None
+    if max_age:
+        if not max_age.isdigit():
+            raise LinkInvalid("the link's lifetime is not a number")
+        lifetime = int(max_age)
     signer = signing.TimestampSigner(salt=FILE_LINK_SALT)
     try:
-        signer.unsign(f"{_link_payload(name, download_name)}:{stamp}:{signature}",
-                      max_age=settings.SIGNED_URL_MAX_AGE)
+        signer.unsign(f"{_link_payload(name, download_name, lifetime)}:{stamp}:{signature}",
+                      max_age=settings.SIGNED_URL_MAX_AGE if lifetime is None else lifetime)
     except signing.SignatureExpired as exc:
         raise LinkExpired(str(exc)) from None
     except signing.BadSignature as exc:
         raise LinkInvalid(str(exc)) from None
 
 
-def signed_url(name: str, *, download_name: str | None = None) -> str:
-    """A short-lived link to a stored file. Call only after checking that the requester may see it."""
+def signed_url(name: str, *, download_name: str | None = None, max_age: int | None = None) -> str:
+    """A short-lived link to a stored file, valid for `max_age` seconds (default settings.SIGNED_URL_MAX_AGE).
+    Call only after checking that the requester may see it."""
     if not name:
         raise ValueError("signed_url needs a stored file name, got an empty one")
     if _is_s3():
-        return _s3_signed_url(name, download_name)
-    return _local_signed_url(name, download_name)
+        return _s3_signed_url(name, download_name, max_age or settings.SIGNED_URL_MAX_AGE)
+    return _local_signed_url(name, download_name, max_age)

@@ -7,8 +7,9 @@
 
 Decisions: statuses are lower-case words (queued, running, succeeded, failed, canceled), the style of a JSON API
 of that era; `quantized` is accepted and ignored because the deployment's model decides the weights' precision;
-`duration_seconds` becomes the nearest valid 4k+1 frame count at the model's 16 fps, capped at the model's
-maximum; the job runs settings.TURBO_DEFAULT_MODEL. Errors are {"detail": message}. Authentication is an API
+`duration_seconds` becomes the nearest valid 4k+1 frame count at the model's 16 fps, and a duration beyond the
+model's maximum is a 400 naming the limit; the job runs settings.TURBO_DEFAULT_MODEL. `output_url` stays valid for
+one hour (COMPAT_OUTPUT_URL_MAX_AGE), as the runbook promises its clients. Errors are {"detail": message}. Authentication is an API
 token, as `Authorization: Token <key>` or `Authorization: Bearer <key>`.
 """
 
@@ -36,6 +37,8 @@ from turbosite.api_keys.authentication import ApiKeyAuthentication
 
 log = logging.getLogger(__name__)
 
+COMPAT_OUTPUT_URL_MAX_AGE = 3600  # seconds: the seed runbook's "1h presigned URL"
+
 
 class BearerTokenAuthentication(TokenAuthentication):
     keyword = "Bearer"
@@ -60,7 +63,9 @@ class CompatCreateSerializer(serializers.Serializer):
     quantized = FormBooleanField(required=False, allow_null=True,
                                  help_text="Accepted for compatibility and ignored: the model decides.")
     duration_seconds = serializers.FloatField(required=False, allow_null=True, min_value=0.01, max_value=60,
-                                              help_text="Video length at 16 fps; the model's default when absent.")
+                                              help_text="Video length at 16 fps; the model's default when absent. "
+                                                        "Longer than the model makes (10 s for the Wan2.2 models) "
+                                                        "is a 400 naming the limit.")
 
 
 def compat_status(job: Job) -> str:
@@ -96,7 +101,7 @@ _STATE = inline_serializer("CompatJobState", {
     "job_id": serializers.UUIDField(),
     "status": serializers.ChoiceField(choices=COMPAT_STATUSES),
     "progress": serializers.FloatField(),
-    "output_url": serializers.URLField(required=False, help_text="Present once succeeded; expires."),
+    "output_url": serializers.URLField(required=False, help_text="Present once succeeded; valid for one hour."),
     "error": serializers.CharField(required=False, help_text="Present once failed or canceled."),
 })
 _ERROR = inline_serializer("CompatError", {"detail": serializers.CharField()})
@@ -136,7 +141,8 @@ class CompatJobView(CompatView):
             raise NotFound(f"no job {job_id} among yours")
         body: dict[str, object] = {"job_id": str(job.id), "status": compat_status(job), "progress": job.progress}
         if job.status == Job.Status.SUCCEEDED and job.output_video.name:
-            body["output_url"] = absolute_url(request, storage.signed_url(job.output_video.name))
+            body["output_url"] = absolute_url(
+                request, storage.signed_url(job.output_video.name, max_age=COMPAT_OUTPUT_URL_MAX_AGE))
         if job.status in (Job.Status.FAILED, Job.Status.CANCELED):
             body["error"] = job.error or ("The job was canceled." if job.status == Job.Status.CANCELED else "failed")
         return Response(body)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 import requests
+from django.test import Client
 from rest_framework.test import APIClient
 
 from generation.models import Job
@@ -36,12 +39,49 @@ def test_create_answers_job_id_and_status_and_runs_the_default_model(alice, user
     assert enqueued == [body["job_id"]]
 
 
-@pytest.mark.parametrize(("seconds", "frames"), [(1, 17), (2, 33), (1.1, 17), (1.2, 21), (0.1, 5), (30, 161)])
+@pytest.mark.parametrize(("seconds", "frames"), [(1, 17), (2, 33), (1.1, 17), (1.2, 21), (0.1, 5), (10, 161)])
 def test_duration_becomes_the_nearest_valid_frame_count(alice, image_upload, seconds, frames):
     response = alice.post(CREATE, {"prompt": "p", "image": image_upload(), "duration_seconds": str(seconds)},
                           format="multipart")
     assert response.status_code == 200, response.content
     assert Job.objects.get(id=response.json()["job_id"]).num_frames == frames
+
+
+@pytest.mark.parametrize("seconds", [10.2, 30, 60])
+def test_a_duration_beyond_the_model_is_a_400_naming_the_limit(alice, image_upload, enqueued, seconds):
+    """161 frames at 16 fps is the most the model makes: longer is refused, not silently cut to 10 s."""
+    response = alice.post(CREATE, {"prompt": "p", "image": image_upload(), "duration_seconds": str(seconds)},
+                          format="multipart")
+    assert response.status_code == 400
+    assert response.json()["detail"] == (f"duration_seconds must be at most 10 s for model tiny at 480p (161 frames "
+                                         f"at 16 fps), got {seconds:g}")
+    assert not Job.objects.exists() and enqueued == []
+
+
+def test_output_url_is_valid_for_one_hour_like_the_seed(alice, user, make_job, settings):
+    """The runbook promises a 1 h presigned URL; the v1 API keeps the site's shorter default."""
+    job = make_job(user, Job.Status.SUCCEEDED)
+    compat = parse_qs(urlsplit(state(alice, job.id)["output_url"]).query)
+    assert compat["X-Amz-Expires"] == ["3600"]
+    api = parse_qs(urlsplit(alice.get(f"/api/v1/jobs/{job.id}/").json()["output_url"]).query)
+    assert api["X-Amz-Expires"] == [str(settings.SIGNED_URL_MAX_AGE)] != ["3600"]
+
+
+def test_local_output_url_still_plays_after_50_minutes_and_not_after_61(local_storage, alice, user, make_job,
+                                                                       monkeypatch):
+    from django.core import signing
+
+    job = make_job(user, Job.Status.SUCCEEDED)
+    url = urlsplit(state(alice, job.id)["output_url"])
+    query = {key: values[0] for key, values in parse_qs(url.query).items()}
+    browser = Client()
+    now = signing.time.time()
+    monkeypatch.setattr(signing.time, "time", lambda: now + 50 * 60)
+    assert browser.get(url.path, query).status_code == 200
+    assert browser.get(url.path, {**query, "x": "7200"}).status_code == 403  # the lifetime is signed too
+    monkeypatch.setattr(signing.time, "time", lambda: now + 61 * 60)
+    expired = browser.get(url.path, query)
+    assert expired.status_code == 403 and b"expired" in expired.content
 
 
 def test_create_errors_are_a_detail_message(alice, image_upload):
