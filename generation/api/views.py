@@ -31,6 +31,7 @@ from generation.api.throttles import JobCreateThrottle
 from generation.lifecycle import services as lifecycle
 from generation.models import Job
 from generation.webhooks import services as webhooks
+from turbosite.accounts.lockout import LOCKOUT_CODE, cool_off_seconds, lockout_message
 
 UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 
@@ -166,9 +167,17 @@ class TokenView(APIView):
     parser_classes = [FormParser, MultiPartParser, JSONParser]
 
     @extend_schema(summary="Exchange a username and password for an API token", request=TokenRequestSerializer,
-                   responses={200: TokenResponseSerializer, 400: _ERRORS[400]}, auth=[])
+                   responses={200: TokenResponseSerializer, 400: _ERRORS[400],
+                              429: OpenApiResponse(ErrorSerializer, description="Too many failed logins for this "
+                                                   "account: locked for the time in Retry-After.")}, auth=[])
     def post(self, request: Request) -> Response:
         serializer = AuthTokenSerializer(data=request.data, context={"request": request})
-        serializer.is_valid(raise_exception=True)
+        if not serializer.is_valid():
+            # django-axes marks the request it was handed (this DRF request) when the login is, or just became,
+            # locked; answer as the login page does instead of "Unable to log in".
+            if getattr(request, "axes_locked_out", False) or getattr(request._request, "axes_locked_out", False):
+                return Response({"detail": lockout_message(request._request), "code": LOCKOUT_CODE}, status=429,
+                                headers={"Retry-After": str(cool_off_seconds(request._request))})
+            serializer.is_valid(raise_exception=True)
         token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
         return Response({"token": token.key})

@@ -30,12 +30,28 @@ def test_token_endpoint_is_locked_after_repeated_failures(api_client, user, sett
     assert "token" in guess(user.plain_password).json()  # under the limit the right password still works
     for attempt in range(settings.AXES_FAILURE_LIMIT):
         wrong = guess(f"guess-{attempt}")
-        assert wrong.status_code in (400, 403, 429) and "token" not in wrong.json()
+        assert wrong.status_code in (400, 429) and "token" not in wrong.json()
+    assert wrong.status_code == 429  # the failure that reaches the limit already says so, as the login page does
     locked = guess(user.plain_password)
-    # Locked out: even the right password gets no token (today a generic 400; a 429 naming the lockout would be
-    # kinder, see docs/hardening.md).
-    assert locked.status_code in (400, 403, 429), locked.content
-    assert "token" not in locked.json()
+    # Locked out: even the right password gets no token, and the answer says why and for how long, like the
+    # login page: 429, Retry-After (the cool-off), a message a person understands.
+    assert locked.status_code == 429, locked.content
+    body = locked.json()
+    assert "token" not in body and body["code"] == "locked_out"
+    assert body["detail"].startswith("Too many failed logins for this account. Try again in 15 minutes")
+    assert "Unable to log in" not in body["detail"]
+    assert int(locked["Retry-After"]) == 15 * 60
+
+
+def test_login_page_and_token_endpoint_answer_a_lockout_alike(client, api_client, user, settings):
+    for attempt in range(settings.AXES_FAILURE_LIMIT):
+        client.post("/accounts/login/", {"username": "alice", "password": f"guess-{attempt}"})
+    page = client.post("/accounts/login/", {"username": "alice", "password": user.plain_password})
+    api = api_client.post("/api/v1/auth/token/", {"username": "alice", "password": user.plain_password})
+    assert page.status_code == api.status_code == 429
+    assert page["Retry-After"] == api["Retry-After"] == str(15 * 60)
+    html = page.content.decode()
+    assert api.json()["detail"] in html and 'data-testid="locked-out"' in html and "<html" in html
 
 
 def test_links_are_signed_only_for_the_owner_and_expire_soon(token_client, user, other_user, finished_job,
