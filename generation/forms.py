@@ -19,16 +19,32 @@ RESIZE_LABELS = {
 STEP_CHOICES = [(4, "4 steps (best quality)"), (3, "3 steps"), (2, "2 steps"), (1, "1 step (fastest)")]
 
 
-def model_choices() -> list[tuple[str, str]]:
-    choices = []
+def model_choices() -> tuple[list[tuple[str, str]], set[str]]:
+    """Every model as (name, label), and the names that cannot run here (shown, disabled, with the reason)."""
+    choices, unavailable = [], set()
     for facts in models_catalog.list_models():
         label = str(facts["name"])
         if facts["default"]:
             label += " (default)"
         if not facts["installed"]:
-            label += " (weights not installed)"
+            label += " (not available: its weights are not installed on this server)"
+            unavailable.add(str(facts["name"]))
         choices.append((str(facts["name"]), label))
-    return choices
+    return choices, unavailable
+
+
+class ModelSelect(forms.Select):
+    """A select whose models without weights are listed but cannot be picked."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unavailable: set[str] = set()
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        if str(value) in self.unavailable:
+            option["attrs"]["disabled"] = True
+        return option
 
 
 class NewVideoForm(forms.Form):
@@ -53,12 +69,18 @@ class NewVideoForm(forms.Form):
     ode = forms.BooleanField(required=False, label="Deterministic sampling (ODE)")
     resize_mode = forms.ChoiceField(choices=[(mode, RESIZE_LABELS[mode]) for mode in RESIZE_MODES],
                                     initial=RESIZE_MODES[0], required=False, label="Image fit")
-    model = forms.ChoiceField(choices=(), required=False)
+    model = forms.ChoiceField(choices=(), required=False, widget=ModelSelect)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["model"].choices = model_choices()
-        self.fields["model"].initial = settings.TURBO_DEFAULT_MODEL
+        choices, unavailable = model_choices()
+        field = self.fields["model"]
+        field.choices = choices
+        field.widget.unavailable = unavailable
+        runnable = [name for name, _ in choices if name not in unavailable]
+        # Start on a model that can run: the default one when it is installed, else the first that is.
+        field.initial = (settings.TURBO_DEFAULT_MODEL if settings.TURBO_DEFAULT_MODEL not in unavailable
+                         else (runnable[0] if runnable else settings.TURBO_DEFAULT_MODEL))
 
     def service_arguments(self) -> dict[str, Any]:
         """The cleaned values as generation.services.create_job keywords."""
