@@ -63,13 +63,16 @@ def storage_origins() -> list[str]:
 
 # Pages whose third-party markup carries <style> blocks we cannot move out: the Swagger UI page of the API docs.
 INLINE_STYLE_PATHS = ("/api/docs/",)
+# Django's own debug pages (the technical 404 and 500, only with DEBUG on) carry inline <style> and <script>; they
+# all have this tag, which none of our templates (templates/404.html and friends) use.
+DEBUG_PAGE_MARK = b'<meta name="robots" content="NONE,NOARCHIVE">'
 
 
-def content_security_policy(*, inline_styles: bool = False) -> str:
+def content_security_policy(*, inline_styles: bool = False, inline_scripts: bool = False) -> str:
     media = " ".join(["'self'", *storage_origins()])
     directives = {
         "default-src": "'self'",
-        "script-src": "'self'",
+        "script-src": "'self' 'unsafe-inline'" if inline_scripts else "'self'",
         "style-src": "'self' 'unsafe-inline'" if inline_styles else "'self'",
         "style-src-attr": "'unsafe-inline'",
         "img-src": f"{media} blob: data:",
@@ -91,6 +94,7 @@ class SecurityHeadersMiddleware:
         self.get_response = get_response
         # Settings are fixed for a process's life; build the header once.
         self.inline_style_policy = content_security_policy(inline_styles=True)
+        self.debug_page_policy = content_security_policy(inline_styles=True, inline_scripts=True)
         self.headers = {
             "Content-Security-Policy": content_security_policy(),
             "Permissions-Policy": PERMISSIONS_POLICY,
@@ -102,9 +106,17 @@ class SecurityHeadersMiddleware:
         response = self.get_response(request)
         if request.path.startswith(INLINE_STYLE_PATHS):
             response.headers.setdefault("Content-Security-Policy", self.inline_style_policy)
+        elif settings.DEBUG and response.status_code >= 400 and self._is_debug_page(response):
+            response.headers.setdefault("Content-Security-Policy", self.debug_page_policy)
         for name, value in self.headers.items():
             response.headers.setdefault(name, value)
         return response
+
+    @staticmethod
+    def _is_debug_page(response: HttpResponse) -> bool:
+        if getattr(response, "streaming", False) or not response.get("Content-Type", "").startswith("text/html"):
+            return False
+        return DEBUG_PAGE_MARK in response.content[:2000]
 
 
 class OversizedUpload(UploadedFile):
