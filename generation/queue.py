@@ -59,5 +59,10 @@ def messages_waiting() -> bool | None:
     return any(depths)
 
 
+def waiting_job_ids() -> list[str] | None:
+    """The job id of each message waiting on the "gpu" queue (duplicates included), None when unreadable."""
+    return broker.waiting_message_args(broker.GPU_QUEUE)
+
+
 def broker_ok() -> bool:
     return broker.ping()

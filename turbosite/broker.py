@@ -7,6 +7,7 @@ This module only configures the broker; it knows nothing of jobs. `generation.qu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -100,6 +101,31 @@ def queue_depth(queue_name: str) -> int | None:
         return queue.qsize() if queue is not None else 0
     except Exception:  # a probe: any failure means "unknown"
         log.warning("could not read the depth of queue %r", queue_name, exc_info=True)
+        return None
+
+
+def waiting_message_args(queue_name: str = GPU_QUEUE) -> list[str] | None:
+    """The first argument of each message waiting in the queue, oldest first (for the "gpu" queue: job ids);
+    None when the broker cannot be read. Messages a worker already took are not in it."""
+    broker = ensure_broker()
+    try:
+        if isinstance(broker, RedisBroker):
+            key = f"{broker.namespace}:{queue_name}"
+            ids = broker.client.lrange(key, 0, -1)
+            encoded = broker.client.hmget(f"{key}.msgs", ids) if ids else []
+        else:
+            queue = broker.queues.get(queue_name)
+            with queue.mutex if queue is not None else contextlib.nullcontext():
+                encoded = list(queue.queue) if queue is not None else []
+        args = []
+        for data in encoded:
+            if data is None:
+                continue  # acknowledged between the two reads
+            message = dramatiq.Message.decode(data)
+            args.append(str(message.args[0]) if message.args else "")
+        return args
+    except Exception:  # a probe: any failure means "unknown"
+        log.warning("could not read the messages of queue %r", queue_name, exc_info=True)
         return None
 
 

@@ -112,3 +112,32 @@ def test_requeue_reports_an_unreachable_queue(admin_client, jobs, monkeypatch):
     page = act(admin_client, "requeue_jobs", jobs["running"]).content.decode()
     assert "could not reach the queue" in page and "redis down" in page
     assert Job.objects.get(id=jobs["running"].id).status == Job.Status.QUEUED
+
+
+def test_queue_page_explains_every_message_and_every_queued_job(admin_client, jobs, user, make_job):
+    """It once showed "2 messages" beside "1 queued job" with nothing to say why: now each message is accounted
+    for, against the real Redis queue."""
+    from generation import queue
+    from turbosite import broker
+
+    canceled = make_job(user, Job.Status.CANCELED)
+    unsent = make_job(user, Job.Status.QUEUED)
+    queued = jobs["queued"]
+    try:
+        for job_id in (queued.id, canceled.id, queued.id):  # a canceled job's message stays until a worker drops it
+            queue.enqueue_job(job_id)
+        response = admin_client.get(f"{CHANGELIST}queue/")
+        match = response.context["messages_match"]
+        assert match == {"messages": 3, "for_queued_jobs": 1, "duplicates": 1, "for_other_jobs": 1,
+                         "queued_without_message": 1}
+        assert response.context["broker_depth"] == 3 and response.context["queued_in_db"] == 2
+        # The rows add up: messages = queued + copies + others; queued jobs = with a message + without one.
+        assert match["messages"] == match["for_queued_jobs"] + match["duplicates"] + match["for_other_jobs"]
+        assert response.context["queued_in_db"] == match["for_queued_jobs"] + match["queued_without_message"]
+        page = response.content.decode()
+        for cell, value in (("broker-depth", 3), ("messages-for-queued", 1), ("messages-duplicate", 1),
+                            ("messages-stale", 1), ("queued-in-db", 2), ("queued-without-message", 1)):
+            assert f'id="{cell}">{value}</td>' in page, cell
+    finally:
+        broker.ensure_broker().flush(broker.GPU_QUEUE)
+    assert unsent.status == Job.Status.QUEUED
