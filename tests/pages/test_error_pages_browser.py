@@ -7,9 +7,17 @@ import pytest
 from django.test import RequestFactory
 from django.views import defaults
 
+from generation import models_catalog
 from tests.browser import log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _models_catalog_loaded() -> None:
+    """The form lists the models, which today imports the model library (torch) on first use: tens of seconds
+    on a busy CPU, past the browser's 15 s wait. Import it before the browser asks for a page."""
+    models_catalog.list_models()
 
 
 def csp_errors(console_errors: list[str]) -> list[str]:
@@ -17,13 +25,13 @@ def csp_errors(console_errors: list[str]) -> list[str]:
 
 
 def test_not_found_and_csrf_failure_pages_raise_no_violation(page, live_server, user, console_errors):
+    log_in(page, live_server.url, "alice", user.plain_password)
     missing = page.goto(f"{live_server.url}/no-such-page/")
     assert missing.status == 404
     assert page.locator("[data-testid=error-page] h1").inner_text() == "Page not found"
     # our stylesheet applied (not the browser's default serif page): the CSP let it load
     assert page.evaluate("() => getComputedStyle(document.querySelector('.site-header')).position") == "sticky"
 
-    log_in(page, live_server.url, "alice", user.plain_password)
     page.goto(f"{live_server.url}/")
     page.evaluate("() => document.querySelector('#new-video-form input[name=csrfmiddlewaretoken]').value = 'forged'")
     with page.expect_navigation() as sent:
