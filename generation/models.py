@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -213,3 +214,42 @@ class Job(models.Model):
     def claimed_again(self, attempt: int) -> bool:
         """Whether a later attempt has claimed the job since `attempt` (its files then belong to that attempt)."""
         return Job.objects.filter(id=self.id).exclude(attempts=attempt).exists()
+
+
+class Worker(models.Model):
+    """A GPU worker process as it last reported itself: which models it can run here (their weights are installed
+    on its host) and when it last beat. The web side learns what is installed from these rows, never by reading
+    weight files: it has neither the files nor the code that checks them."""
+
+    name = models.CharField(max_length=128, unique=True)  # host:pid[:gpuN], as in Job.worker
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # {"model name": {"installed": bool, "missing": ["file or folder", ...]}}
+    weights = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-heartbeat_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def report(cls, name: str, weights: dict[str, dict[str, Any]], *, starting: bool = False) -> Worker:
+        """Upsert this worker's row: called when it starts and on every heartbeat."""
+        now = timezone.now()
+        defaults: dict[str, Any] = {"heartbeat_at": now, "weights": weights}
+        if starting:
+            defaults["started_at"] = now
+        worker, _ = cls.objects.update_or_create(name=name[:128], defaults=defaults)
+        return worker
+
+    @classmethod
+    def retire(cls, name: str) -> None:
+        """A worker shutting down removes its row, so the site stops counting on it at once."""
+        cls.objects.filter(name=name[:128]).delete()
+
+    @classmethod
+    def live(cls) -> models.QuerySet[Worker]:
+        """Workers heard from within TURBO_HEARTBEAT_STALE_S (the reaper's limit for a job's heartbeat too)."""
+        cutoff = timezone.now() - timedelta(seconds=settings.TURBO_HEARTBEAT_STALE_S)
+        return cls.objects.filter(heartbeat_at__gte=cutoff)

@@ -1,19 +1,46 @@
-"""What the web side may know about the models: names, frame limits, resolutions and whether weights are installed.
+"""What the web side knows about the models: names, frame limits, resolutions, and whether some GPU worker can run
+each one.
 
-`generation` may import `inference` only in actors and commands (ARCHITECTURE.md), so every model fact the API,
-services and pages need goes through this adapter, which imports `inference` lazily and hands back plain data.
+The descriptions are plain data here (the web process carries no torch and no `inference`; a test keeps them equal
+to inference/configs.py). Whether a model's weights are installed is what the GPU workers report in their registry
+rows (generation.models.Worker, written at start and on every heartbeat): the weight files live on the GPU hosts.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from django.conf import settings
+
+from generation.models import Worker
 
 
 class UnknownModel(ValueError):
     """A model name the catalog does not know. The message lists the known names."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as inference/configs.py describes it, reduced to what requests and pages need."""
+
+    name: str
+    resolutions: tuple[str, ...]
+    default_resolution: str
+    default_frames: int
+    max_frames: int
+    fps: int
+    builtin_weights: bool  # seeded random weights made at load time: nothing to install
+    weight_files: tuple[str, ...]  # what a weights folder must hold (inference/weights.md)
+
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    ModelSpec(name="wan2.2-i2v-a14b", resolutions=("480p", "720p"), default_resolution="720p", default_frames=81,
+              max_frames=161, fps=16, builtin_weights=False,
+              weight_files=("TurboWan2.2-I2V-A14B-high-720P-quant.pth", "TurboWan2.2-I2V-A14B-low-720P-quant.pth",
+                            "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl")),
+    ModelSpec(name="tiny", resolutions=("480p", "720p"), default_resolution="480p", default_frames=17,
+              max_frames=161, fps=16, builtin_weights=True, weight_files=()),
+)}
 
 
 @dataclass(frozen=True)
@@ -32,53 +59,52 @@ class ModelFacts:
         return asdict(self)
 
 
-def _weights_dir() -> Path | None:
-    return Path(settings.TURBO_MODEL_DIR) if settings.TURBO_MODEL_DIR else None
+def _reports() -> list[dict[str, dict[str, object]]]:
+    """The weight reports of the live workers, freshest first."""
+    return [worker.weights for worker in Worker.live().order_by("-heartbeat_at")]
 
 
-def _facts(config) -> ModelFacts:
-    if config.random_weights:
-        # Nothing to look for on disk; skip importing the checkpoint module (and torch) on the request path.
+def _facts(spec: ModelSpec, reports: list[dict[str, dict[str, object]]]) -> ModelFacts:
+    if spec.builtin_weights:
         installed, missing = True, []
     else:
-        from inference.checkpoint import weights_status
-
-        status = weights_status(config, _weights_dir())
-        installed, missing = bool(status["installed"]), list(status["missing"])
+        mine = [report[spec.name] for report in reports if isinstance(report.get(spec.name), dict)]
+        installed = any(bool(status.get("installed")) for status in mine)
+        if installed:
+            missing = []
+        elif mine:
+            missing = [str(name) for name in mine[0].get("missing") or spec.weight_files]
+        else:
+            missing = list(spec.weight_files)  # no live GPU worker has reported these files
     return ModelFacts(
-        name=config.name,
+        name=spec.name,
         installed=installed,
         missing=missing,
-        default_frames=config.default_frames,
-        max_frames=config.max_frames,
-        fps=config.fps,
-        resolutions=list(config.resolutions),
-        default_resolution=config.default_resolution,
-        default=config.name == settings.TURBO_DEFAULT_MODEL,
+        default_frames=spec.default_frames,
+        max_frames=spec.max_frames,
+        fps=spec.fps,
+        resolutions=list(spec.resolutions),
+        default_resolution=spec.default_resolution,
+        default=spec.name == settings.TURBO_DEFAULT_MODEL,
     )
 
 
 def model_names() -> list[str]:
-    from inference.configs import MODELS
-
     return sorted(MODELS)
 
 
 def get_model(name: str | None = None) -> ModelFacts:
     """Facts for `name`, or for the deployment's default model when None. Raises UnknownModel."""
-    from inference.configs import MODELS
-
     name = name or settings.TURBO_DEFAULT_MODEL
-    config = MODELS.get(name)
-    if config is None:
+    spec = MODELS.get(name)
+    if spec is None:
         raise UnknownModel(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    return _facts(config)
+    return _facts(spec, [] if spec.builtin_weights else _reports())
 
 
 def list_models() -> list[dict[str, object]]:
     """Every model, the default first, as plain dicts (name, installed, missing, frame and resolution facts)."""
-    from inference.configs import MODELS
-
-    facts = [_facts(config) for config in MODELS.values()]
+    reports = _reports()
+    facts = [_facts(spec, reports) for spec in MODELS.values()]
     facts.sort(key=lambda f: (not f.default, f.name))
     return [f.as_dict() for f in facts]

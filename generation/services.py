@@ -161,7 +161,7 @@ def _check_model_installed(name: str) -> None:
     if not facts.installed:
         raise JobRejected(
             f"model {name} cannot run here: its weights are not installed (missing: {', '.join(facts.missing)}). "
-            "An operator must put them in TURBO_MODEL_DIR.", 409, field="model", code="model_not_installed")
+            "An operator must put them in TURBO_MODEL_DIR on a GPU worker.", 409, field="model", code="model_not_installed")
 
 
 def _check_idempotency_key(key: str | None) -> str | None:

@@ -32,8 +32,10 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from PIL import Image
 
 from generation import queue, storage
-from generation.models import Job, Standing
+from generation.models import Job, Standing, Worker
 from generation.stages import PIPELINE_STAGES, TIMING_KEYS, Stage
+from inference.checkpoint import weights_status
+from inference.configs import MODELS
 from inference.types import GenerationCanceled, GenerationRequest, InferenceInputError, ProgressEvent, WeightsError
 
 if TYPE_CHECKING:
@@ -107,6 +109,53 @@ def worker_name() -> str:
     if gpus:
         name += f":gpu{gpus}"
     return name[:128]
+
+
+def weights_report() -> dict[str, dict[str, object]]:
+    """Which models this host can run: for each, whether its weight files are under TURBO_MODEL_DIR and which are
+    missing. The web side reads it from this worker's registry row (generation.models_catalog)."""
+    folder = Path(settings.TURBO_MODEL_DIR) if settings.TURBO_MODEL_DIR else None
+    report: dict[str, dict[str, object]] = {}
+    for name, config in MODELS.items():
+        status = weights_status(config, folder)
+        report[name] = {"installed": bool(status["installed"]), "missing": [str(m) for m in status["missing"]]}
+    return report
+
+
+class Presence(threading.Thread):
+    """Keeps this worker's registry row (generation.models.Worker) fresh: written when the worker starts, then
+    every TURBO_HEARTBEAT_INTERVAL_S with a new weights report (weights installed while it runs show up), and
+    removed when it stops."""
+
+    def __init__(self, name: str | None = None, interval_s: float | None = None) -> None:
+        super().__init__(name="worker-presence", daemon=True)
+        self.worker = name or worker_name()
+        self.interval_s = settings.TURBO_HEARTBEAT_INTERVAL_S if interval_s is None else interval_s
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        Worker.report(self.worker, weights_report(), starting=True)  # before the first job is taken
+        super().start()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.interval_s):
+                try:
+                    Worker.report(self.worker, weights_report())
+                except Exception:
+                    # A database restart must not end the beats; the next one reconnects.
+                    log.exception("worker %s: presence beat failed; retrying", self.worker)
+                    connection.close()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+        try:
+            Worker.retire(self.worker)
+        except Exception:
+            log.warning("worker %s: could not remove its registry row (it goes stale by itself)", self.worker)
 
 
 def _free_gpu_cache() -> None:

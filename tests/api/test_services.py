@@ -62,8 +62,16 @@ def test_frames_for_duration_stays_within_the_model_and_positive():
         services.frames_for_duration(0)
 
 
+@pytest.mark.django_db
 def test_catalog_reports_installed_weights(tmp_path, settings):
+    """What the catalog says comes from the GPU workers' reports (their registry rows), not from the web's disk."""
+    from generation.models import Worker
+    from generation.worker import weights_report
+
     settings.TURBO_MODEL_DIR = str(tmp_path)
+    facts = models_catalog.get_model("wan2.2-i2v-a14b")
+    assert not facts.installed and "Wan2.1_VAE.pth" in facts.missing  # no worker has reported anything yet
+    Worker.report("gpu-host:1", weights_report(), starting=True)
     facts = models_catalog.get_model("wan2.2-i2v-a14b")
     assert not facts.installed and "Wan2.1_VAE.pth" in facts.missing
     for name in (facts.missing):
@@ -73,8 +81,46 @@ def test_catalog_reports_installed_weights(tmp_path, settings):
         else:
             target.mkdir(parents=True)
             (target / "spiece.model").write_bytes(b"x")
+    assert not models_catalog.get_model("wan2.2-i2v-a14b").installed  # files alone say nothing to the web
+    Worker.report("gpu-host:1", weights_report())  # the worker's next heartbeat
     assert models_catalog.get_model("wan2.2-i2v-a14b").installed
     assert models_catalog.get_model(None).name == settings.TURBO_DEFAULT_MODEL == "tiny"
+
+
+@pytest.mark.django_db
+def test_catalog_counts_only_workers_heard_from_recently(settings):
+    from generation.models import Worker
+
+    installed = {"wan2.2-i2v-a14b": {"installed": True, "missing": []}}
+    lacking = {"wan2.2-i2v-a14b": {"installed": False, "missing": ["Wan2.1_VAE.pth"]}}
+    Worker.report("gpu-a:1", installed)
+    Worker.report("gpu-b:2", lacking)
+    assert models_catalog.get_model("wan2.2-i2v-a14b").installed  # one live worker can run it
+    Worker.objects.filter(name="gpu-a:1").update(
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.TURBO_HEARTBEAT_STALE_S + 1))
+    facts = models_catalog.get_model("wan2.2-i2v-a14b")
+    assert not facts.installed and facts.missing == ["Wan2.1_VAE.pth"]  # the silent one no longer counts
+    a14b = next(m for m in models_catalog.list_models() if m["name"] == "wan2.2-i2v-a14b")
+    assert a14b["installed"] is False and a14b["missing"] == ["Wan2.1_VAE.pth"]
+    Worker.retire("gpu-b:2")
+    assert models_catalog.get_model("wan2.2-i2v-a14b").missing == list(
+        models_catalog.MODELS["wan2.2-i2v-a14b"].weight_files)
+
+
+def test_the_web_catalog_describes_the_models_as_inference_configs_do():
+    """The web keeps its own torch-free copy of the model facts; it must not drift from inference/configs.py."""
+    from inference.configs import MODELS
+
+    assert set(models_catalog.MODELS) == set(MODELS)
+    for name, config in MODELS.items():
+        spec = models_catalog.MODELS[name]
+        assert spec.resolutions == tuple(config.resolutions)
+        assert (spec.default_resolution, spec.default_frames, spec.max_frames, spec.fps) == (
+            config.default_resolution, config.default_frames, config.max_frames, config.fps)
+        assert spec.builtin_weights == config.random_weights
+        files = () if config.random_weights else (config.high_noise_file, config.low_noise_file, config.vae_file,
+                                                  config.text_encoder_file, config.tokenizer_dir)
+        assert spec.weight_files == files
 
 
 @pytest.mark.django_db(transaction=True)

@@ -48,6 +48,11 @@ def test_only_the_queue_module_and_the_actor_touch_dramatiq_messages():
     assert senders <= {"generation.embedded", "generation.management.commands.run_gpu_worker"}, senders
 
 
+def test_no_arrow_from_the_web_side_into_the_gpu_stack():
+    arrows = [e for e in import_edges() if is_web_module(e.source) and in_gpu_stack(e.target)]
+    assert arrows == []
+
+
 def test_importing_a_web_module_loads_no_worker_module():
     """Module-level imports of the web side never reach the worker's modules (which bring the GPU stack)."""
     edges = import_edges()

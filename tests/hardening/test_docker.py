@@ -68,6 +68,8 @@ def test_worker_reserves_a_gpu_and_has_time_to_hand_back_its_job(compose):
     grace = int(worker["stop_grace_period"].rstrip("s"))
     assert grace >= 60
     assert any(v.endswith(":/models:ro") for v in worker["volumes"])
+    # The weights belong to the GPU workers, which report what is installed; the web never reads them.
+    assert not any(":/models" in v for v in compose["services"]["web"].get("volumes", []))
 
 
 def test_web_and_worker_get_the_same_production_environment(compose):

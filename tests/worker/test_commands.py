@@ -1,7 +1,9 @@
-"""The run_gpu_worker command's refusals (no Redis, a model whose weights cannot load) and its warm-up."""
+"""The run_gpu_worker command's refusals (no Redis, a model whose weights cannot load), its warm-up, and the
+registry row through which a worker tells the site which models it can run."""
 
 from __future__ import annotations
 
+import time
 from io import StringIO
 from types import SimpleNamespace
 
@@ -42,3 +44,31 @@ def test_worker_warms_a_gpu_pipeline_up_and_says_so():
     command._warm_up(cpu)  # nothing to compile or tune on the CPU path
     assert gpu.warmed == [None] and cpu.warmed == []
     assert "warmed up: 480p 1.2 s, 720p 2.5 s" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_workers_presence_row_lives_while_it_runs(tmp_path, settings):
+    from generation.models import Worker
+    from generation.worker import Presence
+
+    settings.TURBO_MODEL_DIR = str(tmp_path)
+    presence = Presence("gpu-host:7:gpu0", interval_s=0.05)
+    presence.start()
+    try:
+        row = Worker.objects.get(name="gpu-host:7:gpu0")  # written before the first job is taken
+        assert row.weights["tiny"] == {"installed": True, "missing": []}
+        assert row.weights["wan2.2-i2v-a14b"]["installed"] is False
+        assert "Wan2.1_VAE.pth" in row.weights["wan2.2-i2v-a14b"]["missing"]
+        first_beat = row.heartbeat_at
+        (tmp_path / "Wan2.1_VAE.pth").write_bytes(b"x")  # installed while the worker runs
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row.refresh_from_db()
+            if "Wan2.1_VAE.pth" not in row.weights["wan2.2-i2v-a14b"]["missing"]:
+                break
+            time.sleep(0.05)
+        assert row.heartbeat_at > first_beat
+        assert "Wan2.1_VAE.pth" not in row.weights["wan2.2-i2v-a14b"]["missing"]
+    finally:
+        presence.stop()
+    assert not Worker.objects.filter(name="gpu-host:7:gpu0").exists()  # a stopped worker leaves no row behind

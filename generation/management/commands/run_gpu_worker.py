@@ -67,6 +67,8 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
 
+        presence = job_worker.Presence()  # the site learns from this row which models this host can run
+        presence.start()
         dramatiq_worker = actors.start_worker(threads=1)
         reaper_thread = None
         if not options["no_reaper"]:
@@ -84,6 +86,7 @@ class Command(BaseCommand):
             if reaper_thread is not None:
                 reaper_thread.stop()
             dramatiq_worker.stop(timeout=options["shutdown_timeout"] * 1000)
+            presence.stop()
 
     def _warm_up(self, pipeline: Any) -> None:
         """Compile the GPU kernels and tune the VAE's convolutions now rather than in the first user's job."""
