@@ -11,6 +11,11 @@ model sees whatever the camera, editor or client produced. Decisions (docs/harde
 - 16-bit greyscale is scaled down to 8 bits (not clipped); CMYK and images with an ICC profile are converted to
   sRGB through the profile when there is one.
 - The EXIF orientation is applied, so a phone photo comes out the way it was held.
+- Larger than any output needs (`max_short_side`, from the largest resolution of any model): shrunk right after
+  decoding, before any other step, and stored that size. JPEGs decode at 1/2, 1/4 or 1/8 scale straight away
+  (Pillow's draft mode), so a 24-megapixel photo never exists at full size in memory.
+- At most TURBO_IMAGE_DECODE_SLOTS images decode at once per process: a few small files that declare huge images
+  cannot multiply the memory a full-size decode takes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from __future__ import annotations
 import io
 import logging
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 import numpy as np
@@ -30,6 +38,8 @@ logger = logging.getLogger(__name__)
 # Formats a browser or phone produces for a still photo. MPO is how Pillow names many camera JPEGs (a JPEG with
 # extra preview frames). Everything else (TIFF, PSD, ICO, EPS, ...) is refused: each extra decoder is attack surface.
 ACCEPTED_FORMATS: Final = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP"})
+
+DECODE_WAIT_S: Final = 20.0  # a request waits this long for a decode slot before it is told to come back
 
 _WHITE = (255, 255, 255, 255)
 _ALPHA_MODES: Final = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -45,6 +55,31 @@ class ImageRejected(ValueError):
         self.code = code
 
 
+class DecoderBusy(RuntimeError):
+    """Every decode slot of this process stayed taken for DECODE_WAIT_S: the server is busy, not the image bad."""
+
+
+_slots_lock = threading.Lock()
+_slots: tuple[int, threading.BoundedSemaphore] | None = None
+
+
+@contextmanager
+def decode_slot() -> Iterator[None]:
+    """Hold one of the process's TURBO_IMAGE_DECODE_SLOTS while decoding; DecoderBusy after DECODE_WAIT_S."""
+    global _slots
+    count = max(1, int(settings.TURBO_IMAGE_DECODE_SLOTS))
+    with _slots_lock:
+        if _slots is None or _slots[0] != count:
+            _slots = (count, threading.BoundedSemaphore(count))
+        semaphore = _slots[1]
+    if not semaphore.acquire(timeout=DECODE_WAIT_S):
+        raise DecoderBusy(f"no image decode slot free within {DECODE_WAIT_S:g} s")
+    try:
+        yield
+    finally:
+        semaphore.release()
+
+
 def limits() -> dict[str, float]:
     """The limits in force (from settings), for error messages, the API schema and the pages."""
     return {
@@ -55,22 +90,28 @@ def limits() -> dict[str, float]:
     }
 
 
-def normalise_upload(upload: UploadedFile) -> Image.Image:
-    """Decode `upload` and return it as an upright RGB image, or raise ImageRejected saying what is wrong."""
+def normalise_upload(upload: UploadedFile, *, max_short_side: int | None = None) -> Image.Image:
+    """Decode `upload` and return it as an upright RGB image, or raise ImageRejected saying what is wrong.
+    With `max_short_side`, an image whose shorter side is longer comes out shrunk to it (aspect kept)."""
     limit = limits()
     data = _read_bounded(upload, int(limit["max_upload_bytes"]))
-    return normalise_bytes(data)
+    return normalise_bytes(data, max_short_side=max_short_side)
 
 
-def normalise_bytes(data: bytes) -> Image.Image:
+def normalise_bytes(data: bytes, *, max_short_side: int | None = None) -> Image.Image:
     """`normalise_upload` for bytes already in memory (the size limit is checked here too)."""
     limit = limits()
     _check_byte_size(len(data), int(limit["max_upload_bytes"]))
-    image = _open(data, int(limit["max_image_pixels"]))
-    _check_dimensions(image.size, limit)
-    _decode(image)
-    image = _upright(image)
-    return _to_srgb(image)
+    with decode_slot():
+        image = _open(data, int(limit["max_image_pixels"]))
+        _check_dimensions(image.size, limit)
+        if max_short_side:
+            _draft(image, max_short_side)
+        _decode(image)
+        if max_short_side:
+            image = _shrink(image, max_short_side)
+        image = _upright(image)
+        return _to_srgb(image)
 
 
 # -- steps ----------------------------------------------------------------------------------------------------
@@ -153,6 +194,45 @@ def _decode(image: Image.Image) -> None:
             "The image is damaged or incomplete (the upload may have been cut short). Save it again and retry.",
             "truncated",
         ) from exc
+
+
+def _scaled(size: tuple[int, int], max_short_side: int) -> tuple[int, int] | None:
+    """`size` shrunk so its shorter side is `max_short_side`, or None when it is not larger."""
+    width, height = size
+    short = min(width, height)
+    if short <= max_short_side:
+        return None
+    scale = max_short_side / short
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _draft(image: Image.Image, max_short_side: int) -> None:
+    """JPEG: let the decoder produce the smallest of 1/1, 1/2, 1/4, 1/8 scale that is still at least the size
+    wanted (other formats ignore draft)."""
+    target = _scaled(image.size, max_short_side)
+    if target is not None and image.format in ("JPEG", "MPO"):
+        image.draft(None, target)
+
+
+# Modes whose resize is not a real resampling (palette, 1-bit) or not supported (16-bit greyscale variants).
+_RESIZE_AS = {"P": "RGBA", "PA": "RGBA", "1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
+
+
+def _shrink(image: Image.Image, max_short_side: int) -> Image.Image:
+    target = _scaled(image.size, max_short_side)
+    if target is None:
+        return image
+    if image.mode in _RESIZE_AS or "transparency" in image.info:
+        keep = {key: image.info[key] for key in ("icc_profile", "exif") if key in image.info}
+        # Transparency by palette entry or colour key becomes an alpha channel that survives resampling.
+        image = image.convert("RGBA" if "transparency" in image.info else _RESIZE_AS[image.mode])
+        image.info.update(keep)
+    info, exif = dict(image.info), image.getexif()
+    shrunk = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    shrunk.info.update({key: info[key] for key in ("icc_profile",) if key in info})
+    if exif:
+        shrunk.info["exif"] = exif.tobytes()  # the orientation is applied next
+    return shrunk
 
 
 def _upright(image: Image.Image) -> Image.Image:

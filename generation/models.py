@@ -80,6 +80,8 @@ class Job(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=128, blank=True)
+    # The id of the queue message that should run this job now; the reaper resends when the broker has lost it.
+    message_id = models.CharField(max_length=64, blank=True)
     gpu_name = models.CharField(max_length=128, blank=True)
     peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
     timings = models.JSONField(default=dict, blank=True)
@@ -166,7 +168,7 @@ class Job(models.Model):
         """RUNNING -> QUEUED, for a worker that died or is shutting down; the next claim counts a new attempt.
         `reason` is shown to the owner, `detail` (worker names) only to operators."""
         return self._transition(self.Status.QUEUED, attempt=attempt, worker="", heartbeat_at=None, progress=0.0,
-                                stage="queued", error=reason[:10_000], error_detail=detail[-10_000:])
+                                stage="queued", error=reason[:10_000], error_detail=detail[-10_000:], message_id="")
 
     def report_progress(self, *, progress: float, stage: str, timings: dict[str, float] | None = None,
                         attempt: int | None = None) -> bool:
@@ -253,3 +255,16 @@ class Worker(models.Model):
         """Workers heard from within TURBO_HEARTBEAT_STALE_S (the reaper's limit for a job's heartbeat too)."""
         cutoff = timezone.now() - timedelta(seconds=settings.TURBO_HEARTBEAT_STALE_S)
         return cls.objects.filter(heartbeat_at__gte=cutoff)
+
+
+class PendingDelete(models.Model):
+    """A stored file that must go but may still be there: its delete failed, or its write failed in a way that can
+    still land (a request the storage server received before it stalled). The reaper deletes it once no job needs
+    it (generation.storage.sweep_pending_deletes)."""
+
+    name = models.CharField(max_length=300, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)  # the first successful delete; a second one ends it
+
+    def __str__(self) -> str:
+        return self.name

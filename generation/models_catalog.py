@@ -102,6 +102,14 @@ def get_model(name: str | None = None) -> ModelFacts:
     return _facts(spec, [] if spec.builtin_weights else _reports())
 
 
+def largest_output_side() -> int:
+    """The longest side of any output any model makes: an input image larger than this on its shorter side
+    carries nothing an output can use (generation.image_input shrinks it on arrival)."""
+    from inference.configs import MODELS
+
+    return max(max(size) for config in MODELS.values() for size in config.resolutions.values())
+
+
 def list_models() -> list[dict[str, object]]:
     """Every model, the default first, as plain dicts (name, installed, missing, frame and resolution facts)."""
     reports = _reports()

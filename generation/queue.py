@@ -13,6 +13,7 @@ import uuid
 
 import dramatiq
 
+from generation.models import Job
 from turbosite import broker
 from turbosite.broker import GPU_QUEUE, WEBHOOK_QUEUE
 
@@ -29,7 +30,7 @@ def enqueue_job(job_id: uuid.UUID | str, *, delay_ms: int | None = None) -> None
     On the embedded default the message waits in this process until its worker thread runs (started by the first
     real request; queued rows left by a stopped process are sent again when it starts).
     """
-    _send(GPU_QUEUE, RUN_JOB, str(job_id), delay_ms)
+    _record(job_id, _send(GPU_QUEUE, RUN_JOB, str(job_id), delay_ms))
     log.info("job %s sent to the %s queue (%s)%s", job_id, GPU_QUEUE, broker.describe_broker(),
              f" to run in {delay_ms} ms" if delay_ms else "")
 
@@ -39,16 +40,43 @@ def send_webhook_delivery(delivery_id: uuid.UUID | str, *, delay_ms: int | None 
     _send(WEBHOOK_QUEUE, DELIVER_WEBHOOK, str(delivery_id), delay_ms)
 
 
-def _send(queue_name: str, actor_name: str, argument: str, delay_ms: int | None) -> None:
+def _message(queue_name: str, actor_name: str, argument: str) -> dramatiq.Message:
+    return dramatiq.Message(queue_name=queue_name, actor_name=actor_name, args=(argument,), kwargs={}, options={})
+
+
+def _send(queue_name: str, actor_name: str, argument: str, delay_ms: int | None) -> dramatiq.Message:
     current = broker.ensure_broker()
     current.declare_queue(queue_name)  # idempotent; the in-process broker refuses undeclared queues
-    current.enqueue(dramatiq.Message(queue_name=queue_name, actor_name=actor_name, args=(argument,), kwargs={},
-                                     options={}), delay=delay_ms)
+    return current.enqueue(_message(queue_name, actor_name, argument), delay=delay_ms)
+
+
+def _record(job_id: uuid.UUID | str, message: dramatiq.Message) -> None:
+    """Write the message's broker id on the row, so the reaper can tell when the broker lost it."""
+    try:
+        Job.objects.filter(id=job_id, status=Job.Status.QUEUED).update(message_id=broker.message_key(message))
+    except Exception:
+        # The message is out; without its id on the row only the reaper's slower rule can spot its loss.
+        log.warning("job %s: could not record its message id", job_id, exc_info=True)
+
+
+def enqueue_first(job_ids: list[uuid.UUID | str]) -> None:
+    """Send `job_ids` again at the head of the "gpu" queue, in this order: jobs whose message was lost were
+    submitted before everything now waiting, so they go first."""
+    broker.ensure_broker().declare_queue(GPU_QUEUE)
+    sent = broker.enqueue_first([_message(GPU_QUEUE, RUN_JOB, str(job_id)) for job_id in job_ids])
+    for job_id, message in zip(job_ids, sent, strict=True):
+        _record(job_id, message)
 
 
 def queue_depth() -> int | None:
     """Messages waiting on the "gpu" queue, None when the broker cannot be reached."""
     return broker.queue_depth(GPU_QUEUE)
+
+
+def messages_present(keys: list[str]) -> set[str] | None:
+    """Which of these message ids (as recorded on job rows) the broker still holds for the "gpu" queue: waiting,
+    delayed or taken by a worker and not yet acknowledged. None when it cannot tell (in process, or unreachable)."""
+    return broker.messages_present(keys, GPU_QUEUE)
 
 
 def messages_waiting() -> bool | None:

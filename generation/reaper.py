@@ -2,7 +2,8 @@
 
 A RUNNING job whose heartbeat is older than TURBO_HEARTBEAT_STALE_S lost its worker (killed, host gone). It goes back
 to QUEUED with a fresh message, or ends FAILED once it has used TURBO_MAX_ATTEMPTS attempts. A QUEUED job whose
-message was lost (the broker restarted empty) is sent again. Every transition is a
+message was lost (the broker restarted empty) is sent again at the head of the queue, and stored files that no
+job needs (a write that timed out and landed late, a failed delete) are deleted. Every transition is a
 conditional update, so reapers in several worker processes can run at once: only one wins each job.
 """
 
@@ -22,6 +23,7 @@ from generation import queue
 from generation.lifecycle.retention import expire_old_jobs_now_and_then
 from generation.lifecycle.services import cancel_overdue_jobs
 from generation.models import Job
+from generation.storage import sweep_pending_deletes
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +51,15 @@ def reap_stale_jobs(*, stale_after_s: float | None = None, max_attempts: int | N
     result = ReapResult()
     for job in stale_jobs(stale_after_s=stale_after_s, now=now):
         last = job.heartbeat_at.isoformat() if job.heartbeat_at else "never"
+        lost_worker = job.worker or "unknown"  # read now: requeue() clears it on the row and the instance
         if job.attempts >= max_attempts:
             message = (f"The video could not be made: the worker was lost {job.attempts} times while running this "
                        "job, so it was not tried again. Retry it, maybe with fewer frames or a lower resolution.")
             detail = (f"last worker {job.worker or 'unknown'}, last heartbeat {last}; check the GPU workers' logs")
             if job.fail(message, detail=detail, attempt=job.attempts):
                 result.failed.append(str(job.id))
-                log.warning("job %s failed after %d lost workers", job.id, job.attempts)
+                log.warning("job %s failed after %d lost workers; gave up on worker %s (last heartbeat %s)", job.id,
+                            job.attempts, lost_worker, last)
         elif job.requeue(f"The worker running this job stopped responding; it was queued again (attempt "
                          f"{job.attempts} of {max_attempts}).",
                          detail=f"worker {job.worker or 'unknown'} stopped sending heartbeats (last {last})",
@@ -66,7 +70,7 @@ def reap_stale_jobs(*, stale_after_s: float | None = None, max_attempts: int | N
             except Exception:
                 # The row is QUEUED already; resend_lost_messages sends it once the queue is reachable again.
                 log.exception("job %s requeued but its message could not be sent", job.id)
-            log.warning("job %s requeued: worker %s silent since %s", job.id, job.worker, last)
+            log.warning("job %s requeued: gave up on worker %s, silent since %s", job.id, lost_worker, last)
     return result
 
 
@@ -82,23 +86,46 @@ def resend_queued_jobs() -> int:
 
 
 def resend_lost_messages(*, older_than_s: float | None = None, now: datetime | None = None) -> list[str]:
-    """Send again the QUEUED jobs whose message is gone (a broker restarted without persistence, a flush).
+    """Send again the QUEUED jobs whose message is gone (a broker restarted without persistence, a flush), at the
+    head of the queue in submission order, so they do not wait behind the jobs submitted after them.
 
-    Workers take only the message they run (prefetch 1), so an empty queue with jobs QUEUED for a while means
-    those messages were lost. A duplicate from a race with a worker that just took one is harmless.
+    A job whose row records its message id is lost when the broker holds that message nowhere: not waiting, not
+    delayed, not taken by a worker (found directly, on every round). A row without an id (its send failed, or it
+    was requeued and the new send failed) is lost when the queue has been empty while it waited `older_than_s`.
+    A duplicate from a race with a worker that just finished a message is harmless: only one claim can win.
     """
+    queued = list(Job.objects.filter(status=Job.Status.QUEUED).exclude(message_id="")
+                  .order_by("created_at").values_list("id", "message_id"))
+    lost: list = []
+    if queued:
+        present = queue.messages_present([key for _, key in queued])
+        if present is not None:
+            missing = [job_id for job_id, key in queued if key not in present]
+            # Read again: a job claimed (or sent again) since the first read is not lost.
+            still = dict(Job.objects.filter(id__in=missing, status=Job.Status.QUEUED)
+                         .values_list("id", "message_id"))
+            lost = [job_id for job_id, key in queued if job_id in still and still[job_id] == key]
+    lost += _silent_without_message_id(older_than_s, now)
+    if not lost:
+        return []
+    order = dict(Job.objects.filter(id__in=lost).values_list("id", "created_at"))
+    lost = sorted(set(lost), key=lambda job_id: order.get(job_id, now or timezone.now()))
+    queue.enqueue_first(lost)
+    log.warning("%d queued jobs had lost their queue message: sent again at the head of the queue (%s)", len(lost),
+                ", ".join(str(job_id) for job_id in lost[:10]))
+    return [str(job_id) for job_id in lost]
+
+
+def _silent_without_message_id(older_than_s: float | None, now: datetime | None) -> list:
     older_than_s = settings.TURBO_QUEUED_RESEND_S if older_than_s is None else older_than_s
     cutoff = (now or timezone.now()) - timedelta(seconds=older_than_s)
-    waiting = list(Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=cutoff)
+    waiting = list(Job.objects.filter(status=Job.Status.QUEUED, message_id="", created_at__lt=cutoff)
                    .order_by("created_at").values_list("id", flat=True))
     if not waiting:
         return []
     if queue.messages_waiting() is not False:
         return []  # messages are waiting (or the broker cannot be read): nothing is known to be lost
-    for job_id in waiting:
-        queue.enqueue_job(job_id)
-    log.warning("the queue was empty while %d jobs waited over %s s: sent them again", len(waiting), older_than_s)
-    return [str(job_id) for job_id in waiting]
+    return waiting
 
 
 class ReaperThread(threading.Thread):
@@ -113,7 +140,8 @@ class ReaperThread(threading.Thread):
     def run(self) -> None:
         while not self.stopped.is_set():
             # One failing must not starve the others.
-            for task in (reap_stale_jobs, resend_lost_messages, cancel_overdue_jobs, expire_old_jobs_now_and_then):
+            for task in (reap_stale_jobs, resend_lost_messages, cancel_overdue_jobs, expire_old_jobs_now_and_then,
+                         sweep_pending_deletes):
                 try:
                     task()
                 except Exception:

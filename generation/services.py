@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,11 +24,12 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import DurationField, ExpressionWrapper, F
+from django.db.models import Count, DurationField, ExpressionWrapper, F, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from PIL import Image
 
 from generation import models_catalog, storage
-from generation.image_input import ImageRejected, normalise_upload
+from generation.image_input import DecoderBusy, ImageRejected, normalise_upload
 from generation.models import Job
 from generation.prompt_rules import PromptRejected, clean_prompt_or_reject
 
@@ -323,10 +324,13 @@ def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num
     _check_active_limit(owner)  # cheap early answer; checked again under the lock
     _check_broker()
     try:
-        png = _png_bytes(normalise_upload(image))
+        png = _png_bytes(normalise_upload(image, max_short_side=models_catalog.largest_output_side()))
     except ImageRejected as exc:
         status = 413 if exc.code == "too_large" else 400
         raise JobRejected(exc.message, status, field="image", code=exc.code) from None
+    except DecoderBusy:
+        raise JobRejected("The server is busy decoding other images. Try again in a moment.", 503,
+                          code="busy") from None
     try:
         job = _insert(owner, params, png, key=key, fingerprint=fingerprint, attach=attach)
     except _AlreadySubmitted as replay:
@@ -409,6 +413,19 @@ def queue_position(job: Job) -> int | None:
     return Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=job.created_at).count() + 1
 
 
+def queue_positions(jobs: Iterable[Job]) -> dict[uuid.UUID, int]:
+    """queue_position for every QUEUED job of `jobs` (a page of a list) in one query, whatever their number."""
+    waiting = {job.id: job.created_at for job in jobs if job.status == Job.Status.QUEUED}
+    if not waiting:
+        return {}
+    # One query: each page job counts the queued jobs ahead of it (an index range on status, created_at).
+    ahead = (Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=OuterRef("created_at")).order_by()
+             .values("status").annotate(count=Count("id")).values("count"))
+    ranked = (Job.objects.filter(id__in=list(waiting))
+              .annotate(position=Coalesce(Subquery(ahead), 0) + 1).values_list("id", "position"))
+    return dict(ranked)
+
+
 ETA_CACHE_SECONDS = 30  # every status poll asks for this; it moves slowly
 
 
@@ -444,6 +461,7 @@ def eta_seconds(job: Job) -> float | None:
 
 __all__ = [
     "JobParameters", "JobRejected", "Submission", "active_job_count", "broker_available", "cancel_job", "create_job",
-    "delete_job", "enqueue_job", "eta_seconds", "frames_for_duration", "queue_position", "requeue_job", "retry_job",
+    "delete_job", "enqueue_job", "eta_seconds", "frames_for_duration", "queue_position",
+    "queue_positions", "requeue_job", "retry_job",
     "submit_job", "typical_run_seconds", "validate_parameters",
 ]

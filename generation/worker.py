@@ -47,6 +47,10 @@ PipelineLoader = Callable[[str], Any]
 
 _POSTER_TYPES = {".jpg": ("JPEG", "image/jpeg"), ".jpeg": ("JPEG", "image/jpeg"), ".png": ("PNG", "image/png")}
 
+# Each job encodes in a temporary folder named after the process (turbosite-job-<pid>-...), so a worker that
+# starts can tell the folders a killed worker left from those of workers still running beside it.
+TEMP_PREFIX = "turbosite-job-"
+
 _pipelines: dict[str, Any] = {}
 _pipelines_lock = threading.Lock()
 _run_lock = threading.Lock()  # one generation at a time per process, whatever the thread count
@@ -156,6 +160,38 @@ class Presence(threading.Thread):
             Worker.retire(self.worker)
         except Exception:
             log.warning("worker %s: could not remove its registry row (it goes stale by itself)", self.worker)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_temp_folders(folder: str | None = None) -> list[str]:
+    """Delete the job folders (partial mp4s) that killed worker processes of this host left in the temp folder:
+    those whose process is gone. Folders of live workers are left alone. Returns the paths removed."""
+    import shutil
+
+    root = Path(folder or tempfile.gettempdir())
+    removed: list[str] = []
+    for path in root.glob(f"{TEMP_PREFIX}*"):
+        owner = path.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not path.is_dir() or path.is_symlink() or not owner.isdigit():
+            continue
+        pid = int(owner)
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(str(path))
+    if removed:
+        log.info("removed %d job folders left by stopped workers: %s", len(removed), ", ".join(removed[:5]))
+    return removed
 
 
 def _free_gpu_cache() -> None:
@@ -302,7 +338,8 @@ class _Run:
     def upload(self, name: str, data: bytes, content_type: str) -> str:
         self.uploaded.append(name)  # before the call: a write that failed half-way is cleaned up as well
         try:
-            return storage.save_bytes(name, data, content_type)
+            # Bounded like every storage call: a storage that hangs fails the job after this long, not hours later.
+            return storage.save_bytes(name, data, content_type, deadline_s=settings.TURBO_WORKER_STORAGE_DEADLINE_S)
         except Exception as exc:
             raise StorageFailed(f"saving {name} failed ({type(exc).__name__}: {exc})") from exc
 
@@ -417,7 +454,7 @@ def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
     mp4_name = storage.output_name(job)
     poster_name = storage.poster_name(job)
     poster_format, poster_type = _POSTER_TYPES.get(Path(poster_name).suffix.lower(), ("JPEG", "image/jpeg"))
-    with tempfile.TemporaryDirectory(prefix="turbosite-job-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as folder:
         video_path = Path(folder) / "video.mp4"
         stream = _open_stream(pipeline, video_path)
         # Leaving this block by any exception (cancel, failure, shutdown) kills ffmpeg and deletes its partial file.
@@ -447,7 +484,8 @@ def _read_input(job: Job) -> Image.Image:
     if not name:
         raise InferenceInputError(f"job {job.id} has no input image")
     try:
-        data = storage.read_bytes(name)  # retries transient errors itself
+        # Retries transient errors itself, within the worker's deadline.
+        data = storage.read_bytes(name, deadline_s=settings.TURBO_WORKER_STORAGE_DEADLINE_S)
     except Exception as exc:
         raise StorageFailed(f"reading the input image {name} failed ({type(exc).__name__}: {exc})") from exc
     try:

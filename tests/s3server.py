@@ -105,9 +105,29 @@ class SeaweedS3:
             config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
         )
 
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps accepting connections (the kernel does) but answers nothing, like a hung S3."""
+        assert self.process is not None and self.process.poll() is None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        listed = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for item in listed.get("Contents", []))
+
+    def storage_settings(self, bucket: str, base: dict) -> dict:
+        """settings.STORAGES with the default storage moved to this server's `bucket` (other options kept)."""
+        options = {**base["default"]["OPTIONS"], "bucket_name": bucket, "endpoint_url": self.endpoint,
+                   "access_key": self.access_key, "secret_key": self.secret_key}
+        return {**base, "default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}}
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        self.thaw()
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=5)

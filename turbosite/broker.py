@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import uuid
 from typing import Any
 
 import dramatiq
@@ -127,6 +128,47 @@ def waiting_message_args(queue_name: str = GPU_QUEUE) -> list[str] | None:
     except Exception:  # a probe: any failure means "unknown"
         log.warning("could not read the messages of queue %r", queue_name, exc_info=True)
         return None
+
+
+def message_key(message: dramatiq.Message) -> str:
+    """The id under which the broker keeps `message` until a worker acknowledges it (Redis: its per-enqueue id)."""
+    return str(message.options.get("redis_message_id") or message.message_id)
+
+
+def messages_present(keys: list[str], queue_name: str = GPU_QUEUE) -> set[str] | None:
+    """Which of `keys` (message_key values) the broker still holds: waiting, delayed or taken by a worker and not
+    yet acknowledged (Dramatiq's Redis broker keeps a message's body in `<queue>.msgs` until the ack). None when
+    this cannot be known: the in-process broker, or Redis unreachable."""
+    broker = ensure_broker()
+    if not isinstance(broker, RedisBroker) or not keys:
+        return None if not isinstance(broker, RedisBroker) else set()
+    try:
+        pipe = broker.client.pipeline(transaction=False)
+        for key in keys:
+            for name in (queue_name, f"{queue_name}.DQ"):
+                pipe.hexists(f"{broker.namespace}:{name}.msgs", key)
+        found = pipe.execute()
+    except Exception:
+        log.warning("could not check which messages the broker holds", exc_info=True)
+        return None
+    return {key for index, key in enumerate(keys) if found[2 * index] or found[2 * index + 1]}
+
+
+def enqueue_first(messages: list[dramatiq.Message]) -> list[dramatiq.Message]:
+    """Put `messages` at the head of their queue, in the given order (so they are the next ones taken). The Redis
+    broker only appends, so this writes its two keys the way its enqueue script does, at the other end of the list.
+    Elsewhere (in process) they are appended. Returns the messages as sent (with their broker ids)."""
+    broker = ensure_broker()
+    if not isinstance(broker, RedisBroker):
+        return [broker.enqueue(message) for message in messages]
+    sent = [message.copy(options={"redis_message_id": str(uuid.uuid4())}) for message in messages]
+    pipe = broker.client.pipeline(transaction=True)
+    for message in reversed(sent):
+        queue = f"{broker.namespace}:{message.queue_name}"
+        pipe.hset(f"{queue}.msgs", message.options["redis_message_id"], message.encode())
+        pipe.lpush(queue, message.options["redis_message_id"])
+    pipe.execute()
+    return sent
 
 
 def ping() -> bool:

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "turbosite.api_errors.ApiErrorShapeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "turbosite.security.SecurityHeadersMiddleware",  # CSP, permissions policy, cross-origin isolation
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -70,6 +71,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
+    "turbosite.api_errors.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "turbosite.urls"
@@ -113,6 +115,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # returns jobs whose heartbeat stopped.
 REDIS_URL = env_str("REDIS_URL")
 QUEUE_NAMESPACE = env_str("QUEUE_NAMESPACE", "turbosite")  # Redis key prefix for the queues
+# Cache: shared by every process of the deployment when Redis is there (the submission throttle must count per
+# deployment, not per gunicorn process); short timeouts, and a Redis outage reads as a cache miss, never a 500.
+if REDIS_URL:
+    CACHES = {"default": {
+        "BACKEND": "turbosite.cache.TolerantRedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"{QUEUE_NAMESPACE}:cache",
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }}
 TURBO_EMBEDDED_WORKER = env_bool("TURBO_EMBEDDED_WORKER", True)  # without Redis: run jobs in the web process
 TURBO_JOB_TIME_LIMIT_S = env_int("TURBO_JOB_TIME_LIMIT_S", 1800)  # a job that runs longer ends FAILED
 TURBO_HEARTBEAT_INTERVAL_S = env_int("TURBO_HEARTBEAT_INTERVAL_S", 10)  # how often a running job's row is touched
@@ -134,6 +145,22 @@ MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_URL = "/media/"
 SIGNED_URL_MAX_AGE = env_int("SIGNED_URL_MAX_AGE", 900)  # seconds an output link stays valid
 
+# Storage waits that fit a web request: each S3 request gives up after TURBO_STORAGE_TIMEOUT_S (connect, and each
+# read or write on the socket), botocore does not retry on its own, and generation.storage retries within a total
+# deadline per call: TURBO_STORAGE_DEADLINE_S for web requests, TURBO_WORKER_STORAGE_DEADLINE_S for the worker.
+TURBO_STORAGE_TIMEOUT_S = env_int("TURBO_STORAGE_TIMEOUT_S", 4)
+TURBO_STORAGE_DEADLINE_S = env_int("TURBO_STORAGE_DEADLINE_S", 8)
+TURBO_WORKER_STORAGE_DEADLINE_S = env_int("TURBO_WORKER_STORAGE_DEADLINE_S", 120)
+
+
+def s3_client_config():
+    from botocore.config import Config
+
+    return Config(connect_timeout=TURBO_STORAGE_TIMEOUT_S, read_timeout=TURBO_STORAGE_TIMEOUT_S,
+                  retries={"mode": "standard", "total_max_attempts": 1},
+                  s3={"addressing_style": S3_ADDRESSING_STYLE}, signature_version="s3v4")
+
+
 if S3_BUCKET:
     _default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",
@@ -149,6 +176,7 @@ if S3_BUCKET:
             "querystring_auth": True,
             "querystring_expire": SIGNED_URL_MAX_AGE,
             "file_overwrite": True,
+            "client_config": s3_client_config(),
         },
     }
 else:
@@ -195,6 +223,7 @@ TURBO_MAX_IMAGE_PIXELS = env_int("TURBO_MAX_IMAGE_PIXELS", 40_000_000)
 TURBO_MIN_IMAGE_SIDE = env_int("TURBO_MIN_IMAGE_SIDE", 64)
 TURBO_MAX_ASPECT_RATIO = 4.0
 TURBO_MAX_PROMPT_CHARS = env_int("TURBO_MAX_PROMPT_CHARS", 2000)
+TURBO_IMAGE_DECODE_SLOTS = env_int("TURBO_IMAGE_DECODE_SLOTS", 2)  # images decoding at once per web process
 # Pillow's own bomb guard matches ours for every decode in the process (it raises at twice this, warns above it).
 Image.MAX_IMAGE_PIXELS = TURBO_MAX_IMAGE_PIXELS
 # Non-file form fields and JSON bodies: 1 MiB is plenty for a prompt and options.
@@ -235,13 +264,19 @@ LOGOUT_REDIRECT_URL = "login"
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "TurboSite <noreply@localhost>")
 
-# Login rate limiting (django-axes): lock a username+address pair after repeated failures.
+# Login rate limiting (django-axes): lock a username + client address pair after repeated failures. The address is
+# the real client's (turbosite.client_ip): X-Forwarded-For counts only when the request comes from a proxy listed in
+# TRUSTED_PROXIES, so behind the proxy one attacker cannot lock everyone out, and failures from other addresses
+# never lock a user out of the address they log in from. A failure during a lockout does not extend it.
 AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = 0.25  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 # A locked login answers 429 with Retry-After and a clear message (the API token endpoint says the same).
 AXES_LOCKOUT_CALLABLE = "turbosite.accounts.lockout.lockout_response"
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_CLIENT_IP_CALLABLE = "turbosite.client_ip.client_ip"
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])  # addresses or CIDR networks of the reverse proxies
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -252,7 +287,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated",
                                    "turbosite.api_keys.authentication.ReadOnlyKeys"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "turbosite.api_errors.ApiSchema",
+    # Every API error as {"detail", "code", "field"} (turbosite/api_errors.py).
+    "EXCEPTION_HANDLER": "turbosite.api_errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "DEFAULT_THROTTLE_RATES": {"job_create": TURBO_JOB_CREATE_RATE},

@@ -31,3 +31,8 @@ urlpatterns = [
     path("files/", include("generation.file_urls")),
     path("", include("generation.page_urls")),
 ]
+
+# API paths answer errors as JSON (turbosite/api_errors.py); pages keep Django's HTML.
+handler400 = "turbosite.api_errors.bad_request"
+handler404 = "turbosite.api_errors.page_not_found"
+handler500 = "turbosite.api_errors.server_error"

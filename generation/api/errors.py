@@ -1,19 +1,16 @@
-"""How a service refusal (generation.services.JobRejected) becomes an HTTP answer, the same on every route."""
+"""How a service refusal (generation.services.JobRejected) becomes an HTTP answer, the same on every route, in the
+API's one error shape (turbosite.api_errors)."""
 
 from __future__ import annotations
 
 from rest_framework.response import Response
 
 from generation.services import JobRejected
+from turbosite.api_errors import RETRY_AFTER_SECONDS, error_body
 
-RETRY_AFTER_SECONDS = {429: 30, 503: 10}
 
-
-def rejection_body(exc: JobRejected) -> dict[str, str]:
-    body = {"detail": exc.message, "code": exc.code}
-    if exc.field:
-        body["field"] = exc.field
-    return body
+def rejection_body(exc: JobRejected) -> dict[str, str | None]:
+    return error_body(exc.message, exc.code, exc.field)
 
 
 def rejection_response(exc: JobRejected) -> Response:

@@ -4,13 +4,13 @@ messages); these serializers parse types and describe the shapes for the OpenAPI
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 
 from generation import eta, services, storage
 from generation.models import Job
+from turbosite import api_errors
 
 RESOLUTIONS = ("480p", "720p")
 
@@ -72,6 +72,15 @@ def absolute_url(request, url: str) -> str:
     return request.build_absolute_uri(url) if request is not None and url.startswith("/") else url
 
 
+class JobListSerializer(serializers.ListSerializer):
+    """A page of jobs: the queue positions of the whole page are read in one query, not one per job."""
+
+    def to_representation(self, data):
+        jobs = list(data.all() if hasattr(data, "all") else data)
+        self.child.context["queue_positions"] = services.queue_positions(jobs)
+        return super().to_representation(jobs)
+
+
 class JobSerializer(serializers.ModelSerializer):
     """A job as its owner sees it. Links are made here, and only ever for the requester's own jobs (the views'
     querysets are filtered by owner before an object reaches this serializer)."""
@@ -93,16 +102,26 @@ class JobSerializer(serializers.ModelSerializer):
                   "parameters", "created_at", "started_at", "finished_at", "width", "height", "frames", "fps",
                   "bytes", "retry_of", "output_url", "poster_url", "input_url", "expired_at"]
         read_only_fields = fields
+        list_serializer_class = JobListSerializer
 
     def _estimate(self) -> eta.QueueEstimate:
         # One look at the queue per request: a page of the job list asks for many ETAs.
         return self.context.setdefault("_queue_estimate", eta.QueueEstimate())
 
-    @extend_schema_field(OpenApiTypes.INT)
-    def get_queue_position(self, job: Job) -> int | None:
+    def _position(self, job: Job) -> int | None:
+        """From the page's positions (JobListSerializer puts them in the context), else this job's own."""
+        positions = self.context.get("queue_positions")
+        if positions is not None and job.id in positions:
+            return positions[job.id]
         return services.queue_position(job)
 
-    @extend_schema_field(OpenApiTypes.FLOAT)
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_queue_position(self, job: Job) -> int | None:
+        if job.status != Job.Status.QUEUED:
+            return None
+        return self._position(job)
+
+    @extend_schema_field(serializers.FloatField(allow_null=True))
     def get_eta_seconds(self, job: Job) -> float | None:
         if job.is_finished:
             return None
@@ -113,24 +132,24 @@ class JobSerializer(serializers.ModelSerializer):
             return None
         return absolute_url(self.context.get("request"), storage.signed_url(name, download_name=download_name))
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))
     def get_output_url(self, job: Job) -> str | None:
         if job.status != Job.Status.SUCCEEDED:
             return None
         return self._link(job.output_video.name)
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))
     def get_poster_url(self, job: Job) -> str | None:
         if job.status != Job.Status.SUCCEEDED:
             return None
         return self._link(job.poster.name)
 
-    @extend_schema_field(OpenApiTypes.DATETIME)
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_expired_at(self, job: Job) -> str | None:
         expiry = getattr(job, "expiry", None)
         return serializers.DateTimeField().to_representation(expiry.expired_at) if expiry else None
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))
     def get_input_url(self, job: Job) -> str | None:
         return self._link(job.input_image.name)
 
@@ -156,7 +175,4 @@ class TokenResponseSerializer(serializers.Serializer):
     token = serializers.CharField(help_text="Send as `Authorization: Token <token>`.")
 
 
-class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField()
-    code = serializers.CharField(required=False)
-    field = serializers.CharField(required=False, allow_null=True)
+ErrorSerializer = api_errors.ErrorSerializer  # every API error has this one shape

@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from generation import models_catalog, services
 from generation.api.errors import RejectionMixin
-from generation.api.pagination import JobPagination, filter_by_status
+from generation.api.pagination import STATUS_FILTER_PATTERN, JobPagination, filter_by_status
 from generation.api.serializers import (
     ErrorSerializer,
     JobCreateSerializer,
@@ -44,9 +44,9 @@ _ERRORS = {
 @extend_schema_view(
     list=extend_schema(
         summary="Your jobs, newest first",
-        parameters=[OpenApiParameter("status", OpenApiTypes.STR, description="Filter: one or more of "
-                                     + ", ".join(Job.Status.values) + " (comma-separated, any case).",
-                                     enum=list(Job.Status.values))],
+        parameters=[OpenApiParameter("status", {"type": "string", "pattern": STATUS_FILTER_PATTERN},
+                                     description="Filter: one or more of " + ", ".join(Job.Status.values)
+                                     + " (comma-separated, any case).")],
     ),
     retrieve=extend_schema(summary="One of your jobs", responses={200: JobSerializer, 404: _ERRORS[404]}),
     destroy=extend_schema(summary="Delete a job and its files (a running job is canceled first)",

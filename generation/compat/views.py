@@ -9,7 +9,8 @@ Decisions: statuses are lower-case words (queued, running, succeeded, failed, ca
 of that era; `quantized` is accepted and ignored because the deployment's model decides the weights' precision;
 `duration_seconds` becomes the nearest valid 4k+1 frame count at the model's 16 fps, and a duration beyond the
 model's maximum is a 400 naming the limit; the job runs settings.TURBO_DEFAULT_MODEL. `output_url` stays valid for
-one hour (COMPAT_OUTPUT_URL_MAX_AGE), as the runbook promises its clients. Errors are {"detail": message}. Authentication is an API
+one hour (COMPAT_OUTPUT_URL_MAX_AGE), as the runbook promises its clients. Errors have the API's one shape,
+{"detail", "code", "field"} (a superset of the old {"detail": message}). Authentication is an API
 token, as `Authorization: Token <key>` or `Authorization: Bearer <key>`.
 """
 
@@ -30,7 +31,7 @@ from rest_framework.views import APIView
 
 from generation import services, storage
 from generation.api.errors import rejection_response
-from generation.api.serializers import FormBooleanField, absolute_url
+from generation.api.serializers import ErrorSerializer, FormBooleanField, absolute_url
 from generation.api.throttles import JobCreateThrottle
 from generation.models import Job
 from turbosite.api_keys.authentication import ApiKeyAuthentication
@@ -86,9 +87,11 @@ class CompatView(APIView):
     def handle_exception(self, exc):
         if isinstance(exc, services.JobRejected):
             return rejection_response(exc)
+        response = super().handle_exception(exc)
         if isinstance(exc, ValidationError) and isinstance(exc.detail, dict):
-            return Response({"detail": _flat_errors(exc.detail)}, status=400)
-        return super().handle_exception(exc)
+            # The replaced system's clients read one message naming every bad field.
+            response.data["detail"] = _flat_errors(exc.detail)
+        return response
 
 
 # Lower-case job states as the compatibility API reports them (named CompatStatusEnum in the schema).
@@ -104,7 +107,7 @@ _STATE = inline_serializer("CompatJobState", {
     "output_url": serializers.URLField(required=False, help_text="Present once succeeded; valid for one hour."),
     "error": serializers.CharField(required=False, help_text="Present once failed or canceled."),
 })
-_ERROR = inline_serializer("CompatError", {"detail": serializers.CharField()})
+_ERROR = ErrorSerializer
 
 
 class CompatCreateJobView(CompatView):

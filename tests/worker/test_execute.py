@@ -148,10 +148,10 @@ def test_cuda_out_of_memory_suggests_smaller_work(make_job, fake_loader):
 def test_storage_down_while_saving_fails_and_removes_the_partial_upload(make_job, fake_loader, monkeypatch):
     real_save = storage.save_bytes
 
-    def poster_write_fails(name: str, data: bytes, content_type: str | None = None) -> str:
+    def poster_write_fails(name: str, data: bytes, content_type: str | None = None, **options) -> str:
         if name.endswith(".jpg"):
             raise ConnectionError("Could not connect to the endpoint URL")
-        return real_save(name, data, content_type)
+        return real_save(name, data, content_type, **options)
 
     monkeypatch.setattr(storage, "save_bytes", poster_write_fails)
     job = make_job()

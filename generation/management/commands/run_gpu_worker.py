@@ -48,6 +48,7 @@ class Command(BaseCommand):
                                "(on the embedded default the web process runs jobs itself)")
         if not broker.ping():
             raise CommandError(f"the Redis broker at REDIS_URL does not answer ({broker.describe_broker()})")
+        job_worker.remove_stale_temp_folders()  # partial videos of a worker killed on this host
         preload = options["preload"] or settings.TURBO_DEFAULT_MODEL
         if preload.lower() != "none":
             from inference.types import InferenceInputError, WeightsError
