@@ -101,7 +101,7 @@ def test_bad_prompts_are_refused_with_nothing_stored(alice, user, django_capture
                    prompt=prompt)
     if "\x00" in prompt:
         # DRF's CharField refuses NUL itself, before the service sees it (PostgreSQL could not store it anyway).
-        assert "null characters" in body["prompt"][0].lower()
+        assert "null characters" in body["detail"].lower() and body["field"] == "prompt"
     else:
         assert body["code"] == code and body["field"] == "prompt"
 
