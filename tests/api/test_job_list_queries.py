@@ -60,7 +60,7 @@ def test_list_positions_and_etas_match_the_single_job_computation(token_client, 
         job = Job.objects.get(id=item["id"])
         assert item["queue_position"] == services.queue_position(job)
         if job.status == Job.Status.RUNNING:  # elapsed time moves between the two computations
-            assert abs(item["eta_seconds"] - services.eta_seconds(job)) <= 1
+            assert abs(item["eta_seconds"] - services.eta_seconds(job)) <= 10
         else:
             assert item["eta_seconds"] == services.eta_seconds(job)
     # The oldest queued job is first in line; the other user's jobs between ours count too.
