@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("generation", "0002_job_resize_mode")]
+    dependencies = [("generation", "0004_worker")]
 
     operations = [
         migrations.AddField(
