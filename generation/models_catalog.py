@@ -102,12 +102,14 @@ def get_model(name: str | None = None) -> ModelFacts:
     return _facts(spec, [] if spec.builtin_weights else _reports())
 
 
+# The long side of the video each resolution name stands for (inference/configs.py; the tiny model's are smaller).
+OUTPUT_LONG_SIDE = {"480p": 832, "720p": 1280}
+
+
 def largest_output_side() -> int:
     """The longest side of any output any model makes: an input image larger than this on its shorter side
     carries nothing an output can use (generation.image_input shrinks it on arrival)."""
-    from inference.configs import MODELS
-
-    return max(max(size) for config in MODELS.values() for size in config.resolutions.values())
+    return max(OUTPUT_LONG_SIDE[name] for spec in MODELS.values() for name in spec.resolutions)
 
 
 def list_models() -> list[dict[str, object]]:

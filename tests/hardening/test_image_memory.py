@@ -107,3 +107,13 @@ def test_a_request_that_waits_too_long_for_a_slot_is_told_to_come_back(settings,
     monkeypatch.setattr(image_input, "DECODE_WAIT_S", 0.2)
     with image_input.decode_slot(), pytest.raises(image_input.DecoderBusy):
         image_input.normalise_bytes(b"irrelevant: never decoded")
+
+
+def test_the_web_side_knows_the_output_sizes_the_models_make():
+    from inference.configs import MODELS as CONFIGS
+
+    for name, spec in models_catalog.MODELS.items():
+        for resolution in spec.resolutions:
+            assert max(CONFIGS[name].resolutions[resolution]) <= models_catalog.OUTPUT_LONG_SIDE[resolution]
+    real = CONFIGS["wan2.2-i2v-a14b"].resolutions
+    assert {key: max(size) for key, size in real.items()} == models_catalog.OUTPUT_LONG_SIDE
