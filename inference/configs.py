@@ -108,10 +108,11 @@ A14B = ModelConfig(
 )
 
 # The real architecture at toy size: every code path of A14B, seeded random weights, seconds on a laptop CPU.
+# 4 heads of 16 (the smallest head the GPU kernels take) so the sequence-parallel tests can split them 2 and 4 ways.
 TINY = ModelConfig(
     name="tiny",
     dit=DiTConfig(
-        dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, text_dim=32, text_len=64,
+        dim=64, ffn_dim=128, num_heads=4, num_layers=2, freq_dim=32, text_dim=32, text_len=64,
         sla_block_q=32, sla_block_k=16,
     ),
     vae=VAEConfig(base_dim=8),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,9 @@ from turbokernels.fp8_linear import (
     quantize_activation,
     split_fp8_linear,
 )
+
+if TYPE_CHECKING:
+    from inference.parallel.dit import SequenceShard
 
 ATTENTION_KINDS = ("sla", "dense")
 
@@ -120,6 +124,8 @@ class SelfAttention(AttentionProjections):
         )
         # One fp8 GEMM for q, k and v (WanDiT.use_fp8_linears); q, k and v are then None (one copy of the weights).
         self.qkv: Fp8Linear | None = None
+        # Set while a group runs the model sequence-parallel (inference/parallel/dit.py).
+        self.sequence_parallel: SequenceShard | None = None
 
     def fuse_qkv(self, fuse: bool) -> None:
         """Move between separate fp8 q/k/v layers and one fused layer (the weights are held once either way)."""
@@ -139,6 +145,9 @@ class SelfAttention(AttentionProjections):
             q_in, k_in, v_in = self.qkv(x).split(dim, dim=-1)  # strided views; the kernels take them as they are
         else:
             q_in, k_in, v_in = self.q(x), self.k(x), self.v(x)
+        if self.sequence_parallel is not None:
+            # Ulysses: this rank's tokens of all heads are exchanged for all tokens of its heads, and back.
+            return self.o(self.sequence_parallel.attention(self, q_in, k_in, v_in, rope_cos, rope_sin))
         # RMSNorm over all heads' features, then RoPE per head: one fused pass on GPU.
         q = dispatch.rms_norm_rope(q_in, self.norm_q.weight, self.norm_q.eps, rope_cos, rope_sin, self.num_heads)
         k = dispatch.rms_norm_rope(k_in, self.norm_k.weight, self.norm_k.eps, rope_cos, rope_sin, self.num_heads)
@@ -272,6 +281,8 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(WanAttentionBlock(cfg, kind) for kind in self.attention)
         self.head = Head(cfg)
         self._rope_cache: dict[tuple[tuple[int, int, int], torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        # Set while a group runs the model sequence-parallel (inference/parallel/dit.py).
+        self.sequence_parallel: SequenceShard | None = None
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -329,6 +340,9 @@ class WanDiT(nn.Module):
         grid = (tokens.shape[2], tokens.shape[3], tokens.shape[4])
         residual = tokens.flatten(2).transpose(1, 2).float()
         rope_cos, rope_sin = self.rope(grid, x.device)
+        if self.sequence_parallel is not None:
+            # This rank's share of the tokens through the blocks and the head; gathered back before unpatchify.
+            residual, rope_cos, rope_sin = self.sequence_parallel.scatter_tokens(residual, rope_cos, rope_sin)
 
         time_emb = _fp32_sequential(self.time_embedding, timestep_sinusoid(cfg.freq_dim, t))
         time_mod = _fp32_sequential(self.time_projection, time_emb).unflatten(1, (6, cfg.dim))
@@ -345,6 +359,8 @@ class WanDiT(nn.Module):
             residual = dispatch.gated_residual(residual, *pending)
 
         out = self.head(residual, time_emb)
+        if self.sequence_parallel is not None:
+            out = self.sequence_parallel.gather_tokens(out)
         return self.unpatchify(out, grid, batch)
 
     def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int], batch: int) -> torch.Tensor:
