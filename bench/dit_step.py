@@ -7,7 +7,9 @@ Modes, run in this order on one model (each later mode changes the model in plac
 - sla_fp8:      fp8 with the fusions of WanDiT.use_fp8_linears: one q/k/v GEMM, norms writing fp8 rows, GELU fused
                 into the quantization of the FFN's hidden activation;
 - sla_fp8_pv8 / sla_fp8_attn8: as sla_fp8 with SLA's P.V in e4m3 / with int8 Q.K^T too (WanDiT.use_8bit_attention);
-- sla_fp8_compile: as sla_fp8 with torch.compile over each block (optional, --compile).
+- sla_fp8_compile: as sla_fp8 with torch.compile over each block (optional, --compile);
+- sla_fp8_lora64: as sla_fp8 with a random rank-64 LoRA on every block linear, applied unmerged the way a request's
+                LoRA runs (inference.lora: a low-rank path beside each fp8 linear); its row gives the ratio to sla_fp8.
 
     python -m bench.dit_step [--res 480p 720p] [--layers 40] [--modes ...] [--compile]
 
@@ -24,12 +26,15 @@ from typing import Any
 import torch
 
 from bench.common import GRIDS, environment, print_table, rel_err, wall_s, write_json
+from inference import lora
 from inference.configs import A14B
 from inference.dit import SelfAttention, WanDiT
 from turbokernels import dispatch
 from turbokernels.torch_compile import compile_blocks
 
-MODES = ("dense_bf16", "sla_bf16", "sla_fp8_unfused", "sla_fp8", "sla_fp8_pv8", "sla_fp8_attn8", "sla_fp8_compile")
+MODES = ("dense_bf16", "sla_bf16", "sla_fp8_unfused", "sla_fp8", "sla_fp8_pv8", "sla_fp8_attn8", "sla_fp8_compile",
+         "sla_fp8_lora64")
+LORA_RANK = 64
 # Modes whose SLA sparse branch runs 8-bit products: (int8 Q.K^T, e4m3 P.V).
 ATTENTION_8BIT = {"sla_fp8_pv8": (False, True), "sla_fp8_attn8": (True, True)}
 
@@ -53,6 +58,21 @@ def build_dit(layers: int) -> WanDiT:
         for block in dit.blocks:  # non-zero modulation, so gates and shifts are exercised
             block.modulation.normal_(std=0.1)
     return dit.eval().requires_grad_(False)
+
+
+def random_lora(layers: int, rank: int = LORA_RANK) -> dict[str, lora.LoraPair]:
+    """A LoRA of `rank` on every block linear (self/cross q, k, v, o and both FFN layers), random, on the GPU."""
+    cfg = A14B.dit
+    shapes = {f"{branch}.{p}": (cfg.dim, cfg.dim) for branch in ("self_attn", "cross_attn") for p in "qkvo"}
+    shapes |= {"ffn.0": (cfg.ffn_dim, cfg.dim), "ffn.2": (cfg.dim, cfg.ffn_dim)}
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    pairs = {}
+    for i in range(layers):
+        for name, (out_f, in_f) in shapes.items():
+            down = torch.randn(rank, in_f, device="cuda", generator=gen, dtype=torch.bfloat16) * in_f**-0.5
+            up = torch.randn(out_f, rank, device="cuda", generator=gen, dtype=torch.bfloat16) * 0.01
+            pairs[f"blocks.{i}.{name}"] = lora.LoraPair(down=down, up=up, scale=1.0)
+    return pairs
 
 
 def set_dense(dit: WanDiT, dense: bool, saved: dict[int, Any]) -> None:
@@ -107,10 +127,17 @@ def main() -> None:
             if mode == "sla_fp8_compile":
                 compile_blocks(dit)
             weights = sum(b.numel() * b.element_size() for b in list(dit.parameters()) + list(dit.buffers()))
+            paths: dict[Any, Any] = {}
+            if mode == "sla_fp8_lora64":
+                t_build = time.perf_counter()
+                paths = lora.build_paths(dit, [(random_lora(args.layers), 1.0)], torch.device("cuda"), torch.bfloat16)
+                torch.cuda.synchronize()
+                results["lora_build_s"] = time.perf_counter() - t_build
+                results["lora_paths"] = len(paths)
             for res in args.res:
                 x, t, context = inputs(res)
                 torch.cuda.reset_peak_memory_stats()
-                with torch.inference_mode():
+                with torch.inference_mode(), lora.applied(paths):
                     first = wall_s(lambda x=x, t=t, context=context: dit(x, t, context))
                     times = []
                     for _ in range(args.iters):
@@ -125,8 +152,10 @@ def main() -> None:
                     dense_row = next(r for r in results["rows"] if r["mode"] == "dense_bf16" and r["res"] == res)
                     row["speedup"] = dense_row["step_s"] / row["step_s"]
                 exact = outputs.get(("sla_fp8", res))
-                if mode in ATTENTION_8BIT and exact is not None:  # what the 8-bit attention products change
-                    row["rel_err_vs_sla_fp8"] = rel_err(out, exact)
+                if (mode in ATTENTION_8BIT or mode == "sla_fp8_lora64") and exact is not None:
+                    row["rel_err_vs_sla_fp8"] = rel_err(out, exact)  # what the 8-bit products / the LoRA change
+                    fp8_row = next(r for r in results["rows"] if r["mode"] == "sla_fp8" and r["res"] == res)
+                    row["ratio_vs_sla_fp8"] = row["step_s"] / fp8_row["step_s"]
                 outputs[(mode, res)] = out.float()
                 results["rows"].append(row)
                 print(row, flush=True)
@@ -139,7 +168,7 @@ def main() -> None:
             dispatch.set_backend(None)
     print()
     print_table(results["rows"], ["mode", "res", "tokens", "step_s", "first_call_s", "speedup", "rel_err_vs_dense",
-                                  "rel_err_vs_sla_fp8", "peak_gib", "weights_gib"])
+                                  "rel_err_vs_sla_fp8", "ratio_vs_sla_fp8", "peak_gib", "weights_gib"])
     print("wrote", write_json("dit_step.json", results))
 
 

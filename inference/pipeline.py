@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 from transformers import UMT5EncoderModel
 
+from inference import lora
 from inference.block_streaming import StreamedBlocks
 from inference.checkpoint import load_dit, weights_status
 from inference.configs import ModelConfig, get_config
@@ -460,6 +461,9 @@ class I2VPipeline:
             else _Placement(module, device, self.memory_plan.experts_resident)
             for name, module in (("high", high_noise), ("low", low_noise))
         }
+        # Installed LoRAs (<weights folder>/loras, set by `load`), and the device paths of the last set used.
+        self.loras = lora.LoraLibrary(None)
+        self._lora_paths: tuple[tuple[lora.LoraChoice, ...], dict[str, dict[nn.Module, Any]]] | None = None
         self._text = (
             _Placement(text_module, device, self.memory_plan.text_encoder_resident) if text_module is not None else None
         )
@@ -540,7 +544,7 @@ class I2VPipeline:
                 from turbokernels.torch_compile import compile_blocks as compile_dit_blocks
 
                 compile_dit_blocks(module)
-        return cls(
+        pipeline = cls(
             config,
             device=chosen,
             dtype=dtype,
@@ -551,6 +555,9 @@ class I2VPipeline:
             memory_policy=memory_policy,
             memory_plan=plan,
         )
+        # LoRAs live beside the weights (inference/weights.md), also for seeded-weight models such as tiny.
+        pipeline.loras = lora.LoraLibrary(Path(weights_dir) / "loras" if weights_dir else None)
+        return pipeline
 
     def warm_up(self, resolutions: list[str] | None = None) -> dict[str, float]:
         """One job per resolution (default: all of the model's) at the default length, so Triton compiles its
@@ -600,6 +607,7 @@ class I2VPipeline:
             num_frames=request.num_frames,
         )
         check_resize_mode(request.resize_mode)
+        lora_paths = self._lora_paths_for(lora.check_choices(request.loras))
         image = load_image(request.image)
         width, height = target_size(self.config, image.size, resolved.resolution, request.adaptive_resolution)
         pixels = preprocess_image(image, width, height, request.resize_mode)
@@ -624,7 +632,7 @@ class I2VPipeline:
 
         tracker.check_cancel("denoising")
         tracker.stage_started("denoise", step=0, total_steps=resolved.num_steps)
-        with timer.stage("denoise"):
+        with timer.stage("denoise"), lora.applied(lora_paths["high"]), lora.applied(lora_paths["low"]):
             latent = self._denoise(condition, context, resolved, ode=request.ode, tracker=tracker)
         if self.memory_plan.experts_streamed:
             # Host-to-device copy time of the streamed blocks (overlapped with compute, so not added to the total).
@@ -660,6 +668,22 @@ class I2VPipeline:
             peak_memory_bytes=peak,
             device_name=self.device_name,
         )
+
+    def _lora_paths_for(self, choices: list[lora.LoraChoice]) -> dict[str, dict[nn.Module, Any]]:
+        """Each expert's low-rank paths for these LoRAs, built on the device once and kept for the next job that
+        asks for the same set (the experts' own weights are never changed)."""
+        key = tuple(choices)
+        if self._lora_paths is not None and self._lora_paths[0] == key:
+            return self._lora_paths[1]
+        self._lora_paths = None  # free the previous set's device copies before building the next
+        loaded = [(self.loras.expert_pairs(choice.name), choice.strength) for choice in choices]
+        paths = {
+            expert: lora.build_paths(self._experts[expert].module, [(pairs[expert], s) for pairs, s in loaded],
+                                     self.device, self.dtype)
+            for expert in ("high", "low")
+        }
+        self._lora_paths = (key, paths)
+        return paths
 
     def _decode_streaming(self, latent: torch.Tensor, frame_sink: FrameSink,
                           on_decoded: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:

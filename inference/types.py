@@ -34,6 +34,7 @@ class GenerationRequest:
     num_frames: int | None = None  # None: the model's default; must be 4k+1
     adaptive_resolution: bool = True  # keep the input's aspect ratio at the target area
     ode: bool = False  # deterministic ODE steps instead of the default SDE
+    loras: tuple[tuple[str, float], ...] = ()  # installed LoRAs (name, strength), at most 3, both experts
     resize_mode: str = RESIZE_MODES[0]  # "stretch" (the reference's), "crop" or "pad": how the image meets the size
 
 
