@@ -8,9 +8,10 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from generation import models_catalog
+from generation import loras_catalog, models_catalog
 from generation.services import MAX_SEED, RESIZE_MODES
 
+LORA_FIELD_PREFIX = "lora__"
 RESIZE_LABELS = {
     "stretch": "Stretch to the video size (as the model was trained)",
     "crop": "Crop the centre to the video's shape",
@@ -81,6 +82,15 @@ class NewVideoForm(forms.Form):
         # Start on a model that can run: the default one when it is installed, else the first that is.
         field.initial = (settings.TURBO_DEFAULT_MODEL if settings.TURBO_DEFAULT_MODEL not in unavailable
                          else (runnable[0] if runnable else settings.TURBO_DEFAULT_MODEL))
+        # One strength box per installed LoRA (empty: not used); the service checks the count and the model.
+        for entry in loras_catalog.list_loras():
+            self.fields[f"{LORA_FIELD_PREFIX}{entry['name']}"] = forms.FloatField(
+                required=False, min_value=-loras_catalog.STRENGTH_LIMIT, max_value=loras_catalog.STRENGTH_LIMIT,
+                label=f"LoRA: {entry['title']} ({entry['model']})",
+                help_text=f"{entry['description']} Strength, e.g. {entry['default_strength']:g}; empty: not used. "
+                          f"Up to {loras_catalog.MAX_LORAS} LoRAs.".strip(),
+                widget=forms.NumberInput(attrs={"step": "0.05", "placeholder": f"{entry['default_strength']:g}"}),
+            )
 
     def service_arguments(self) -> dict[str, Any]:
         """The cleaned values as generation.services.create_job keywords."""
@@ -95,5 +105,7 @@ class NewVideoForm(forms.Form):
             "adaptive_resolution": bool(data.get("adaptive_resolution")),
             "ode": bool(data.get("ode")),
             "resize_mode": data.get("resize_mode") or None,
+            "loras": [f"{name[len(LORA_FIELD_PREFIX):]}:{value}" for name, value in data.items()
+                      if name.startswith(LORA_FIELD_PREFIX) and value is not None],
             "model": data.get("model") or None,
         }

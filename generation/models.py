@@ -64,6 +64,7 @@ class Job(models.Model):
     adaptive_resolution = models.BooleanField(default=True)
     ode = models.BooleanField(default=False)
     resize_mode = models.CharField(max_length=16, default="stretch")
+    loras = models.JSONField(default=list, blank=True)  # [{"name": installed LoRA, "strength": float}], at most 3
     model = models.CharField(max_length=64)
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)

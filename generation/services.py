@@ -28,7 +28,7 @@ from django.db.models import Count, DurationField, ExpressionWrapper, F, OuterRe
 from django.db.models.functions import Coalesce
 from PIL import Image
 
-from generation import models_catalog, storage
+from generation import loras_catalog, models_catalog, storage
 from generation.image_input import DecoderBusy, ImageRejected, normalise_upload
 from generation.models import Job
 from generation.prompt_rules import PromptRejected, clean_prompt_or_reject
@@ -68,6 +68,7 @@ class JobParameters:
     ode: bool
     model: str
     resize_mode: str = RESIZE_MODES[0]
+    loras: tuple[tuple[str, float], ...] = ()  # (installed LoRA name, strength), at most 3
 
     def fingerprint(self, image_digest: str) -> str:
         body = json.dumps({**asdict(self), "image_sha256": image_digest}, sort_keys=True, separators=(",", ":"))
@@ -95,7 +96,7 @@ def _int(value: Any, field: str) -> int | None:
 
 def validate_parameters(*, prompt: Any, seed: Any = None, num_steps: Any = 4, resolution: Any = None,
                         num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
-                        model: str | None = None, resize_mode: Any = None) -> JobParameters:
+                        model: str | None = None, resize_mode: Any = None, loras: Any = None) -> JobParameters:
     """Check every parameter and fill defaults from the model's config. Raises JobRejected (400, or 409 when the
     model's weights are not installed) naming the parameter and the allowed values."""
     try:
@@ -136,7 +137,50 @@ def validate_parameters(*, prompt: Any, seed: Any = None, num_steps: Any = 4, re
 
     return JobParameters(prompt=clean_prompt, seed=seed_value, num_steps=steps, resolution=chosen_resolution,
                          num_frames=frames, adaptive_resolution=bool(adaptive_resolution), ode=bool(ode),
-                         model=facts.name, resize_mode=mode)
+                         model=facts.name, resize_mode=mode, loras=_check_loras(loras, facts.name))
+
+
+def _lora_item(item: Any) -> tuple[str, Any]:
+    """("name", strength or None) from "name", "name:strength", {"name", "strength"} or a (name, strength) pair."""
+    if isinstance(item, dict):
+        return str(item.get("name", "")).strip(), item.get("strength")
+    if isinstance(item, (list, tuple)) and len(item) == 2:
+        return str(item[0]).strip(), item[1]
+    name, _, strength = str(item).partition(":")
+    return name.strip(), strength.strip() or None
+
+
+def _check_loras(loras: Any, model: str) -> tuple[tuple[str, float], ...]:
+    """Installed LoRAs for `model`, each once, at most MAX_LORAS, strengths within the limit (default: the
+    manifest's). Raises JobRejected naming the LoRA at fault."""
+    if loras in (None, "", [], ()):
+        return ()
+    items = [loras] if isinstance(loras, (str, dict)) else list(loras)
+    if len(items) > loras_catalog.MAX_LORAS:
+        raise JobRejected(f"at most {loras_catalog.MAX_LORAS} LoRAs per job, got {len(items)}", field="loras")
+    installed = {str(entry["name"]): entry for entry in loras_catalog.list_loras()}
+    chosen: list[tuple[str, float]] = []
+    for item in items:
+        name, strength = _lora_item(item)
+        entry = installed.get(name)
+        if entry is None:
+            known = ", ".join(sorted(n for n, e in installed.items() if e["model"] == model)) or "none"
+            raise JobRejected(f"LoRA {name[:70]!r} is not installed; installed for {model}: {known}", field="loras",
+                              code="unknown_lora")
+        if entry["model"] != model:
+            raise JobRejected(f"LoRA {name!r} is for model {entry['model']}, not {model}", field="loras")
+        if any(name == other for other, _ in chosen):
+            raise JobRejected(f"LoRA {name!r} is named twice", field="loras")
+        try:
+            value = float(entry["default_strength"] if strength in (None, "") else strength)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise JobRejected(f"LoRA strength must be a number, got {str(strength)[:40]!r} for {name!r}",
+                              field="loras") from None
+        if not -loras_catalog.STRENGTH_LIMIT <= value <= loras_catalog.STRENGTH_LIMIT:  # also refuses NaN
+            raise JobRejected(f"LoRA strength must be between -{loras_catalog.STRENGTH_LIMIT:g} and "
+                              f"{loras_catalog.STRENGTH_LIMIT:g}, got {value} for {name!r}", field="loras")
+        chosen.append((name, value))
+    return tuple(chosen)
 
 
 def frames_for_duration(seconds: float, model: str | None = None) -> int:
@@ -270,7 +314,8 @@ def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, finger
               seed=params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1),
               num_steps=params.num_steps, resolution=params.resolution, num_frames=params.num_frames,
               adaptive_resolution=params.adaptive_resolution, ode=params.ode, model=params.model,
-              resize_mode=params.resize_mode, idempotency_key=key, request_fingerprint=fingerprint,
+              resize_mode=params.resize_mode, loras=[{"name": n, "strength": s} for n, s in params.loras],
+              idempotency_key=key, request_fingerprint=fingerprint,
               retry_of=retry_of, stage="queued")
     name = storage.input_name(job)
     try:
@@ -308,14 +353,15 @@ def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, finger
 def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = 4,
                resolution: Any = None, num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
                model: str | None = None, idempotency_key: str | None = None,
-               attach: Callable[[Job], None] | None = None, resize_mode: Any = None) -> Submission:
+               attach: Callable[[Job], None] | None = None, resize_mode: Any = None,
+               loras: Any = None) -> Submission:
     """create_job, also saying whether the job is new or an idempotent replay of an earlier request.
     `attach(job)` runs in the creating transaction of a new job (see _insert); a replay does not run it."""
     if image is None:
         raise JobRejected("An image is required (multipart field 'image').", field="image", code="image_missing")
     params = validate_parameters(prompt=prompt, seed=seed, num_steps=num_steps, resolution=resolution,
                                  num_frames=num_frames, adaptive_resolution=adaptive_resolution, ode=ode, model=model,
-                                 resize_mode=resize_mode)
+                                 resize_mode=resize_mode, loras=loras)
     key = _check_idempotency_key(idempotency_key)
     fingerprint = params.fingerprint(_upload_digest(image))
     if key and (earlier := _replay(owner, key, fingerprint)):
@@ -345,12 +391,13 @@ def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num
 
 def create_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = 4,
                resolution: Any = None, num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
-               model: str | None = None, idempotency_key: str | None = None, resize_mode: Any = None) -> Job:
+               model: str | None = None, idempotency_key: str | None = None, resize_mode: Any = None,
+               loras: Any = None) -> Job:
     """Validate, normalise and store the image, create the QUEUED job and enqueue it after commit.
     A repeated Idempotency-Key with the same body returns the first job; with another body, JobRejected 422."""
     return submit_job(owner, image=image, prompt=prompt, seed=seed, num_steps=num_steps, resolution=resolution,
                       num_frames=num_frames, adaptive_resolution=adaptive_resolution, ode=ode, model=model,
-                      idempotency_key=idempotency_key, resize_mode=resize_mode).job
+                      idempotency_key=idempotency_key, resize_mode=resize_mode, loras=loras).job
 
 
 def retry_job(job: Job) -> Job:
@@ -358,7 +405,7 @@ def retry_job(job: Job) -> Job:
     # Validated again: the model's limits (or the model itself) may have changed since the job was made.
     params = validate_parameters(prompt=job.prompt, seed=job.seed, num_steps=job.num_steps, resolution=job.resolution,
                                  num_frames=job.num_frames, adaptive_resolution=job.adaptive_resolution, ode=job.ode,
-                                 model=job.model, resize_mode=job.resize_mode)
+                                 model=job.model, resize_mode=job.resize_mode, loras=job.loras)
     _check_model_installed(params.model)
     _check_active_limit(job.owner)
     _check_broker()

@@ -450,6 +450,7 @@ def _generate_and_store(run: _Run) -> tuple[Any, tuple[str, str, int]]:
         adaptive_resolution=bool(job.adaptive_resolution),
         ode=bool(job.ode),
         resize_mode=job.resize_mode or "stretch",
+        loras=tuple((str(item["name"]), float(item["strength"])) for item in job.loras or []),
     )
     mp4_name = storage.output_name(job)
     poster_name = storage.poster_name(job)

@@ -42,6 +42,10 @@ class JobCreateSerializer(serializers.Serializer):
         choices=services.RESIZE_MODES, required=False, default=services.RESIZE_MODES[0],
         help_text="How the image meets the video size: stretch it to the size (the model's own preprocessing, "
                   "default), crop its centre to the size's aspect ratio, or pad it with black bars (fit inside).")
+    loras = serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, allow_empty=True,
+        help_text="Up to 3 installed LoRAs (see /models/), each `name` or `name:strength` (strength -4 to 4; the "
+                  "LoRA's default strength when left out); repeat the field for several.")
     model = serializers.CharField(required=False, allow_blank=True, allow_null=True,
                                   help_text="Model name from /models/; the deployment's default when absent.")
     webhook_url = serializers.CharField(
@@ -55,6 +59,11 @@ class JobCreateSerializer(serializers.Serializer):
                   "default completed). completed is sent for every end: succeeded, failed or canceled.")
 
 
+class LoraChoiceSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    strength = serializers.FloatField()
+
+
 class JobParametersSerializer(serializers.Serializer):
     prompt = serializers.CharField()
     seed = serializers.IntegerField()
@@ -64,6 +73,7 @@ class JobParametersSerializer(serializers.Serializer):
     adaptive_resolution = serializers.BooleanField()
     ode = serializers.BooleanField()
     resize_mode = serializers.CharField()
+    loras = LoraChoiceSerializer(many=True)
     model = serializers.CharField()
 
 
@@ -154,6 +164,14 @@ class JobSerializer(serializers.ModelSerializer):
         return self._link(job.input_image.name)
 
 
+class LoraSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    title = serializers.CharField()
+    description = serializers.CharField()
+    experts = serializers.ListField(child=serializers.CharField(), help_text="Experts it changes: high, low.")
+    default_strength = serializers.FloatField()
+
+
 class ModelSerializer(serializers.Serializer):
     name = serializers.CharField()
     installed = serializers.BooleanField()
@@ -164,6 +182,7 @@ class ModelSerializer(serializers.Serializer):
     resolutions = serializers.ListField(child=serializers.CharField())
     default_resolution = serializers.CharField()
     default = serializers.BooleanField(help_text="The model used when a request names none.")
+    loras = LoraSerializer(many=True, help_text="LoRAs installed for this model; name them in a job's `loras`.")
 
 
 class TokenRequestSerializer(serializers.Serializer):

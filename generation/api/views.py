@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import models_catalog, services
+from generation import loras_catalog, models_catalog, services
 from generation.api.errors import RejectionMixin
 from generation.api.pagination import STATUS_FILTER_PATTERN, JobPagination, filter_by_status
 from generation.api.serializers import (
@@ -156,7 +156,7 @@ class ModelListView(APIView):
     @extend_schema(summary="Models this site knows and whether their weights are installed",
                    responses={200: ModelSerializer(many=True)})
     def get(self, request: Request) -> Response:
-        return Response(ModelSerializer(models_catalog.list_models(), many=True).data)
+        return Response(ModelSerializer(loras_catalog.with_loras(models_catalog.list_models()), many=True).data)
 
 
 class TokenView(APIView):

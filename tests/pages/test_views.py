@@ -91,6 +91,23 @@ def test_the_form_offers_the_resize_modes_and_passes_the_choice(browser_client, 
     assert "squash is not one of the available choices" in refused.content.decode()
 
 
+def test_the_form_offers_installed_loras_with_strengths(browser_client, user, settings, tmp_path):
+    import json
+
+    settings.TURBO_MODEL_DIR = str(tmp_path)
+    for name in ("ink", "glow"):
+        (tmp_path / "loras" / name).mkdir(parents=True)
+        (tmp_path / "loras" / name / "manifest.json").write_text(json.dumps(
+            {"title": name.title(), "description": "A look.", "model": "tiny", "default_strength": 0.75,
+             "high_noise": "h.safetensors"}))
+    html = browser_client.get("/").content.decode()
+    assert 'name="lora__ink"' in html and "LoRA: Glow (tiny)" in html and 'placeholder="0.75"' in html
+    browser_client.post("/", form_data(lora__ink="1.25", lora__glow=""))
+    job = Job.objects.get(owner=user)
+    assert job.loras == [{"name": "ink", "strength": 1.25}]
+    assert "ink (1.25)" in browser_client.get(reverse("job", kwargs={"job_id": job.id})).content.decode()
+
+
 def test_rules_from_the_service_come_back_as_form_errors(browser_client, user):
     response = browser_client.post("/", form_data(num_frames="6"))
     assert response.status_code == 400

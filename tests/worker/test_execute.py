@@ -36,7 +36,8 @@ def assert_owner_reads_a_reason(job: Job, *technical: str) -> None:
 
 
 def test_success_uploads_a_decodable_mp4_and_poster_and_records_the_run(make_job, fake_loader):
-    job = make_job(num_frames=9, num_steps=2, seed=77, resize_mode="pad")
+    job = make_job(num_frames=9, num_steps=2, seed=77, resize_mode="pad",
+                   loras=[{"name": "ink", "strength": 0.5}, {"name": "glow", "strength": -1.0}])
 
     assert worker.execute_job(str(job.id)) == Job.Status.SUCCEEDED
 
@@ -57,7 +58,7 @@ def test_success_uploads_a_decodable_mp4_and_poster_and_records_the_run(make_job
         assert job.timings[key] >= 0, key
     request = fake_loader.pipeline().requests[0]
     assert (request.seed, request.num_steps, request.num_frames, request.prompt) == (77, 2, 9, job.prompt)
-    assert request.resize_mode == "pad"
+    assert request.resize_mode == "pad" and request.loras == (("ink", 0.5), ("glow", -1.0))
     assert request.image.size == (64, 48)
 
 
