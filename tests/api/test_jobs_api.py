@@ -50,7 +50,7 @@ def test_create_stores_the_normalised_input_and_queues_after_commit(alice, user,
     assert body["status"] == "QUEUED" and body["queue_position"] == 1 and body["output_url"] is None
     assert body["parameters"] == {"prompt": "a red square drifts left", "seed": 42, "num_steps": 2,
                                   "resolution": "480p", "num_frames": 9, "adaptive_resolution": True,
-                                  "ode": True, "resize_mode": "stretch", "model": "tiny"}
+                                  "ode": True, "resize_mode": "stretch", "loras": [], "model": "tiny"}
     job = Job.objects.get(id=body["id"])
     assert job.owner == user and job.input_image.name == f"inputs/{user.id}/{job.id}.png"
     head = s3_server().client().head_object(Bucket=default_storage.bucket_name, Key=job.input_image.name)
