@@ -354,7 +354,7 @@ class WanDiT(nn.Module):
         for block in self.blocks:
             residual, pending = block(residual, time_mod, text, rope_cos, rope_sin, pending=pending, defer_ffn=True)
         # Not fused into the head's norm: with an fp32 output the fused kernel rounds that norm differently (1e-6)
-        # and saves little, once a forward (720p: 0.4 ms on the H100, nothing on the H200).
+        # and saves little, once a forward (bench/README.md).
         if pending is not None:
             residual = dispatch.gated_residual(residual, *pending)
 

@@ -144,8 +144,8 @@ def estimate_weight_bytes(config: ModelConfig, paths: dict[str, Path | None], dt
     return {"expert": max(experts), "text": text, "vae": _meta_module_bytes(lambda: WanVAE(config.vae), dtype)}
 
 
-# Latent frames per VAE encode/decode chunk: 2 was 6-8% faster than 1 at 720p on an H100 (fewer, larger convs)
-# and kept the decode peak at 10.4 GiB (bench/vae_speed.py); the causal cache makes the result independent of it.
+# Latent frames per VAE encode/decode chunk: 2 is faster than 1 (fewer, larger convolutions) at a decode peak that
+# fits (bench/vae_speed.py, bench/README.md); the causal cache makes the result independent of it.
 VAE_CHUNK_LATENTS = 2
 
 
@@ -153,8 +153,8 @@ def activation_headroom_bytes(config: ModelConfig) -> int:
     """A generous bound on working memory beyond the weights at the largest resolution and default length.
 
     DiT: per token a handful of hidden-size tensors plus the FFN intermediate, in 2-byte precision.
-    VAE decode: about sixteen full-resolution feature maps of 4 frames at the base width (measured 10.4 GiB at 720p
-    with VAE_CHUNK_LATENTS = 2 and the fused norms, H100).
+    VAE decode: about sixteen full-resolution feature maps of 4 frames at the base width (the measured decode peak
+    is in bench/README.md).
     """
     width, height = max(config.resolutions.values(), key=lambda wh: wh[0] * wh[1])
     latent_frames = (config.default_frames - 1) // config.vae.temporal_stride + 1
@@ -562,10 +562,9 @@ class I2VPipeline:
     def warm_up(self, resolutions: list[str] | None = None) -> dict[str, float]:
         """One job per resolution (default: all of the model's) at the default length, so Triton compiles its
         kernels, cuDNN tunes the VAE's convolutions (per shape: the VAE's chunk shapes and its whole-length first
-        layers depend on the length) and compiled blocks of both experts exist before the first real job. On an H100
-        the first 720p job took 24.2 s against 17.2 s for the next without it (bench/README.md, measured before the
-        Gluon SLA kernel). The fewest steps
-        that reach both experts keep it short. Returns the seconds per resolution."""
+        layers depend on the length) and compiled blocks of both experts exist before the first real job, which
+        would otherwise pay for all of it (bench/README.md). The fewest steps that reach both experts keep it short.
+        Returns the seconds per resolution."""
         steps = next(
             (n for n in range(1, MAX_STEPS + 1)
              if set(expert_plan(rcm_timesteps(n, self.config.sampler.sigma_max), self.config.sampler.boundary))

@@ -53,8 +53,8 @@ class VAEOptions:
     # of torch.cat then F.pad, two full copies of every conv input); temporal upsampling written in place.
     fewer_copies: bool = True
     # Triton RMSNorm + SiLU (fp32 inside, one rounding) written into the following conv's context buffer.
-    # Differs from the eager bf16 chain by bf16 rounding, and is closer to fp32 than that chain (H100, 480p decode:
-    # 1.9e-2 relative error against fp32 vs 2.3e-2; bench/README.md). Reference math where Triton can't run.
+    # Differs from the eager bf16 chain by bf16 rounding, and is closer to fp32 than that chain (bench/README.md).
+    # Reference math where Triton can't run.
     fused_norm: bool = True
 
 

@@ -20,8 +20,8 @@ from PIL import Image
 DEFAULT_FPS = 16
 # x264 constant quality: visually lossless for generated video at a modest size.
 DEFAULT_CRF = 18
-# x264 speed preset: "veryfast" encoded 81 frames of 1280x720 3.5x faster than "medium" (2.1 s vs 7.4 s on two CPU
-# cores) at the same CRF with no larger a file on that clip; encode time is part of every job's latency.
+# x264 speed preset: encode time is part of every job's latency, and "veryfast" is several times faster than
+# "medium" at the same CRF with no larger a file (bench/README.md, "Numbers behind code defaults").
 DEFAULT_PRESET = "veryfast"
 
 

@@ -24,8 +24,8 @@ except ImportError:  # pragma: no cover
     HAVE_TRITON = False
 
 TILE = 128
-# 75600x5120x5120 (bench/kernels_micro.py): H100 128x128x128 w8 s3 593 TOP/s, s4 564, 128x128x64 139,
-# 128x256 259, 256x128 242 (bf16 cuBLAS 769); H200: SKEW variants 295 / 295 / 216 / 122 against 571 unskewed.
+# Tile configurations autotuned over; the fastest at the DiT's shapes comes first (bench/kernels_micro.py; the
+# measured throughputs are in bench/README.md).
 GEMM_CONFIGS: tuple[dict[str, int], ...] = (
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3, "SKEW": False},
     {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 4, "SKEW": False},

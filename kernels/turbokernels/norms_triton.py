@@ -99,10 +99,10 @@ if HAVE_TRITON:
 
 def row_warps(block: int, kind: str = "plain") -> int:
     """Warps for a kernel that holds one row of `block` elements per program (the row kernels here and in
-    turbokernels.fp8_linear). By kind, from `python -m bench.kernels_micro --sections rows` on an H100 at 720p:
-    "layernorm" (the modulated LayerNorm, with or without the residual add) runs best with 4 warps on 5120-wide rows
-    (11-19% faster than 8), "gelu" (the FFN's GELU + fp8 quantizer) with 32 on 13824-wide rows (9% faster than 16);
-    the plain quantizer and RMSNorm+RoPE are fastest at the default."""
+    turbokernels.fp8_linear). By kind, as `python -m bench.kernels_micro --sections rows` measured (numbers in
+    bench/README.md): "layernorm" (the modulated LayerNorm, with or without the residual add) runs best with 4 warps
+    on 5120-wide rows, "gelu" (the FFN's GELU + fp8 quantizer) with 32 on 13824-wide rows; the plain quantizer and
+    RMSNorm+RoPE are fastest at the default."""
     if kind == "layernorm" and block <= 8192:
         return 4
     if kind == "gelu" and block >= 16384:

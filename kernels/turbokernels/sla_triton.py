@@ -774,8 +774,7 @@ def sla_attention(
 ) -> torch.Tensor:
     """Drop-in for turbokernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype).
 
-    Defaults are the fastest exact choice on an H100 (bench/README.md: the Gluon kernel 23.3 ms against 34.5 ms for
-    the TMA Triton kernel and 38.4 ms for the first kernel at 720p, in one run).
+    Defaults are the fastest exact choice measured on an H100 (bench/README.md, the SLA kernel table).
     sparse_impl: "gluon" (default: turbokernels.sla_gluon on sm_90, else "tma"), "tma" (falls back to "pointer" where
     `tma_supported` is false) or "pointer";
     side_impl: "fused" (default: k pooled inside the kv pass) or "separate" (pool q, pool k, kv reduction);
