@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 
 import pytest
+from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.middleware.csrf import CSRF_SECRET_LENGTH
 from django.test import Client
+from django.utils.crypto import get_random_string
 from PIL import Image
 
 from tests.e2e.worker_process import gpu_worker, live_server  # noqa: F401  (fixtures for the browser tests)
@@ -30,9 +33,23 @@ def upload(name: str = "photo.png", data: bytes | None = None) -> SimpleUploaded
     return SimpleUploadedFile(name, sample_png() if data is None else data, content_type="image/png")
 
 
+class CsrfBrowserClient(Client):
+    """A test client that enforces CSRF like the site does for a browser, and sends the token as a page's form
+    would: the CSRF cookie's current value with every unsafe request."""
+
+    def __init__(self) -> None:
+        super().__init__(enforce_csrf_checks=True)
+        self.cookies[settings.CSRF_COOKIE_NAME] = get_random_string(CSRF_SECRET_LENGTH)
+
+    def generic(self, method: str, path: str, *args, **extra):
+        if method.upper() not in ("GET", "HEAD", "OPTIONS", "TRACE"):
+            extra.setdefault("HTTP_X_CSRFTOKEN", self.cookies[settings.CSRF_COOKIE_NAME].value)
+        return super().generic(method, path, *args, **extra)
+
+
 @pytest.fixture
 def browser_client(user) -> Client:
     """alice logged in through the session (CSRF checks on, as in a browser)."""
-    client = Client(enforce_csrf_checks=False)
+    client = CsrfBrowserClient()
     client.force_login(user)
     return client

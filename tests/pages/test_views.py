@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.middleware.csrf import CSRF_SECRET_LENGTH
 from django.urls import reverse
 
 from generation import services, storage
@@ -220,3 +221,15 @@ def test_another_users_job_is_not_found_for_every_page_and_action(browser_client
         assert browser_client.post(reverse(name, kwargs={"job_id": theirs.id})).status_code == 404
     theirs.refresh_from_db()
     assert theirs.status == Job.Status.QUEUED and Job.objects.count() == 1
+
+
+def test_the_browser_client_really_enforces_csrf(browser_client, user):
+    from django.test import Client
+
+    assert browser_client.post("/", form_data()).status_code in (200, 302)  # the token travels like a form's
+    bare = Client(enforce_csrf_checks=True)
+    bare.force_login(user)
+    refused = bare.post("/", form_data())
+    assert refused.status_code == 403  # without the token the same post is refused: the checks are on
+    stolen = browser_client.post("/", form_data(), HTTP_X_CSRFTOKEN="x" * CSRF_SECRET_LENGTH)
+    assert stolen.status_code == 403
