@@ -6,17 +6,15 @@ fixtures live in tests/browser.py and are loaded here as a plugin so any suite c
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth.hashers import make_password
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from tests.factories import make_user, password_hash  # noqa: F401  (make_user is imported from here too)
 
 pytest_plugins = ["tests.browser"]
 
@@ -27,26 +25,6 @@ if _data_dir:
 
 USER_PASSWORD = "violet-harbour-7319"
 OTHER_USER_PASSWORD = "amber-lantern-2846"
-
-
-def password_hash(password: str) -> str:
-    """The production hasher costs a quarter second per call on these CPUs; a salted hash can be reused across
-    test users, so each known password is hashed once per run and hasher. Subprocess servers verify it as usual."""
-    return _cached_hash(password, settings.PASSWORD_HASHERS[0])
-
-
-@functools.cache
-def _cached_hash(password: str, hasher: str) -> str:
-    return make_password(password)
-
-
-def make_user(username: str, password: str, **fields):
-    """A saved user whose `plain_password` attribute holds the password that logs it in."""
-    new_user = get_user_model().objects.create_user(username, f"{username}@example.com", None, **fields)
-    new_user.password = password_hash(password)
-    new_user.save(update_fields=["password"])
-    new_user.plain_password = password
-    return new_user
 
 
 @pytest.fixture

@@ -1,14 +1,20 @@
-"""Test data shared by the suites: small images, stand-in outputs, and jobs stored as the services and the worker
-would leave them (so tests can start from any state without running the pipeline)."""
+"""Test data shared by the suites, made one way each: users with known passwords (hashed fast), small images and
+uploads, stand-in outputs, and jobs stored as the services and the worker would leave them (so tests can start from
+any state without running the pipeline)."""
 
 from __future__ import annotations
 
+import functools
 import io
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from PIL import Image
 
@@ -20,10 +26,47 @@ FAKE_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(range(256
 FAKE_JPEG = b"\xff\xd8\xff\xe0" + b"poster" * 50 + b"\xff\xd9"
 
 
-def png_bytes(width: int = 96, height: int = 80, colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+# The production hasher costs a quarter second per call on these CPUs, and the hash is not what tests test: suites
+# put Django's fastest hasher first (the production ones stay listed, so hashes made elsewhere still verify).
+FAST_PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher",
+                         *[h for h in settings.PASSWORD_HASHERS if not h.endswith("MD5PasswordHasher")]]
+
+
+def password_hash(password: str) -> str:
+    """A salted hash can be reused across test users, so each known password is hashed once per run and hasher.
+    Subprocess servers verify it as usual."""
+    return _cached_hash(password, settings.PASSWORD_HASHERS[0])
+
+
+@functools.cache
+def _cached_hash(password: str, hasher: str) -> str:
+    return make_password(password)
+
+
+def make_user(username: str, password: str, **fields):
+    """A saved user whose `plain_password` attribute holds the password that logs it in."""
+    new_user = get_user_model().objects.create_user(username, f"{username}@example.com", None, **fields)
+    new_user.password = password_hash(password)
+    new_user.save(update_fields=["password"])
+    new_user.plain_password = password
+    return new_user
+
+
+def png_bytes(width: int = 96, height: int = 80, colour: tuple[int, int, int] = (200, 40, 40), *,
+              gradient_row: bool = False) -> bytes:
+    """A PNG of one colour; `gradient_row` draws a gradient across the middle row, so it is not one flat colour."""
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    image = Image.new("RGB", (width, height), colour)
+    if gradient_row:
+        for x in range(width):
+            image.putpixel((x, height // 2), (x * 2 % 256, 50, 90))
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def png_upload(name: str = "photo.png", data: bytes | None = None) -> SimpleUploadedFile:
+    """A fresh PNG upload (each call a new file object), by default of png_bytes()."""
+    return SimpleUploadedFile(name, png_bytes() if data is None else data, content_type="image/png")
 
 
 def stored_job(owner, status: str = Job.Status.QUEUED, *, image: bytes | None = None, **fields: Any) -> Job:

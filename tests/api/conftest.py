@@ -10,7 +10,7 @@ from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from generation.models import Job
-from tests.factories import png_bytes, stored_job
+from tests.factories import png_bytes, png_upload, stored_job
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def image_upload() -> Callable[..., SimpleUploadedFile]:
     """image_upload(colour=..., width=..., height=...) -> a fresh PNG upload (each call a new file object)."""
 
     def make(colour: tuple[int, int, int] = (200, 40, 40), width: int = 96, height: int = 80) -> SimpleUploadedFile:
-        return SimpleUploadedFile("photo.png", png_bytes(width, height, colour), content_type="image/png")
+        return png_upload("photo.png", png_bytes(width, height, colour))
 
     return make
 

@@ -4,12 +4,10 @@ hasher here (the production hashers stay listed, so hashes made elsewhere still 
 from __future__ import annotations
 
 import pytest
-from django.conf import settings as django_settings
 
-FAST_FIRST = ["django.contrib.auth.hashers.MD5PasswordHasher",
-              *[h for h in django_settings.PASSWORD_HASHERS if not h.endswith("MD5PasswordHasher")]]
+from tests.factories import FAST_PASSWORD_HASHERS
 
 
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
-    settings.PASSWORD_HASHERS = FAST_FIRST
+    settings.PASSWORD_HASHERS = FAST_PASSWORD_HASHERS

@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.middleware.csrf import CSRF_SECRET_LENGTH
 from django.test import Client
 from django.utils.crypto import get_random_string
-from PIL import Image
 
 from tests.e2e.worker_process import gpu_worker, live_server  # noqa: F401  (fixtures for the browser tests)
+from tests.factories import FAST_PASSWORD_HASHERS, png_bytes, png_upload
 
 
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.PASSWORD_HASHERS = FAST_PASSWORD_HASHERS
 
 
 def sample_png(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (30, 120, 200)) -> bytes:
-    buffer = io.BytesIO()
-    image = Image.new("RGB", size, color)
-    for x in range(size[0]):  # a gradient, so the picture is not one flat colour
-        image.putpixel((x, size[1] // 2), (x * 2 % 256, 50, 90))
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(size[0], size[1], color, gradient_row=True)
 
 
 def upload(name: str = "photo.png", data: bytes | None = None) -> SimpleUploadedFile:
-    return SimpleUploadedFile(name, sample_png() if data is None else data, content_type="image/png")
+    return png_upload(name, sample_png() if data is None else data)
 
 
 class CsrfBrowserClient(Client):

@@ -15,7 +15,7 @@ import pytest
 from generation import worker
 from generation.models import Job
 from inference.types import GenerationCanceled, GenerationRequest, GenerationResult, ProgressEvent
-from tests.factories import delete_job_files, png_bytes, stored_job
+from tests.factories import FAST_PASSWORD_HASHERS, delete_job_files, png_bytes, stored_job
 
 FAKE_DEVICE = "Fake GPU 80GB"
 FAKE_SIZE = (48, 32)  # width, height of the fake frames
@@ -153,7 +153,7 @@ class FakeLoader:
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings) -> None:
     """The `user` fixture hashes a password; the slow production hasher adds nothing to worker tests."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.PASSWORD_HASHERS = FAST_PASSWORD_HASHERS
 
 
 @pytest.fixture
