@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.foundation.django_process import child_env, run_json
-from tests.hardening.processes import free_port
+from tests.django_process import child_env, run_json
+from tests.outages.processes import free_port
 
 JOBS = "/api/v1/jobs/"
 

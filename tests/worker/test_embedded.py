@@ -4,7 +4,7 @@ client never starts it. Run in a fresh process, because settings are read once p
 
 from __future__ import annotations
 
-from tests.foundation.django_process import child_env, manage, run_json
+from tests.django_process import child_env, manage, run_json
 
 CHILD = """
 import io, time

@@ -11,7 +11,7 @@ import pytest
 
 from generation import storage, worker
 from generation.models import Job, PendingDelete
-from tests.hardening.processes import wait_for
+from tests.outages.processes import wait_for
 from tests.s3server import SeaweedS3, new_server
 
 pytestmark = pytest.mark.django_db(transaction=True)

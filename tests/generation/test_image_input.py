@@ -10,7 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image, ImageCms
 
 from generation.image_input import ImageRejected, normalise_bytes, normalise_upload
-from tests.hardening import images
+from tests import images
 
 
 def upload(data: bytes, name: str = "photo.png", content_type: str = "image/png") -> SimpleUploadedFile:

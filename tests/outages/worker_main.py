@@ -1,5 +1,5 @@
 """Entry point of a real GPU-worker process for the outage tests: `manage.py run_gpu_worker` with the fake
-pipeline of tests/hardening/fake_pipeline.py. Run as `python -m tests.hardening.worker_main [run_gpu_worker args]`
+pipeline of tests/outages/fake_pipeline.py. Run as `python -m tests.outages.worker_main [run_gpu_worker args]`
 with the environment the test chose (database, Redis namespace, S3 endpoint, timings)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def main() -> None:
     from django.core.management import call_command
 
     from generation import worker
-    from tests.hardening.fake_pipeline import FakePipeline
+    from tests.outages.fake_pipeline import FakePipeline
 
     worker.set_pipeline_loader(FakePipeline)
     call_command("run_gpu_worker", "--preload", "none", *sys.argv[1:])

@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from generation import image_input, models_catalog
-from tests.foundation.django_process import child_env, run_json
+from tests.django_process import child_env, run_json
 
 SIDE = 6000  # 36 megapixels: under the 40-megapixel limit, so it is accepted
 

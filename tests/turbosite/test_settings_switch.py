@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.bootstrap import s3_server
-from tests.foundation.django_process import child_env, manage, run_json
+from tests.django_process import child_env, manage, run_json
 
 # Connects for real and writes one file through default_storage, then reports what it used.
 PROBE = """

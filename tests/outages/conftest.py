@@ -1,4 +1,5 @@
-"""Fixtures for the hardening suite: jobs with stored inputs, and child processes that are always cleaned up."""
+"""Fixtures for the outage tests: queued jobs with stored inputs, and child processes (GPU workers, Redis, TCP
+relays) that are always cleaned up."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import dramatiq
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
-from generation import storage
 from generation.models import Job
 from tests.factories import delete_job_files, stored_job
-from tests.hardening.processes import Process, RedisServer, TcpRelay
+from tests.outages.processes import Process, RedisServer, TcpRelay
 
 
 @pytest.fixture
@@ -27,34 +27,6 @@ def queued_job(user) -> Iterator[Callable[..., Job]]:
 
     yield make
     delete_job_files(made)
-
-
-@pytest.fixture
-def finished_job(user) -> Iterator[Callable[..., Job]]:
-    """A SUCCEEDED job (of `user` unless another owner is given) with an input, an output and a poster in storage."""
-    made: list[Job] = []
-
-    def make(owner=None) -> Job:
-        job = stored_job(owner or user, Job.Status.SUCCEEDED, prompt="done", seed=1, num_frames=5)
-        made.append(job)
-        return job
-
-    yield make
-    delete_job_files(made)
-
-
-@pytest.fixture
-def signed_names(monkeypatch) -> list[str]:
-    """Every file name a link is signed for, in order."""
-    names: list[str] = []
-    real = storage.signed_url
-
-    def spy(name: str, **kwargs) -> str:
-        names.append(name)
-        return real(name, **kwargs)
-
-    monkeypatch.setattr(storage, "signed_url", spy)
-    return names
 
 
 @pytest.fixture

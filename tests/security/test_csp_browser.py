@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from generation import storage
 from generation.models import Job
+from tests import images
 from tests.browser import log_in
-from tests.hardening import images
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,5 +1,4 @@
-"""Foundation tests log in many times; the hash itself is not what they test, so new hashes use Django's fastest
-hasher here (the production hashers stay listed, so hashes made elsewhere still verify)."""
+"""Project tests (settings, health probes) log users in; the hash is not what they test (tests/factories.py)."""
 
 from __future__ import annotations
 

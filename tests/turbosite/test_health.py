@@ -12,7 +12,7 @@ import requests
 from django.test import override_settings
 
 from tests.bootstrap import s3_server
-from tests.foundation.django_process import child_env, run_json
+from tests.django_process import child_env, run_json
 
 # Asks /readyz from a child process whose settings come from its own environment.
 READYZ_IN_CHILD = (

@@ -10,8 +10,8 @@ from django.db import connection
 
 from generation import storage
 from generation.models import Job
-from tests.hardening.conftest import send_run_job
-from tests.hardening.processes import TcpRelay, child_env, start_worker, wait_for
+from tests.outages.conftest import send_run_job
+from tests.outages.processes import TcpRelay, child_env, start_worker, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

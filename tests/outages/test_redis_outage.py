@@ -9,8 +9,8 @@ from rest_framework.authtoken.models import Token
 
 from generation.models import Job
 from tests.factories import png_bytes
-from tests.hardening.conftest import queue_length
-from tests.hardening.processes import child_env, start_web
+from tests.outages.conftest import queue_length
+from tests.outages.processes import child_env, start_web
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

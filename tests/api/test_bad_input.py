@@ -12,7 +12,7 @@ from PIL import Image
 
 from generation import storage
 from generation.models import Job
-from tests.hardening import images
+from tests import images
 
 JOBS = "/api/v1/jobs/"
 

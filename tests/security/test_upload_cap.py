@@ -7,7 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import RequestFactory
 
 from generation.image_input import ImageRejected, normalise_upload
-from tests.hardening import images
+from tests import images
 from turbosite.security import OversizedUpload
 
 

@@ -88,7 +88,7 @@ class Process:
 
 
 def start_worker(tmp_path: Path, env: dict[str, str], name: str = "worker", *args: str) -> Process:
-    process = Process([sys.executable, "-m", "tests.hardening.worker_main", *args], env, tmp_path / f"{name}.log")
+    process = Process([sys.executable, "-m", "tests.outages.worker_main", *args], env, tmp_path / f"{name}.log")
     wait_for(lambda: "ready: queue" in process.output() or process.popen.poll() is not None, 60,
              f"{name} to start")
     assert process.popen.poll() is None, f"{name} exited early:\n{process.output()}"

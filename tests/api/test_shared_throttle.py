@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import uuid
 
-from tests.foundation.django_process import child_env, run_json
-from tests.hardening.processes import free_port
+from tests.django_process import child_env, run_json
+from tests.outages.processes import free_port
 
 SUBMIT = """
 from types import SimpleNamespace
