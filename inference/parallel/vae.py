@@ -186,8 +186,10 @@ class ParallelVAE:
     # -- WanVAE's interface ------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, *, chunk_latents: int | None = 1) -> torch.Tensor:
-        """WanVAE.encode of the same full video on every rank; every rank returns the full latents."""
+    def encode(self, video: torch.Tensor, *, chunk_latents: int | None = 1,
+               on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """WanVAE.encode of the same full video on every rank; every rank returns the full latents.
+        `on_chunk(frames_done, frames)` after each chunk, as WanVAE.encode."""
         vae = self.module
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"encode expects a video [B, 3, F, H, W], got shape {tuple(video.shape)}")
@@ -201,7 +203,11 @@ class ParallelVAE:
         bounds = [0, frames] if chunk_latents is None else [0, *range(1, frames, stride * max(1, chunk_latents)), frames]
         cache = StreamCache()
         with vae._running():
-            parts = [self._encoder(video[:, :, a:b], cache) for a, b in itertools.pairwise(bounds)]
+            parts = []
+            for a, b in itertools.pairwise(bounds):
+                parts.append(self._encoder(video[:, :, a:b], cache))
+                if on_chunk is not None:
+                    on_chunk(b, frames)
             mu = vae.conv1(torch.cat(parts, dim=2)).chunk(2, dim=1)[0]
         mean, std = vae._latent_stats(mu)
         z = ((mu - mean) / std).contiguous()

@@ -102,7 +102,10 @@ def run_everything(group: ParallelGroup, folder: str, image: object, full: bool)
     for name, options in vae_options(full).items():
         vae.options = options
         parallel = ParallelVAE(vae, group)
-        out[f"vae_encode_{name}"] = parallel.encode(video, chunk_latents=1)
+        encoded: list[int] = []
+        out[f"vae_encode_{name}"] = parallel.encode(video, chunk_latents=1,
+                                                    on_chunk=lambda done, _, seen=encoded: seen.append(done))
+        out[f"vae_encode_progress_{name}"] = encoded
         chunks: list[torch.Tensor] = []
         out[f"vae_decode_{name}"] = parallel.decode(z, chunk_latents=2, on_chunk=chunks.append)
         out[f"vae_chunks_{name}"] = torch.cat(chunks, dim=2)

@@ -85,6 +85,7 @@ def test_parallel_vae_equals_one_process(ranked, reference, options: str) -> Non
         return
     for out in ranked:
         torch.testing.assert_close(out[f"vae_encode_{options}"], reference[f"vae_encode_{options}"], **FP32)
+        assert out[f"vae_encode_progress_{options}"] == [1, 5]  # the first frame, then 4 more (chunks of 1 latent)
         torch.testing.assert_close(out[f"vae_decode_{options}"], reference[f"vae_decode_{options}"], **FP32)
         # The streamed chunks are the whole frames, not a rank's slab.
         torch.testing.assert_close(out[f"vae_chunks_{options}"], out[f"vae_decode_{options}"], rtol=0, atol=0)
