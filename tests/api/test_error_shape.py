@@ -119,3 +119,7 @@ def test_nullable_fields_are_marked_nullable(schema):
     for name in ("queue_position", "eta_seconds", "output_url", "poster_url", "input_url", "started_at",
                  "finished_at", "width", "height", "frames", "fps", "bytes", "retry_of"):
         assert job[name].get("nullable") is True, name
+
+
+def test_a_number_where_the_schema_says_string_is_refused(alice):
+    _shape(alice.post("/api/v1/keys/", {"name": 0, "read_only": False}, format="json"), 400, field="name")

@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from generation.api.serializers import ErrorSerializer
 from turbosite.api_keys import services
 from turbosite.api_keys.models import ApiKey
+from turbosite.fields import StrictCharField
 
 MAX_DAYS = 3650
 
@@ -40,7 +41,7 @@ class NewApiKeySerializer(ApiKeySerializer):
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=services.MAX_NAME_CHARS, help_text="What the key is for.")
+    name = StrictCharField(max_length=services.MAX_NAME_CHARS, help_text="What the key is for.")
     read_only = serializers.BooleanField(required=False, default=False,
                                          help_text="Allow GET only: no creating, canceling or deleting.")
     expires_in_days = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_DAYS,
