@@ -7,11 +7,18 @@ count and a time limit:
   baseline  GET /healthz                 (the cost of the stack itself: WSGI, middleware, no database)
   create    POST /api/v1/jobs/           (multipart image; validation, normalisation, storage, row, queue message)
   poll      GET /api/v1/jobs/<id>/       (what pages and clients do while a job runs: row, queue position, ETA)
+  list      GET /api/v1/jobs/?page_size=20 (a page of the job list: queue positions and ETAs of 20 jobs)
+
+`--create-rate` and `--list-rate` pace those phases at a fixed arrival rate (requests per second, open loop): each
+request is due at start + i / rate, and its latency counts from when it was due, so a server that falls behind
+shows it in the percentiles instead of slowing the load down (no coordinated omission). 0 sends as fast as the
+client threads can.
 
 No worker consumes the queue, so jobs stay QUEUED; the per-user active-job limit and the submission rate limit are
 lifted for the run (they would turn the load into 429s). Prints a table and writes bench/results/load_api-*.json.
 
     .venv/bin/python bench/load_api.py --concurrency 8 --creates 200 --polls 2000
+    .venv/bin/python bench/load_api.py --creates 200 --create-rate 20 --lists 500 --list-rate 50   # issue 15's targets
 """
 
 from __future__ import annotations
@@ -85,12 +92,15 @@ def sample_png(size: int) -> bytes:
 
 
 def run_phase(name: str, sessions: list[requests.Session], count: int, max_seconds: float,
-              send: Callable[[requests.Session, int], requests.Response], expected: int) -> PhaseResult:
-    """`count` requests (or until `max_seconds`) spread over one thread per session."""
+              send: Callable[[requests.Session, int], requests.Response], expected: int,
+              rate: float = 0.0) -> PhaseResult:
+    """`count` requests (or until `max_seconds`) spread over one thread per session; paced at `rate` per second
+    when given (latency then counts from each request's due time)."""
     result = PhaseResult(name)
     lock = threading.Lock()
     issued = iter(range(count))
     deadline = time.monotonic() + max_seconds
+    began_at = time.perf_counter()
 
     def loop(session: requests.Session) -> None:
         while time.monotonic() < deadline:
@@ -99,6 +109,11 @@ def run_phase(name: str, sessions: list[requests.Session], count: int, max_secon
             if index is None:
                 return
             start = time.perf_counter()
+            if rate > 0:
+                due = began_at + index / rate
+                if due > start:
+                    time.sleep(due - start)
+                start = due
             try:
                 response = send(session, index)
                 ok, detail = response.status_code == expected, f"HTTP {response.status_code}: {response.text[:160]}"
@@ -228,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=int, default=1000, help="GET /healthz requests")
     parser.add_argument("--creates", type=int, default=200, help="POST /api/v1/jobs/ requests")
     parser.add_argument("--polls", type=int, default=2000, help="GET /api/v1/jobs/<id>/ requests")
+    parser.add_argument("--lists", type=int, default=0, help="GET /api/v1/jobs/?page_size=20 requests")
+    parser.add_argument("--create-rate", type=float, default=0.0, help="creates per second (0: as fast as possible)")
+    parser.add_argument("--list-rate", type=float, default=0.0, help="list pages per second (0: as fast as possible)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="time limit per phase")
     parser.add_argument("--image-size", type=int, default=256, help="side of the square PNG uploaded")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
@@ -266,14 +284,21 @@ def main(argv: list[str] | None = None) -> int:
             mine = [job for owner, job in created if owner == session.headers["Authorization"]]
             return session.get(f"{api}/jobs/{mine[index % len(mine)]}/", timeout=30)
 
+        def job_list(session: requests.Session, index: int) -> requests.Response:
+            return session.get(f"{api}/jobs/", params={"page_size": 20}, timeout=30)
+
         healthz(sessions[0], 0)  # warm the connection pools before timing
         phases = {
             "baseline": run_phase("baseline", sessions, args.baseline, args.max_seconds, healthz, 200),
-            "create": run_phase("create", sessions, args.creates, args.max_seconds, create, 201),
+            "create": run_phase("create", sessions, args.creates, args.max_seconds, create, 201,
+                                rate=args.create_rate),
         }
         if not all(any(owner == s.headers["Authorization"] for owner, _ in created) for s in sessions):
             raise RuntimeError(f"some users created no job; create errors: {phases['create'].error_samples[:3]}")
         phases["poll"] = run_phase("poll", sessions, args.polls, args.max_seconds, poll, 200)
+        if args.lists:
+            phases["list"] = run_phase("list", sessions, args.lists, args.max_seconds, job_list, 200,
+                                       rate=args.list_rate)
     finally:
         site.stop()
 
