@@ -241,6 +241,7 @@ FILE_UPLOAD_HANDLERS = [
 # never loads a model.
 TURBO_MODEL_DIR = env_str("TURBO_MODEL_DIR")  # weights folder (inference/weights.md); unset: only `tiny`
 TURBO_DEVICE = env_str("TURBO_DEVICE")  # "" picks cuda when present; CUDA_VISIBLE_DEVICES pins one GPU per process
+TURBO_GPUS_PER_JOB = env_int("TURBO_GPUS_PER_JOB", 1)  # run_gpu_worker: GPUs that share one job (sequence parallel)
 TURBO_ATTENTION = env_str("TURBO_ATTENTION", "sla")
 TURBO_MEMORY_POLICY = env_str("TURBO_MEMORY_POLICY", "auto")
 TURBO_LINEARS = env_str("TURBO_LINEARS", "auto")  # fp8, native or auto (fp8 where the GPU has fp8 tensor cores)

@@ -45,7 +45,9 @@ def test_only_the_queue_module_and_the_actor_touch_dramatiq_messages():
     broker_imports = {e.target for e in edges if e.source == "turbosite.broker"}
     assert not any(name.startswith("generation") for name in broker_imports), broker_imports
     senders = {e.source for e in edges if e.target == "generation.actors"}
-    assert senders <= {"generation.embedded", "generation.management.commands.run_gpu_worker"}, senders
+    # The consumers: the embedded worker thread, the GPU worker and a multi-GPU group's rank 0.
+    assert senders <= {"generation.embedded", "generation.management.commands.run_gpu_worker",
+                       "generation.group_worker"}, senders
 
 
 def test_no_arrow_from_the_web_side_into_the_gpu_stack():

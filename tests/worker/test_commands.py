@@ -72,3 +72,10 @@ def test_a_workers_presence_row_lives_while_it_runs(tmp_path, settings):
     finally:
         presence.stop()
     assert not Worker.objects.filter(name="gpu-host:7:gpu0").exists()  # a stopped worker leaves no row behind
+
+
+def test_gpus_per_job_must_split_the_models_heads():
+    with pytest.raises(CommandError, match=r"--gpus-per-job 3: the 40 attention heads of wan2.2-i2v-a14b do not split"):
+        call_command("run_gpu_worker", "--preload", "wan2.2-i2v-a14b", "--gpus-per-job", "3")
+    with pytest.raises(CommandError, match="--gpus-per-job must be at least 1"):
+        call_command("run_gpu_worker", "--gpus-per-job", "0")

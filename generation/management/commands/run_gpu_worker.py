@@ -8,6 +8,10 @@ Run one per GPU, each pinned to its card:
 It needs REDIS_URL (on the embedded default the web process runs jobs itself). The pipeline is loaded before the
 first message is taken (--preload, default the site's default model) and stays loaded. The process also runs the
 reaper. SIGTERM or Ctrl-C stops it: a running job is put back on the queue for another worker.
+
+With `--gpus-per-job N` (or TURBO_GPUS_PER_JOB) one job runs across N GPUs: this process supervises N rank processes
+(generation/group_worker.py), one per GPU of CUDA_VISIBLE_DEVICES, and restarts them if one dies. Several groups on
+one host are several commands: CUDA_VISIBLE_DEVICES=0,1 ... --gpus-per-job 2, CUDA_VISIBLE_DEVICES=2,3 ..., etc.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-reaper", action="store_true", help="do not run the reaper thread in this process")
         parser.add_argument("--shutdown-timeout", type=int, default=30,
                             help="seconds to wait for the running job to hand itself back on shutdown")
+        parser.add_argument("--gpus-per-job", type=int, default=settings.TURBO_GPUS_PER_JOB,
+                            help="GPUs that share each job (sequence parallel); default TURBO_GPUS_PER_JOB or 1")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.REDIS_URL:
@@ -49,7 +55,12 @@ class Command(BaseCommand):
         if not broker.ping():
             raise CommandError(f"the Redis broker at REDIS_URL does not answer ({broker.describe_broker()})")
         job_worker.remove_stale_temp_folders()  # partial videos of a worker killed on this host
+        if options["gpus_per_job"] < 1:
+            raise CommandError(f"--gpus-per-job must be at least 1, got {options['gpus_per_job']}")
         preload = options["preload"] or settings.TURBO_DEFAULT_MODEL
+        if options["gpus_per_job"] > 1:
+            self._run_group(options, preload)
+            return
         if preload.lower() != "none":
             from inference.types import InferenceInputError, WeightsError
 
@@ -88,6 +99,26 @@ class Command(BaseCommand):
                 reaper_thread.stop()
             dramatiq_worker.stop(timeout=options["shutdown_timeout"] * 1000)
             presence.stop()
+
+    def _run_group(self, options: dict[str, Any], preload: str) -> None:
+        from generation import group_worker
+        from inference.configs import MODELS
+
+        size = options["gpus_per_job"]
+        uneven = [name for name, config in MODELS.items() if config.dit.num_heads % size]
+        if preload.lower() != "none" and preload in uneven:
+            heads = MODELS[preload].dit.num_heads
+            raise CommandError(f"--gpus-per-job {size}: the {heads} attention heads of {preload} do not split "
+                               f"evenly over {size} GPUs; choose a divisor of {heads}")
+        group = group_worker.GroupOptions(
+            size=options["gpus_per_job"], preload=preload, warm_up=not options["no_warm_up"],
+            reaper=not options["no_reaper"], shutdown_timeout_s=options["shutdown_timeout"],
+            loader=group_worker.rank_loader,
+        )
+        try:
+            group_worker.run_from_command(group, self.stdout)
+        except group_worker.GroupCannotStart as exc:
+            raise CommandError(str(exc)) from None
 
     def _warm_up(self, pipeline: Any) -> None:
         """Compile the GPU kernels and tune the VAE's convolutions now rather than in the first user's job."""
