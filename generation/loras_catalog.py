@@ -21,10 +21,36 @@ MAX_LORAS = 3  # per request; inference.lora.MAX_LORAS is the worker's copy (a t
 STRENGTH_LIMIT = 4.0
 DEFAULT_MODEL = "wan2.2-i2v-a14b"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+REPORT_KEY = "_loras"  # where a worker's weights report (generation.models.Worker.weights) carries its LoRAs
 
 
 def _root() -> Path | None:
     return Path(settings.TURBO_MODEL_DIR) / "loras" if settings.TURBO_MODEL_DIR else None
+
+
+def read_folder(root: Path | None) -> list[dict[str, object]]:
+    """Every valid LoRA under `root` (a loras/ folder), sorted by name: what a GPU worker reports."""
+    if root is None or not root.is_dir():
+        return []
+    entries = []
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and NAME_PATTERN.match(folder.name) and (folder / "manifest.json").is_file():
+            entry = _entry(folder)
+            if entry is not None:
+                entries.append(entry)
+    return entries
+
+
+def _reported() -> list[dict[str, object]]:
+    """LoRAs the live GPU workers reported in their registry rows (the web host need not see the files)."""
+    from generation.models import Worker
+
+    entries = []
+    for worker in Worker.live().order_by("-heartbeat_at"):
+        for entry in (worker.weights or {}).get(REPORT_KEY, []) or []:
+            if isinstance(entry, dict) and NAME_PATTERN.match(str(entry.get("name", ""))):
+                entries.append(entry)
+    return entries
 
 
 def _entry(folder: Path) -> dict[str, object] | None:
@@ -55,18 +81,13 @@ def _entry(folder: Path) -> dict[str, object] | None:
 
 
 def list_loras(model: str | None = None) -> list[dict[str, object]]:
-    """Installed LoRAs (for `model` only, when given), sorted by name. Folders with a bad manifest are logged and
-    left out."""
-    root = _root()
-    if root is None or not root.is_dir():
-        return []
-    entries = []
-    for folder in sorted(root.iterdir()):
-        if folder.is_dir() and NAME_PATTERN.match(folder.name) and (folder / "manifest.json").is_file():
-            entry = _entry(folder)
-            if entry is not None and (model is None or entry["model"] == model):
-                entries.append(entry)
-    return entries
+    """Installed LoRAs (for `model` only, when given), sorted by name: those the live GPU workers report, and those
+    under this process's own $TURBO_MODEL_DIR/loras when it can see it (the embedded worker). Folders with a bad
+    manifest are logged and left out."""
+    by_name: dict[str, dict[str, object]] = {}
+    for entry in [*read_folder(_root()), *_reported()]:
+        by_name.setdefault(str(entry["name"]), entry)
+    return [by_name[name] for name in sorted(by_name) if model is None or by_name[name]["model"] == model]
 
 
 def with_loras(models: list[dict[str, object]]) -> list[dict[str, object]]:

@@ -31,7 +31,7 @@ from dramatiq.middleware.shutdown import Shutdown
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from PIL import Image
 
-from generation import queue, storage
+from generation import loras_catalog, queue, storage
 from generation.models import Job, Standing, Worker
 from generation.stages import PIPELINE_STAGES, TIMING_KEYS, Stage
 from inference.checkpoint import weights_status
@@ -123,6 +123,8 @@ def weights_report() -> dict[str, dict[str, object]]:
     for name, config in MODELS.items():
         status = weights_status(config, folder)
         report[name] = {"installed": bool(status["installed"]), "missing": [str(m) for m in status["missing"]]}
+    # The LoRA manifests under TURBO_MODEL_DIR/loras, so the web lists them without seeing the files.
+    report[loras_catalog.REPORT_KEY] = loras_catalog.read_folder(folder / "loras" if folder else None)  # type: ignore[assignment]
     return report
 
 

@@ -90,7 +90,7 @@ def test_bad_lora_choices_are_400_naming_the_problem(alice, lora_dir, image_uplo
     assert not Job.objects.exists()
 
 
-def test_service_takes_pairs_and_dicts(lora_dir):
+def test_service_takes_pairs_and_dicts(db, lora_dir):
     params = services.validate_parameters(prompt="p", loras=[("ink", 1.5), {"name": "rain", "strength": -0.25}])
     assert params.loras == (("ink", 1.5), ("rain", -0.25))
     with pytest.raises(JobRejected, match="not installed"):
@@ -108,9 +108,23 @@ def test_the_catalog_imports_no_torch(lora_dir):
     code = ("import sys; sys.modules['torch'] = None; import django, os; "
             "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'turbosite.settings'); django.setup(); "
             "from generation import loras_catalog; "
-            f"os.environ; from django.conf import settings; settings.TURBO_MODEL_DIR = {str(lora_dir)!r}; "
-            "print([e['name'] for e in loras_catalog.list_loras('tiny')])")
+            "from pathlib import Path; "
+            f"print([e['name'] for e in loras_catalog.read_folder(Path({str(lora_dir)!r}) / 'loras')])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**__import__("os").environ, "TURBO_TEST_EMBEDDED": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "['glow', 'ink', 'rain', 'snow']"
+    assert done.stdout.strip().splitlines()[-1] == "['cinematic', 'glow', 'ink', 'rain', 'snow']"
+
+
+def test_loras_reported_by_a_live_worker_are_listed_without_the_files(alice, lora_dir, settings):
+    from generation import worker
+    from generation.models import Worker
+
+    report = worker.weights_report()  # on the GPU host: reads the manifests under TURBO_MODEL_DIR/loras
+    assert [e["name"] for e in report[loras_catalog.REPORT_KEY]] == ["cinematic", "glow", "ink", "rain", "snow"]
+    Worker.report("gpu-host:1", report, starting=True)
+    settings.TURBO_MODEL_DIR = ""  # the web host: no weights folder at all
+    models = {m["name"]: m for m in alice.get("/api/v1/models/").json()}
+    assert [lo["name"] for lo in models["tiny"]["loras"]] == ["glow", "ink", "rain", "snow"]
+    assert models["tiny"]["installed"] is True
+    assert services.validate_parameters(prompt="p", loras=["rain:0.5"]).loras == (("rain", 0.5),)
