@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # Everything settings.py reads that the test run itself sets; cleared so each child starts from the defaults.
 SERVICE_VARIABLES = (
     "DATABASE_URL", "REDIS_URL", "QUEUE_NAMESPACE", "S3_BUCKET", "S3_ENDPOINT_URL", "S3_PUBLIC_ENDPOINT_URL",
