@@ -7,17 +7,10 @@ import pytest
 from django.test import RequestFactory
 from django.views import defaults
 
-from generation import models_catalog
 from tests.browser import log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _models_catalog_loaded() -> None:
-    """The form lists the models, which today imports the model library (torch) on first use: tens of seconds
-    on a busy CPU, past the browser's 15 s wait. Import it before the browser asks for a page."""
-    models_catalog.list_models()
 
 
 def csp_errors(console_errors: list[str]) -> list[str]:

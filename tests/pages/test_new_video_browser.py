@@ -8,19 +8,13 @@ import io
 import pytest
 from PIL import Image
 
-from generation import models_catalog, storage
+from generation import storage
 from generation.models import Job
 from tests.browser import log_in
 from tests.pages.conftest import sample_png
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _models_catalog_loaded() -> None:
-    """The form lists the models, which today imports the model library (torch) on first use: tens of seconds
-    on a busy CPU, past the browser's 15 s wait. Import it before the browser asks for a page."""
-    models_catalog.list_models()
 
 PREVIEW_SHOWN = ("() => { const i = document.getElementById('image-preview');"
                  " return i && !i.hidden && i.complete && i.naturalWidth === 120; }")
