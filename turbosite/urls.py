@@ -29,7 +29,7 @@ urlpatterns = [
     path("api/v1/", include("generation.api.urls")),
     path("v1/turbodiffusion/", include("generation.compat.urls")),
     path("files/", include("generation.file_urls")),
-    path("", include("generation.page_urls")),
+    path("", include("generation.pages.urls")),
 ]
 
 # API paths answer errors as JSON (turbosite/api_errors.py); pages keep Django's HTML.

@@ -1,5 +1,5 @@
-"""Server-rendered pages. Thin: parsing is in generation.forms, every rule and state change in generation.services,
-and links to stored files are signed only after the job was fetched with owner=request.user."""
+"""Server-rendered pages. Thin: parsing is in generation.pages.forms, every rule and state change in
+generation.services, and links to stored files are signed only after the job was fetched with owner=request.user."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from generation import services, storage
-from generation.forms import NewVideoForm
 from generation.models import Job
+from generation.pages.forms import NewVideoForm
 from generation.stages import label_for, stage_labels
 
 HISTORY_PAGE_SIZE = 24
