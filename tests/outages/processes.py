@@ -95,10 +95,11 @@ def start_worker(tmp_path: Path, env: dict[str, str], name: str = "worker", *arg
     return process
 
 
-def start_web(tmp_path: Path, env: dict[str, str]) -> tuple[Process, str]:
+def start_web(tmp_path: Path, env: dict[str, str], workers: int = 1, threads: int = 2) -> tuple[Process, str]:
     port = free_port()
     process = Process([sys.executable, "-m", "gunicorn", "turbosite.wsgi:application", "--bind", f"127.0.0.1:{port}",
-                       "--workers", "1", "--threads", "2", "--timeout", "60"], env, tmp_path / "web.log")
+                       "--workers", str(workers), "--threads", str(threads), "--timeout", "60"], env,
+                      tmp_path / "web.log")
     base = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
