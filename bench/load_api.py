@@ -1,10 +1,12 @@
 """Load test of the job API on loopback: job creation and status polling, against a baseline measured in the same run.
 
-It starts its own production-shaped server (gunicorn, DEBUG off) on a fresh PostgreSQL database and Redis namespace,
+It starts its own production server (the command of docker/Dockerfile.web: gunicorn with uvicorn workers, ASGI, DEBUG
+off, a database pool per process as docker/compose.yaml sets it; `--server wsgi` runs the earlier gunicorn gthread
+server instead, for comparison) on a fresh PostgreSQL database and Redis namespace,
 with files in a temporary folder, creates users with tokens, then runs three phases, each bounded by a request
 count and a time limit:
 
-  baseline  GET /healthz                 (the cost of the stack itself: WSGI, middleware, no database)
+  baseline  GET /healthz                 (the cost of the stack itself: server, middleware, no database)
   create    POST /api/v1/jobs/           (multipart image; validation, normalisation, storage, row, queue message)
   poll      GET /api/v1/jobs/<id>/       (what pages and clients do while a job runs: row, queue position, ETA)
   list      GET /api/v1/jobs/?page_size=20 (a page of the job list: queue positions and ETAs of 20 jobs)
@@ -28,7 +30,9 @@ import io
 import json
 import os
 import platform
+import re
 import secrets
+import shlex
 import socket
 import statistics
 import subprocess
@@ -46,6 +50,29 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
+# docker/compose.yaml's default for the web service.
+POOL_SIZE = "10"
+
+
+def production_command(port: int, workers: int) -> list[str]:
+    """docker/Dockerfile.web's CMD, on loopback with `workers` processes (the same server production runs)."""
+    text = (REPO / "docker" / "Dockerfile.web").read_text()
+    command = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
+    line = (command[2].removeprefix("exec ").replace("0.0.0.0:${PORT}", f"127.0.0.1:{port}")
+            .replace("${WEB_CONCURRENCY:-3}", str(workers)))
+    argv = shlex.split(line)
+    # The image logs each request; a load test would measure its terminal instead.
+    for flag in ("--access-logfile", "--error-logfile"):
+        if flag in argv:
+            del argv[argv.index(flag):argv.index(flag) + 2]
+    return [sys.executable, "-m", *argv, "--keep-alive", "30", "--log-level", "warning"]
+
+
+def wsgi_command(port: int, workers: int, threads: int) -> list[str]:
+    """The server docker/Dockerfile.web ran before it moved to ASGI: gunicorn gthread, WSGI."""
+    return [sys.executable, "-m", "gunicorn", "turbosite.wsgi:application", "--bind", f"127.0.0.1:{port}",
+            "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
+            "--keep-alive", "30", "--log-level", "warning"]
 
 
 @dataclass
@@ -138,7 +165,7 @@ def run_phase(name: str, sessions: list[requests.Session], count: int, max_secon
 
 
 class Site:
-    """A throwaway deployment: database, Redis namespace, data folder and a gunicorn server."""
+    """A throwaway deployment: database, Redis namespace, data folder and the web server."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -164,6 +191,8 @@ class Site:
             "LOG_LEVEL": "WARNING",
             "DJANGO_SETTINGS_MODULE": "turbosite.settings",
         })
+        if args.server == "asgi":
+            self.env["DB_POOL_MAX_SIZE"] = POOL_SIZE
 
     def _manage(self, *argv: str) -> str:
         done = subprocess.run([sys.executable, "manage.py", *argv], cwd=REPO, env=self.env, capture_output=True,
@@ -186,11 +215,10 @@ class Site:
                 f"print(json.dumps([Token.objects.create(user=User.objects.create_user(f'bench{{i}}', "
                 f"password='bench-pass-{self.run_id}-x')).key for i in range({users})]))")
         tokens = json.loads(self._manage("shell", "-c", code).strip().splitlines()[-1])
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "turbosite.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(self.args.workers), "--threads", str(self.args.threads), "--worker-class", "gthread",
-             "--keep-alive", "30", "--log-level", "warning"],
-            cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        command = (production_command(self.port, self.args.workers) if self.args.server == "asgi"
+                   else wsgi_command(self.port, self.args.workers, self.args.threads))
+        self.server = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -199,7 +227,7 @@ class Site:
             except requests.RequestException:
                 pass
             if self.server.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.server.stderr.read() if self.server.stderr else ''}")
+                raise RuntimeError(f"the server exited: {self.server.stderr.read() if self.server.stderr else ''}")
             time.sleep(0.3)
         raise RuntimeError("the server did not answer /healthz within 60 s")
 
@@ -248,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-rate", type=float, default=0.0, help="list pages per second (0: as fast as possible)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="time limit per phase")
     parser.add_argument("--image-size", type=int, default=256, help="side of the square PNG uploaded")
+    parser.add_argument("--server", choices=("asgi", "wsgi"), default="asgi",
+                        help="asgi: docker/Dockerfile.web's command (production); wsgi: the earlier gunicorn gthread")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (--server wsgi only; "
+                        "under ASGI Django runs each request in a thread of its own)")
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432", help="server URL, no database")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/...)")
@@ -304,14 +335,16 @@ def main(argv: list[str] | None = None) -> int:
 
     summaries = {name: result.summary() for name, result in phases.items()}
     baseline_p50 = summaries["baseline"]["p50_ms"]
-    print(f"TurboSite API load test: {args.concurrency} clients, gunicorn {args.workers}x{args.threads} threads, "
+    server = (f"gunicorn + uvicorn workers (ASGI) x {args.workers}, database pool {POOL_SIZE} per process"
+              if args.server == "asgi" else f"gunicorn gthread {args.workers} workers x {args.threads} threads")
+    print(f"TurboSite API load test: {args.concurrency} clients, {server}, "
           f"{os.cpu_count()} CPUs, loopback, PostgreSQL + Redis, local files")
     print_table(summaries, baseline_p50)
     report = {
         "benchmark": "load_api",
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": {"host": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count(),
-                        "server": f"gunicorn gthread {args.workers} workers x {args.threads} threads",
+                        "server": server,
                         "database": "PostgreSQL (loopback)", "broker": "Redis (loopback)", "storage": "local folder"},
         "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "phases": summaries,

@@ -63,7 +63,7 @@ MIDDLEWARE = [
     "turbosite.api_errors.ApiErrorShapeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "turbosite.security.SecurityHeadersMiddleware",  # CSP, permissions policy, cross-origin isolation
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "turbosite.static_files.WhiteNoiseMiddleware",  # WhiteNoise, streaming under ASGI too
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -100,6 +100,15 @@ if DATABASE_URL:
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # A database host that drops packets must fail /readyz and requests quickly, not hang them.
         DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
+        # Under ASGI every request runs in a new thread, and a persistent connection belongs to its thread: each
+        # request would open one (and leave it to the garbage collector). A pool per process hands connections
+        # across threads instead; it replaces persistent connections (Django requires CONN_MAX_AGE 0 with it).
+        DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 0)
+        if DB_POOL_MAX_SIZE > 0:
+            DATABASES["default"]["CONN_MAX_AGE"] = 0
+            DATABASES["default"]["OPTIONS"]["pool"] = {
+                "min_size": 1, "max_size": DB_POOL_MAX_SIZE, "timeout": env_int("DB_CONNECT_TIMEOUT", 5)}
+            # CONN_HEALTH_CHECKS (on) makes the pool check a connection before lending it.
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     # The embedded worker thread writes progress while requests write jobs: take the write lock when a transaction

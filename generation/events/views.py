@@ -7,8 +7,9 @@ GET /api/v1/jobs/{id}/ shows it plus `percent`; its id names that state, so a cl
 idle stream; after MAX_STREAM_S the server ends the stream and the browser reconnects (EventSource does so with
 Last-Event-ID by itself).
 
-Under ASGI the stream is an async generator on the event loop (redis.asyncio pub/sub); under WSGI (`make run`,
-gunicorn) a blocking generator that holds one server thread per open stream.
+Under ASGI (production: docker/Dockerfile.web) the stream is an async generator on the event loop (redis.asyncio
+pub/sub) that borrows a database connection only to read the job; under WSGI (`make run`) a blocking generator that
+holds one server thread per open stream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
+from django.db import connection
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -109,7 +111,15 @@ def _blocking(stream: _Stream) -> Iterator[str]:
 
 
 async def _async(stream: _Stream) -> AsyncIterator[str]:
-    next_events = sync_to_async(stream.next_events)
+    def read() -> list[str]:
+        try:
+            return stream.next_events()
+        finally:
+            # A stream lasts minutes and reads the row only now and then: it must not keep a database connection
+            # (a pool's, or the server's) all that time.
+            connection.close()
+
+    next_events = sync_to_async(read)
     if bus.settings.REDIS_URL:
         subscription = bus.AsyncRedisSubscription(stream.job_id)
         await subscription.start()

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 IMAGES = {"web": DOCKER / "Dockerfile.web", "worker": DOCKER / "Dockerfile.worker"}
+WEB_ONLY = {"WEB_CONCURRENCY", "DB_POOL_MAX_SIZE"}  # the server's processes and each one's database pool
 VAR = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -74,7 +75,7 @@ def test_worker_reserves_a_gpu_and_has_time_to_hand_back_its_job(compose):
 
 def test_web_and_worker_get_the_same_production_environment(compose):
     web, worker = compose["services"]["web"]["environment"], compose["services"]["worker"]["environment"]
-    shared = {k: v for k, v in web.items() if k != "WEB_CONCURRENCY"}
+    shared = {k: v for k, v in web.items() if k not in WEB_ONLY}
     assert shared == worker
     assert web["DEBUG"] == "0" and web["REDIS_URL"].startswith("redis://redis:")
     assert web["DATABASE_URL"].startswith("postgres://") and "@postgres:5432/" in web["DATABASE_URL"]
@@ -84,6 +85,7 @@ def test_web_and_worker_get_the_same_production_environment(compose):
 
 def test_every_app_variable_is_one_the_settings_read(compose):
     known = settings_variables() | {"WEB_CONCURRENCY"}  # gunicorn reads WEB_CONCURRENCY itself
+    assert "DB_POOL_MAX_SIZE" in known
     assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "S3_BUCKET"} <= known  # the parser found the settings
     for name in ("web", "worker", "migrate"):
         unknown = set(compose["services"][name]["environment"]) - known
@@ -178,19 +180,31 @@ def test_worker_image_gets_the_cuda_torch_and_runs_the_gpu_worker():
     assert "\nUSER turbosite\n" in text
 
 
-def test_web_image_serves_with_gunicorn_and_collected_static_files():
+def test_web_image_serves_asgi_with_gunicorn_uvicorn_workers_and_collected_static_files():
     text = IMAGES["web"].read_text()
     assert "manage.py collectstatic --noinput" in text
-    assert "gunicorn turbosite.wsgi:application" in text
+    # ASGI (event streams on the event loop), gunicorn managing the processes; tests/docker/test_asgi_server.py
+    # starts this very command.
+    assert "gunicorn turbosite.asgi:application --worker-class turbosite.uvicorn_worker.UvicornWorker" in text
+    assert "turbosite.wsgi" not in text and "--threads" not in text
     assert "\nUSER turbosite\n" in text and "HEALTHCHECK" in text and "/healthz" in text
 
 
-def test_gunicorn_and_whitenoise_are_dependencies_and_wired_in():
+def test_the_server_and_whitenoise_are_dependencies_and_wired_in():
     from django.conf import settings
 
+    from turbosite.static_files import WhiteNoiseMiddleware
+    from turbosite.uvicorn_worker import UvicornWorker
+
     deps = " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
-    assert "gunicorn" in deps and "whitenoise" in deps
-    assert "whitenoise.middleware.WhiteNoiseMiddleware" in settings.MIDDLEWARE
+    for package in ("gunicorn", "uvicorn-worker", "uvicorn", "whitenoise", "psycopg[binary,pool]"):
+        assert package in deps
+    web_lock = (ROOT / IMAGE_LOCKS["web"]).read_text()
+    for package in ("gunicorn", "uvicorn-worker", "uvicorn", "uvloop", "httptools", "psycopg-pool"):
+        assert f"\n{package}==" in web_lock
+    assert "turbosite.static_files.WhiteNoiseMiddleware" in settings.MIDDLEWARE
+    assert WhiteNoiseMiddleware.__mro__[1].__module__ == "whitenoise.middleware"
+    assert UvicornWorker.CONFIG_KWARGS["lifespan"] == "off"  # Django answers no lifespan events
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))
@@ -210,7 +224,8 @@ def production_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_the_web_images_build_and_start_commands_work_here(tmp_path):
-    """The RUN collectstatic line and the gunicorn CMD of Dockerfile.web, run as written with DEBUG off."""
+    """The RUN collectstatic line and the gunicorn CMD of Dockerfile.web, run as written with DEBUG off (that the
+    server then serves: tests/docker/test_asgi_server.py)."""
     import json
     import shlex
     import sys

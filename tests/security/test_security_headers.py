@@ -50,7 +50,7 @@ def test_media_may_come_from_the_public_s3_endpoint_and_the_preview(client):
 def test_middleware_runs_outside_whitenoise_so_static_files_get_headers_too():
     stack = settings.MIDDLEWARE
     assert stack.index("turbosite.security.SecurityHeadersMiddleware") < stack.index(
-        "whitenoise.middleware.WhiteNoiseMiddleware")
+        "turbosite.static_files.WhiteNoiseMiddleware")
 
 
 def test_a_view_that_sets_its_own_policy_keeps_it(rf):
