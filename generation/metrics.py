@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from generation.models import Job
+from generation.models import Job, Worker
 from turbosite import broker
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -122,6 +122,8 @@ def render() -> str:
                "Unix time of a worker's latest heartbeat on any job.",
                (({"worker": w["worker"], "gpu": w["gpu_name"]}, w["seen"].timestamp()) for w in workers))
 
+    _gpu_gauges(out)
+
     from generation.webhooks.models import WebhookAttempt, WebhookDelivery
 
     deliveries = dict(WebhookDelivery.objects.values_list("status").annotate(n=Count("id"))
@@ -135,6 +137,30 @@ def render() -> str:
     out.metric("turbosite_webhook_attempts", "gauge", "Webhook attempts by outcome (status class, or error).",
                (({"result": result}, n) for result, n in sorted(attempts.items())))
     return out.text()
+
+
+# (field of a reading in Worker.gpus, metric, help): what each live worker's last heartbeat read of its GPUs.
+GPU_GAUGES = (
+    ("memory_used_bytes", "turbosite_worker_gpu_memory_used_bytes",
+     "Device memory in use on a worker's GPU (all processes), from its last heartbeat."),
+    ("memory_total_bytes", "turbosite_worker_gpu_memory_total_bytes",
+     "Device memory of a worker's GPU, from its last heartbeat."),
+    ("memory_reserved_bytes", "turbosite_worker_gpu_memory_reserved_bytes",
+     "GPU memory the worker process's PyTorch allocator holds, from its last heartbeat."),
+    ("utilization_percent", "turbosite_worker_gpu_utilization_percent",
+     "Percent of the last sample period a kernel ran on a worker's GPU (NVML), from its last heartbeat."),
+)
+
+
+def _gpu_gauges(out: Exposition) -> None:
+    """One sample per live worker, GPU and value it could read; a worker without a GPU (or a value its host
+    cannot read) has no sample at all, rather than a made-up zero."""
+    readings = [(worker, gpu) for worker, gpus in Worker.live().order_by("name").values_list("name", "gpus")
+                for gpu in (gpus or []) if isinstance(gpu, dict) and isinstance(gpu.get("index"), int)]
+    for field, name, help_text in GPU_GAUGES:
+        out.metric(name, "gauge", help_text,
+                   (({"worker": worker, "gpu_index": str(gpu["index"])}, gpu[field]) for worker, gpu in readings
+                    if isinstance(gpu.get(field), int | float) and not isinstance(gpu.get(field), bool)))
 
 
 def _allowed(request: HttpRequest) -> bool:

@@ -229,6 +229,10 @@ class Worker(models.Model):
     heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
     # {"model name": {"installed": bool, "missing": ["file or folder", ...]}}
     weights = models.JSONField(default=dict, blank=True)
+    # Each visible GPU as the last beat read it (generation/gpu_readings.py): [{"index": 0, "name": str | None,
+    # "memory_used_bytes": int | None, "memory_total_bytes": ..., "memory_reserved_bytes": ...,
+    # "utilization_percent": int | None}, ...]; empty on a host without CUDA.
+    gpus = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-heartbeat_at"]
@@ -237,10 +241,11 @@ class Worker(models.Model):
         return self.name
 
     @classmethod
-    def report(cls, name: str, weights: dict[str, dict[str, Any]], *, starting: bool = False) -> Worker:
+    def report(cls, name: str, weights: dict[str, dict[str, Any]], *, gpus: list[dict[str, Any]] | None = None,
+               starting: bool = False) -> Worker:
         """Upsert this worker's row: called when it starts and on every heartbeat."""
         now = timezone.now()
-        defaults: dict[str, Any] = {"heartbeat_at": now, "weights": weights}
+        defaults: dict[str, Any] = {"heartbeat_at": now, "weights": weights, "gpus": gpus or []}
         if starting:
             defaults["started_at"] = now
         worker, _ = cls.objects.update_or_create(name=name[:128], defaults=defaults)

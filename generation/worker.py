@@ -31,7 +31,7 @@ from dramatiq.middleware.shutdown import Shutdown
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from PIL import Image
 
-from generation import loras_catalog, queue, storage
+from generation import gpu_readings, loras_catalog, queue, storage
 from generation.models import Job, Standing, Worker
 from generation.stages import PIPELINE_STAGES, TIMING_KEYS, Stage
 from inference.checkpoint import weights_status
@@ -130,24 +130,34 @@ def weights_report() -> dict[str, dict[str, object]]:
 
 class Presence(threading.Thread):
     """Keeps this worker's registry row (generation.models.Worker) fresh: written when the worker starts, then
-    every TURBO_HEARTBEAT_INTERVAL_S with a new weights report (weights installed while it runs show up), and
-    removed when it stops."""
+    every TURBO_HEARTBEAT_INTERVAL_S with a new weights report (weights installed while it runs show up) and a
+    reading of its GPUs (memory, utilisation: generation/gpu_readings.py), and removed when it stops."""
 
-    def __init__(self, name: str | None = None, interval_s: float | None = None) -> None:
+    def __init__(self, name: str | None = None, interval_s: float | None = None,
+                 read_gpus: gpu_readings.GpuReader | None = None) -> None:
         super().__init__(name="worker-presence", daemon=True)
         self.worker = name or worker_name()
         self.interval_s = settings.TURBO_HEARTBEAT_INTERVAL_S if interval_s is None else interval_s
+        self.read_gpus = read_gpus or gpu_readings.read_gpus
         self.stopped = threading.Event()
 
+    def _gpus(self) -> list[dict[str, Any]]:
+        try:
+            return self.read_gpus()
+        except Exception:  # a reading is a nicety: the beat that says "alive" must go out without it
+            log.warning("worker %s: could not read its GPUs", self.worker, exc_info=True)
+            return []
+
     def start(self) -> None:
-        Worker.report(self.worker, weights_report(), starting=True)  # before the first job is taken
+        # Before the first job is taken.
+        Worker.report(self.worker, weights_report(), gpus=self._gpus(), starting=True)
         super().start()
 
     def run(self) -> None:
         try:
             while not self.stopped.wait(self.interval_s):
                 try:
-                    Worker.report(self.worker, weights_report())
+                    Worker.report(self.worker, weights_report(), gpus=self._gpus())
                 except Exception:
                     # A database restart must not end the beats; the next one reconnects.
                     log.exception("worker %s: presence beat failed; retrying", self.worker)

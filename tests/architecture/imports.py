@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE_ROOTS = {"turbosite": REPO, "generation": REPO, "inference": REPO, "turbokernels": REPO / "kernels"}
 # The GPU worker's modules: the only part of `generation` that may import torch, inference or turbokernels.
 WORKER_SIDE = frozenset({"generation.actors", "generation.worker", "generation.management.commands.run_gpu_worker",
-                         "generation.group_worker"})
+                         "generation.group_worker", "generation.gpu_readings"})
 GPU_STACK = ("torch", "triton", "transformers", "inference", "turbokernels")
 
 
