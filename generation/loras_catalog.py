@@ -15,10 +15,10 @@ from pathlib import Path
 
 from django.conf import settings
 
+from generation.limits import limit
+
 log = logging.getLogger(__name__)
 
-MAX_LORAS = 3  # per request; inference.lora.MAX_LORAS is the worker's copy (a test checks they agree)
-STRENGTH_LIMIT = 4.0
 DEFAULT_MODEL = "wan2.2-i2v-a14b"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 REPORT_KEY = "_loras"  # where a worker's weights report (generation.models.Worker.weights) carries its LoRAs
@@ -66,6 +66,7 @@ def _entry(folder: Path) -> dict[str, object] | None:
     if not experts:
         log.warning("LoRA %s: manifest.json names no file (high_noise / low_noise); not listed", folder.name)
         return None
+    strengths = limit("lora_strength")  # a manifest's default is clamped to the range a request may ask
     try:
         strength = float(data.get("default_strength", 1.0))
     except (TypeError, ValueError):
@@ -76,7 +77,7 @@ def _entry(folder: Path) -> dict[str, object] | None:
         "description": str(data.get("description") or "")[:500],
         "model": str(data.get("model") or DEFAULT_MODEL),
         "experts": experts,
-        "default_strength": max(-STRENGTH_LIMIT, min(STRENGTH_LIMIT, strength)),
+        "default_strength": max(strengths.minimum, min(strengths.maximum, strength)),
     }
 
 

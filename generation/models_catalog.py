@@ -112,6 +112,12 @@ def largest_output_side() -> int:
     return max(OUTPUT_LONG_SIDE[name] for spec in MODELS.values() for name in spec.resolutions)
 
 
+def largest_max_frames() -> int:
+    """The most frames any model makes: the upper bound the API schema and the pages' form show for num_frames
+    (each request is held to its own model's max_frames by generation.services)."""
+    return max(spec.max_frames for spec in MODELS.values())
+
+
 def list_models() -> list[dict[str, object]]:
     """Every model, the default first, as plain dicts (name, installed, missing, frame and resolution facts)."""
     reports = _reports()

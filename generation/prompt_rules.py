@@ -16,7 +16,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Final
 
-from django.conf import settings
+from generation.limits import limit
 
 BIDI_CONTROLS: Final = frozenset(
     "\u202a\u202b\u202c\u202d\u202e"  # embeddings and overrides
@@ -36,7 +36,7 @@ class PromptRejected(ValueError):
 
 
 def max_prompt_chars() -> int:
-    return int(settings.TURBO_MAX_PROMPT_CHARS)
+    return int(limit("prompt").maximum)  # settings.TURBO_MAX_PROMPT_CHARS, through the limits table
 
 
 def clean_prompt_or_reject(text: object) -> str:

@@ -2,7 +2,9 @@
 estimate where a job stands.
 
 Every refusal is a JobRejected with a message for a person and the HTTP status that fits it, so each front end
-only translates. The queue message is sent after the creating transaction commits (a worker never receives the
+only translates. The parameter rules are the `check_*` functions below, with the limits of generation.limits and the
+model's own facts (generation.models_catalog); `validate_parameters` runs them all, and the API serializers and the
+pages' form only parse types before handing over. The queue message is sent after the creating transaction commits (a worker never receives the
 id of a row it cannot read yet).
 """
 
@@ -15,7 +17,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -30,17 +32,13 @@ from PIL import Image
 
 from generation import loras_catalog, models_catalog, storage
 from generation.image_input import DecoderBusy, ImageRejected, normalise_upload
+from generation.limits import Limit, limit
 from generation.models import Job
 from generation.prompt_rules import PromptRejected, clean_prompt_or_reject
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**63 - 1
-MAX_IDEMPOTENCY_KEY_CHARS = 255
 ETA_SAMPLE = 20  # recent successful runs averaged for the ETA
-# How the worker fits the image to the video size (inference.types.RESIZE_MODES, kept torch-free here; a test
-# checks the two agree). The first is the default: the reference's own preprocessing.
-RESIZE_MODES = ("stretch", "crop", "pad")
 
 
 class JobRejected(Exception):
@@ -67,8 +65,8 @@ class JobParameters:
     adaptive_resolution: bool
     ode: bool
     model: str
-    resize_mode: str = RESIZE_MODES[0]
-    loras: tuple[tuple[str, float], ...] = ()  # (installed LoRA name, strength), at most 3
+    resize_mode: str = "stretch"
+    loras: tuple[tuple[str, float], ...] = ()  # (installed LoRA name, strength)
 
     def fingerprint(self, image_digest: str) -> str:
         body = json.dumps({**asdict(self), "image_sha256": image_digest}, sort_keys=True, separators=(",", ":"))
@@ -94,50 +92,93 @@ def _int(value: Any, field: str) -> int | None:
         raise JobRejected(f"{field} must be an integer, got {str(value)[:40]!r}", field=field) from None
 
 
-def validate_parameters(*, prompt: Any, seed: Any = None, num_steps: Any = 4, resolution: Any = None,
-                        num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
-                        model: str | None = None, resize_mode: Any = None, loras: Any = None) -> JobParameters:
-    """Check every parameter and fill defaults from the model's config. Raises JobRejected (400, or 409 when the
-    model's weights are not installed) naming the parameter and the allowed values."""
+def check_prompt(value: Any) -> str:
     try:
-        clean_prompt = clean_prompt_or_reject(prompt)
+        return clean_prompt_or_reject(value)
     except PromptRejected as exc:
         raise JobRejected(exc.message, field="prompt", code=exc.code) from None
 
+
+def check_model(name: Any) -> models_catalog.ModelFacts:
+    """The named model's facts, or the deployment's default model's when none is named."""
     try:
-        facts = models_catalog.get_model(model or None)
+        return models_catalog.get_model(name or None)
     except models_catalog.UnknownModel as exc:
         raise JobRejected(str(exc), field="model", code="unknown_model") from None
 
-    seed_value = _int(seed, "seed")
-    if seed_value is not None and not 0 <= seed_value <= MAX_SEED:
-        raise JobRejected(f"seed must be between 0 and {MAX_SEED}, got {seed_value}", field="seed")
 
-    steps = _int(num_steps, "num_steps")
-    steps = 4 if steps is None else steps
-    if not 1 <= steps <= 4:
-        raise JobRejected(f"num_steps must be 1, 2, 3 or 4, got {steps}", field="num_steps")
+def check_seed(value: Any) -> int | None:
+    """The seed, or None for a random one (random_seed)."""
+    seed = _int(value, "seed")
+    allowed = limit("seed")
+    if seed is not None and not allowed.allows(seed):
+        raise JobRejected(f"seed must be between {allowed.minimum:g} and {allowed.maximum}, got {seed}", field="seed")
+    return seed
 
-    chosen_resolution = str(resolution).strip() if resolution not in (None, "") else facts.default_resolution
-    if chosen_resolution not in facts.resolutions:
-        raise JobRejected(f"resolution must be one of {', '.join(facts.resolutions)}, got {chosen_resolution!r}",
-                          field="resolution")
 
-    frames = _int(num_frames, "num_frames")
+def random_seed() -> int:
+    allowed = limit("seed")
+    return int(allowed.minimum) + secrets.randbelow(int(allowed.maximum - allowed.minimum) + 1)
+
+
+def check_num_steps(value: Any) -> int:
+    allowed = limit("num_steps")
+    steps = _int(value, "num_steps")
+    steps = allowed.default if steps is None else steps
+    if not allowed.allows(steps):
+        *first, last = range(int(allowed.minimum), int(allowed.maximum) + 1)
+        words = f"{', '.join(map(str, first))} or {last}" if first else str(last)
+        raise JobRejected(f"num_steps must be {words}, got {steps}", field="num_steps")
+    return steps
+
+
+def check_resolution(value: Any, facts: models_catalog.ModelFacts) -> str:
+    """A resolution the table allows and the model offers; the model's default when none is named."""
+    chosen = str(value).strip() if value not in (None, "") else facts.default_resolution
+    offered = [name for name in facts.resolutions if limit("resolution").allows(name)]
+    if chosen not in offered:
+        raise JobRejected(f"resolution must be one of {', '.join(offered)}, got {chosen!r}", field="resolution")
+    return chosen
+
+
+def frame_limit(facts: models_catalog.ModelFacts) -> Limit:
+    """The table's frame rule (4k+1 from the minimum) up to the model's own maximum."""
+    return replace(limit("num_frames"), maximum=facts.max_frames)
+
+
+def check_num_frames(value: Any, facts: models_catalog.ModelFacts) -> int:
+    """A frame count the model can make; the model's default when none is named."""
+    frames = _int(value, "num_frames")
     frames = facts.default_frames if frames is None else frames
-    if frames < 5 or frames > facts.max_frames or (frames - 1) % 4:
+    allowed = frame_limit(facts)
+    if not allowed.allows(frames):
         raise JobRejected(
-            f"num_frames must be 4k+1 between 5 and {facts.max_frames} for model {facts.name} "
-            f"(e.g. 17, 33, 81), got {frames}", field="num_frames")
+            f"num_frames must be {allowed.step}k+1 between {allowed.minimum:g} and {allowed.maximum:g} for model "
+            f"{facts.name} (e.g. 17, 33, 81), got {frames}", field="num_frames")
+    return frames
 
-    mode = str(resize_mode).strip() if resize_mode not in (None, "") else RESIZE_MODES[0]
-    if mode not in RESIZE_MODES:
-        raise JobRejected(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {mode[:40]!r}",
+
+def check_resize_mode(value: Any) -> str:
+    allowed = limit("resize_mode")
+    mode = str(value).strip() if value not in (None, "") else allowed.default
+    if not allowed.allows(mode):
+        raise JobRejected(f"resize_mode must be one of {', '.join(allowed.choices)}, got {mode[:40]!r}",
                           field="resize_mode")
+    return mode
 
-    return JobParameters(prompt=clean_prompt, seed=seed_value, num_steps=steps, resolution=chosen_resolution,
-                         num_frames=frames, adaptive_resolution=bool(adaptive_resolution), ode=bool(ode),
-                         model=facts.name, resize_mode=mode, loras=_check_loras(loras, facts.name))
+
+def validate_parameters(*, prompt: Any, seed: Any = None, num_steps: Any = None, resolution: Any = None,
+                        num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
+                        model: str | None = None, resize_mode: Any = None, loras: Any = None) -> JobParameters:
+    """Check every parameter and fill defaults from the table and the model's config. Raises JobRejected (400, or
+    409 when the model's weights are not installed) naming the parameter and the allowed values."""
+    clean_prompt = check_prompt(prompt)
+    facts = check_model(model)
+    return JobParameters(prompt=clean_prompt, seed=check_seed(seed), num_steps=check_num_steps(num_steps),
+                         resolution=check_resolution(resolution, facts),
+                         num_frames=check_num_frames(num_frames, facts),
+                         adaptive_resolution=bool(adaptive_resolution), ode=bool(ode), model=facts.name,
+                         resize_mode=check_resize_mode(resize_mode), loras=check_loras(loras, facts.name))
 
 
 def _lora_item(item: Any) -> tuple[str, Any]:
@@ -150,14 +191,16 @@ def _lora_item(item: Any) -> tuple[str, Any]:
     return name.strip(), strength.strip() or None
 
 
-def _check_loras(loras: Any, model: str) -> tuple[tuple[str, float], ...]:
-    """Installed LoRAs for `model`, each once, at most MAX_LORAS, strengths within the limit (default: the
+def check_loras(loras: Any, model: str) -> tuple[tuple[str, float], ...]:
+    """Installed LoRAs for `model`, each once, at most the table's count, strengths within its limit (default: the
     manifest's). Raises JobRejected naming the LoRA at fault."""
     if loras in (None, "", [], ()):
         return ()
     items = [loras] if isinstance(loras, (str, dict)) else list(loras)
-    if len(items) > loras_catalog.MAX_LORAS:
-        raise JobRejected(f"at most {loras_catalog.MAX_LORAS} LoRAs per job, got {len(items)}", field="loras")
+    most = int(limit("loras").maximum)
+    if len(items) > most:
+        raise JobRejected(f"at most {most} LoRAs per job, got {len(items)}", field="loras")
+    strengths = limit("lora_strength")
     installed = {str(entry["name"]): entry for entry in loras_catalog.list_loras()}
     chosen: list[tuple[str, float]] = []
     for item in items:
@@ -176,29 +219,29 @@ def _check_loras(loras: Any, model: str) -> tuple[tuple[str, float], ...]:
         except (TypeError, ValueError):
             raise JobRejected(f"LoRA strength must be a number, got {str(strength)[:40]!r} for {name!r}",
                               field="loras") from None
-        if not -loras_catalog.STRENGTH_LIMIT <= value <= loras_catalog.STRENGTH_LIMIT:  # also refuses NaN
-            raise JobRejected(f"LoRA strength must be between -{loras_catalog.STRENGTH_LIMIT:g} and "
-                              f"{loras_catalog.STRENGTH_LIMIT:g}, got {value} for {name!r}", field="loras")
+        if not strengths.allows(value):  # also refuses NaN
+            raise JobRejected(f"LoRA strength must be between {strengths.minimum:g} and "
+                              f"{strengths.maximum:g}, got {value} for {name!r}", field="loras")
         chosen.append((name, value))
     return tuple(chosen)
 
 
 def frames_for_duration(seconds: float, model: str | None = None) -> int:
-    """The valid 4k+1 frame count nearest to `seconds` of video at the model's fps (plus the first frame), at
-    least 5. Used by the compatibility route's duration_seconds. A duration the model cannot make at its default
-    resolution is refused naming the limit, never silently shortened."""
-    facts = models_catalog.get_model(model)
+    """The valid frame count (the table's 4k+1 rule) nearest to `seconds` of video at the model's fps (plus the first
+    frame), at least the table's minimum. Used by the compatibility route's duration_seconds. A duration the model
+    cannot make at its default resolution is refused naming the limit, never silently shortened."""
+    facts = check_model(model)
     if not seconds > 0:
         raise JobRejected(f"duration_seconds must be positive, got {seconds}", field="duration_seconds")
-    wanted = seconds * facts.fps + 1
-    k = max(1, round((wanted - 1) / 4))
-    if 4 * k + 1 > facts.max_frames:
-        limit = (facts.max_frames - 1) / facts.fps
+    allowed = frame_limit(facts)
+    frames = max(int(allowed.minimum), allowed.step * round(seconds * facts.fps / allowed.step) + 1)
+    if frames > facts.max_frames:
+        longest = (facts.max_frames - 1) / facts.fps
         raise JobRejected(
-            f"duration_seconds must be at most {limit:g} s for model {facts.name} at {facts.default_resolution} "
+            f"duration_seconds must be at most {longest:g} s for model {facts.name} at {facts.default_resolution} "
             f"({facts.max_frames} frames at {facts.fps} fps), got {seconds:g}", field="duration_seconds",
             code="duration_too_long")
-    return 4 * k + 1
+    return frames
 
 
 def _check_model_installed(name: str) -> None:
@@ -209,14 +252,15 @@ def _check_model_installed(name: str) -> None:
             "An operator must put them in TURBO_MODEL_DIR on a GPU worker.", 409, field="model", code="model_not_installed")
 
 
-def _check_idempotency_key(key: str | None) -> str | None:
+def check_idempotency_key(key: str | None) -> str | None:
     if key is None:
         return None
     key = key.strip()
     if not key:
         return None
-    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
-        raise JobRejected(f"Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
+    most = int(limit("idempotency_key").maximum)
+    if len(key) > most or not key.isprintable():
+        raise JobRejected(f"Idempotency-Key must be at most {most} printable characters",
                           field="Idempotency-Key", code="bad_idempotency_key")
     return key
 
@@ -311,7 +355,7 @@ def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, finger
     `attach(job)` runs inside the creating transaction, so what it saves (a webhook subscription, a deadline)
     commits with the row, before any worker can see the job."""
     job = Job(id=uuid.uuid4(), owner=owner, prompt=params.prompt,
-              seed=params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1),
+              seed=params.seed if params.seed is not None else random_seed(),
               num_steps=params.num_steps, resolution=params.resolution, num_frames=params.num_frames,
               adaptive_resolution=params.adaptive_resolution, ode=params.ode, model=params.model,
               resize_mode=params.resize_mode, loras=[{"name": n, "strength": s} for n, s in params.loras],
@@ -350,7 +394,7 @@ def _insert(owner, params: JobParameters, png: bytes, *, key: str | None, finger
     return job
 
 
-def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = 4,
+def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = None,
                resolution: Any = None, num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
                model: str | None = None, idempotency_key: str | None = None,
                attach: Callable[[Job], None] | None = None, resize_mode: Any = None,
@@ -362,7 +406,7 @@ def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num
     params = validate_parameters(prompt=prompt, seed=seed, num_steps=num_steps, resolution=resolution,
                                  num_frames=num_frames, adaptive_resolution=adaptive_resolution, ode=ode, model=model,
                                  resize_mode=resize_mode, loras=loras)
-    key = _check_idempotency_key(idempotency_key)
+    key = check_idempotency_key(idempotency_key)
     fingerprint = params.fingerprint(_upload_digest(image))
     if key and (earlier := _replay(owner, key, fingerprint)):
         return earlier
@@ -389,7 +433,7 @@ def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num
     return Submission(job=job, created=True)
 
 
-def create_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = 4,
+def create_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = None,
                resolution: Any = None, num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
                model: str | None = None, idempotency_key: str | None = None, resize_mode: Any = None,
                loras: Any = None) -> Job:
@@ -507,8 +551,9 @@ def eta_seconds(job: Job) -> float | None:
 
 
 __all__ = [
-    "JobParameters", "JobRejected", "Submission", "active_job_count", "broker_available", "cancel_job", "create_job",
-    "delete_job", "enqueue_job", "eta_seconds", "frames_for_duration", "queue_position",
-    "queue_positions", "requeue_job", "retry_job",
-    "submit_job", "typical_run_seconds", "validate_parameters",
+    "JobParameters", "JobRejected", "Submission", "active_job_count", "broker_available", "cancel_job",
+    "check_idempotency_key", "check_loras", "check_model", "check_num_frames", "check_num_steps", "check_prompt",
+    "check_resize_mode", "check_resolution", "check_seed", "create_job", "delete_job", "enqueue_job", "eta_seconds",
+    "frame_limit", "frames_for_duration", "queue_position", "queue_positions", "random_seed", "requeue_job",
+    "retry_job", "submit_job", "typical_run_seconds", "validate_parameters",
 ]

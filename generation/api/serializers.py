@@ -1,18 +1,17 @@
 """Request and response shapes of the v1 API. Parameter *rules* live in generation.services (one place for the
-messages); these serializers parse types and describe the shapes for the OpenAPI schema."""
+messages); these serializers parse types and describe the shapes for the OpenAPI schema. Every bound and choice
+they carry comes from generation.limits, read again for each serializer (`TableFields`)."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 
-from generation import eta, services, storage
+from generation import eta, models_catalog, services, storage
+from generation.limits import from_table, limit, remake_table_fields
 from generation.models import Job
 from turbosite import api_errors
-
-RESOLUTIONS = ("480p", "720p")
 
 
 class FormBooleanField(serializers.BooleanField):
@@ -21,31 +20,83 @@ class FormBooleanField(serializers.BooleanField):
     default_empty_html = empty
 
 
-class JobCreateSerializer(serializers.Serializer):
-    image = serializers.FileField(help_text="The still image to animate (JPEG, PNG, WebP, GIF or BMP).")
-    prompt = serializers.CharField(allow_blank=True, trim_whitespace=False,
-                                   help_text="What should happen in the video. Stripped; at most "
-                                             f"{settings.TURBO_MAX_PROMPT_CHARS} characters.")
-    seed = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=services.MAX_SEED,
+# A serializer mixin. (No docstring: drf-spectacular would show it as every serializer's description.)
+# Fields declared with limits.from_table are made again for each serializer, and so for each request and each
+# OpenAPI schema, from the limits table as it is then.
+class TableFields:
+    def get_fields(self):
+        fields = super().get_fields()
+        remake_table_fields(fields, self._declared_fields)
+        return fields
+
+
+# Fields whose bounds, choices and help come from the limits table (used by the API and the compatibility routes).
+
+def prompt_field() -> serializers.CharField:
+    return serializers.CharField(allow_blank=True, trim_whitespace=False,
+                                 help_text="What should happen in the video. Stripped; at most "
+                                           f"{limit('prompt').maximum} characters.")
+
+
+def seed_field() -> serializers.IntegerField:
+    allowed = limit("seed")
+    return serializers.IntegerField(required=False, allow_null=True, min_value=allowed.minimum,
+                                    max_value=allowed.maximum,
                                     help_text="Random seed; a random one is chosen (and returned) when absent.")
-    num_steps = serializers.IntegerField(required=False, default=4, min_value=1, max_value=4,
-                                         help_text="Sampling steps, 1 to 4.")
-    resolution = serializers.ChoiceField(choices=RESOLUTIONS, required=False, allow_null=True,
-                                         help_text="Target resolution; the model's default when absent.")
-    num_frames = serializers.IntegerField(required=False, allow_null=True, min_value=1,
-                                          help_text="4k+1 frames, up to the model's max_frames (see /models/); "
-                                                    "the model's default when absent.")
+
+
+def num_steps_field() -> serializers.IntegerField:
+    allowed = limit("num_steps")
+    return serializers.IntegerField(required=False, default=allowed.default, min_value=allowed.minimum,
+                                    max_value=allowed.maximum,
+                                    help_text=f"Sampling steps, {allowed.minimum} to {allowed.maximum}.")
+
+
+def resolution_field(**kwargs) -> serializers.ChoiceField:
+    return serializers.ChoiceField(choices=limit("resolution").choices, **kwargs)
+
+
+def num_frames_field() -> serializers.IntegerField:
+    allowed = limit("num_frames")
+    field = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1,
+        help_text=f"{allowed.step}k+1 frames, up to the model's max_frames (see /models/); the model's default when "
+                  "absent.")
+    # Shown in the schema, checked by generation.services alone: its message names the model's own maximum.
+    field.min_value, field.max_value = allowed.minimum, models_catalog.largest_max_frames()
+    return field
+
+
+def resize_mode_field() -> serializers.ChoiceField:
+    allowed = limit("resize_mode")
+    return serializers.ChoiceField(
+        choices=allowed.choices, required=False, default=allowed.default,
+        help_text="How the image meets the video size: stretch it to the size (the model's own preprocessing, "
+                  "default), crop its centre to the size's aspect ratio, or pad it with black bars (fit inside).")
+
+
+def loras_field() -> serializers.ListField:
+    count, strength = limit("loras"), limit("lora_strength")
+    return serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, allow_empty=True,
+        help_text=f"Up to {count.maximum} installed LoRAs (see /models/), each `name` or `name:strength` (strength "
+                  f"{strength.minimum:g} to {strength.maximum:g}; the LoRA's default strength when left out); repeat "
+                  "the field for several.")
+
+
+class JobCreateSerializer(TableFields, serializers.Serializer):
+    image = serializers.FileField(help_text="The still image to animate (JPEG, PNG, WebP, GIF or BMP).")
+    prompt = from_table(prompt_field)
+    seed = from_table(seed_field)
+    num_steps = from_table(num_steps_field)
+    resolution = from_table(lambda: resolution_field(required=False, allow_null=True,
+                                                     help_text="Target resolution; the model's default when absent."))
+    num_frames = from_table(num_frames_field)
     adaptive_resolution = FormBooleanField(required=False, default=True,
                                            help_text="Keep the image's aspect ratio at the target area.")
     ode = FormBooleanField(required=False, default=False, help_text="Deterministic ODE sampling instead of SDE.")
-    resize_mode = serializers.ChoiceField(
-        choices=services.RESIZE_MODES, required=False, default=services.RESIZE_MODES[0],
-        help_text="How the image meets the video size: stretch it to the size (the model's own preprocessing, "
-                  "default), crop its centre to the size's aspect ratio, or pad it with black bars (fit inside).")
-    loras = serializers.ListField(
-        child=serializers.CharField(max_length=100), required=False, allow_empty=True,
-        help_text="Up to 3 installed LoRAs (see /models/), each `name` or `name:strength` (strength -4 to 4; the "
-                  "LoRA's default strength when left out); repeat the field for several.")
+    resize_mode = from_table(resize_mode_field)
+    loras = from_table(loras_field)
     model = serializers.CharField(required=False, allow_blank=True, allow_null=True,
                                   help_text="Model name from /models/; the deployment's default when absent.")
     webhook_url = serializers.CharField(
@@ -64,11 +115,11 @@ class LoraChoiceSerializer(serializers.Serializer):
     strength = serializers.FloatField()
 
 
-class JobParametersSerializer(serializers.Serializer):
+class JobParametersSerializer(TableFields, serializers.Serializer):
     prompt = serializers.CharField()
     seed = serializers.IntegerField()
     num_steps = serializers.IntegerField()
-    resolution = serializers.ChoiceField(choices=RESOLUTIONS)
+    resolution = from_table(resolution_field)
     num_frames = serializers.IntegerField()
     adaptive_resolution = serializers.BooleanField()
     ode = serializers.BooleanField()

@@ -31,8 +31,16 @@ from rest_framework.views import APIView
 
 from generation import services, storage
 from generation.api.errors import rejection_response
-from generation.api.serializers import ErrorSerializer, FormBooleanField, absolute_url
+from generation.api.serializers import (
+    ErrorSerializer,
+    FormBooleanField,
+    TableFields,
+    absolute_url,
+    num_steps_field,
+    seed_field,
+)
 from generation.api.throttles import JobCreateThrottle
+from generation.limits import from_table, limit
 from generation.models import Job
 from turbosite.api_keys.authentication import ApiKeyAuthentication
 
@@ -56,17 +64,22 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
 COMPAT_AUTH = [ApiKeyAuthentication, TokenAuthentication, BearerTokenAuthentication]
 
 
-class CompatCreateSerializer(serializers.Serializer):
+def duration_seconds_field() -> serializers.FloatField:
+    allowed = limit("duration_seconds")
+    return serializers.FloatField(required=False, allow_null=True, min_value=allowed.minimum,
+                                  max_value=allowed.maximum,
+                                  help_text="Video length at 16 fps; the model's default when absent. Longer than "
+                                            "the model makes (10 s for the Wan2.2 models) is a 400 naming the limit.")
+
+
+class CompatCreateSerializer(TableFields, serializers.Serializer):
     prompt = serializers.CharField(allow_blank=True, trim_whitespace=False)
     image = serializers.FileField()
-    seed = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=services.MAX_SEED)
-    num_steps = serializers.IntegerField(required=False, default=4, min_value=1, max_value=4)
+    seed = from_table(seed_field)
+    num_steps = from_table(num_steps_field)
     quantized = FormBooleanField(required=False, allow_null=True,
                                  help_text="Accepted for compatibility and ignored: the model decides.")
-    duration_seconds = serializers.FloatField(required=False, allow_null=True, min_value=0.01, max_value=60,
-                                              help_text="Video length at 16 fps; the model's default when absent. "
-                                                        "Longer than the model makes (10 s for the Wan2.2 models) "
-                                                        "is a 400 naming the limit.")
+    duration_seconds = from_table(duration_seconds_field)
 
 
 def compat_status(job: Job) -> str:

@@ -35,10 +35,8 @@ def test_parameter_errors_name_the_field_and_allowed_values(kwargs, field, fragm
     assert caught.value.status_code == 400 and caught.value.field == field and fragment in caught.value.message
 
 
-def test_resize_modes_are_the_workers_own_list():
-    from inference.types import RESIZE_MODES  # tests may import inference; the web side keeps its own plain list
-
-    assert services.RESIZE_MODES == RESIZE_MODES
+def test_resize_mode_is_checked_and_part_of_the_fingerprint():
+    # That the table's modes are the worker's own list: tests/api/test_limits.py.
     assert services.validate_parameters(prompt="p", resize_mode=" crop ").resize_mode == "crop"
     assert services.validate_parameters(prompt="p").fingerprint("a") != services.validate_parameters(
         prompt="p", resize_mode="pad").fingerprint("a")
