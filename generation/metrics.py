@@ -79,7 +79,7 @@ def render() -> str:
                (({"status": status}, counts.get(status, 0)) for status in Job.Status.values))
 
     depths = []
-    for queue in (broker.GPU_QUEUE, broker.WEBHOOK_QUEUE):
+    for queue in (broker.GPU_QUEUE, broker.WEBHOOK_QUEUE, broker.MAINTENANCE_QUEUE):
         depth = broker.queue_depth(queue)
         if depth is not None:
             depths.append(({"queue": queue}, depth))

@@ -1,8 +1,8 @@
 """The one place that sends messages to the queues, and what the web side may ask about them.
 
 Messages are addressed by name (queue and actor), so sending needs neither the actor nor the code behind it: the web
-process stays free of the GPU stack. `generation.actors` declares run_job and `generation.webhooks.actors`
-deliver_webhook under the same names. Services call `enqueue_job` from `transaction.on_commit`, so a worker never
+process stays free of the GPU stack. `generation.actors` declares run_job, `generation.webhooks.actors`
+deliver_webhook and `generation.lifecycle.actors` expire_old_jobs under the same names. Services call `enqueue_job` from `transaction.on_commit`, so a worker never
 receives the id of a row it cannot read yet; the reaper and the worker use it to send a job again.
 """
 
@@ -15,12 +15,13 @@ import dramatiq
 
 from generation.models import Job
 from turbosite import broker
-from turbosite.broker import GPU_QUEUE, WEBHOOK_QUEUE
+from turbosite.broker import GPU_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE
 
 log = logging.getLogger(__name__)
 
 RUN_JOB = "run_job"  # the actor's name: generation.actors.run_job
 DELIVER_WEBHOOK = "deliver_webhook"  # generation.webhooks.actors.deliver_webhook
+EXPIRE_OLD_JOBS = "expire_old_jobs"  # generation.lifecycle.actors.expire_old_jobs
 
 
 def enqueue_job(job_id: uuid.UUID | str, *, delay_ms: int | None = None) -> None:
@@ -38,6 +39,12 @@ def enqueue_job(job_id: uuid.UUID | str, *, delay_ms: int | None = None) -> None
 def send_webhook_delivery(delivery_id: uuid.UUID | str, *, delay_ms: int | None = None) -> None:
     """Put one deliver_webhook message for `delivery_id` on the "webhooks" queue (after `delay_ms`, when given)."""
     _send(WEBHOOK_QUEUE, DELIVER_WEBHOOK, str(delivery_id), delay_ms)
+
+
+def send_retention(trigger: str, *, delay_ms: int | None = None) -> None:
+    """Put one expire_old_jobs message on the "maintenance" queue; `trigger` says why (logged): "schedule" or
+    "continue" (the previous batch was full)."""
+    _send(MAINTENANCE_QUEUE, EXPIRE_OLD_JOBS, trigger, delay_ms)
 
 
 def _message(queue_name: str, actor_name: str, argument: str) -> dramatiq.Message:

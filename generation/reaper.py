@@ -3,8 +3,9 @@
 A RUNNING job whose heartbeat is older than TURBO_HEARTBEAT_STALE_S lost its worker (killed, host gone). It goes back
 to QUEUED with a fresh message, or ends FAILED once it has used TURBO_MAX_ATTEMPTS attempts. A QUEUED job whose
 message was lost (the broker restarted empty) is sent again at the head of the queue, and stored files that no
-job needs (a write that timed out and landed late, a failed delete) are deleted. Every transition is a
-conditional update, so reapers in several worker processes can run at once: only one wins each job.
+job needs (a write that timed out and landed late, a failed delete) are deleted. The round also sends the
+retention actor its periodic message (generation/lifecycle/retention.py; the deletes run on the maintenance
+queue). Every transition is a conditional update, so reapers in several worker processes can run at once: only one wins each job.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from generation import queue
-from generation.lifecycle.retention import expire_old_jobs_now_and_then
+from generation.lifecycle.retention import schedule_retention
 from generation.lifecycle.services import cancel_overdue_jobs
 from generation.models import Job
 from generation.storage import sweep_pending_deletes
@@ -140,7 +141,7 @@ class ReaperThread(threading.Thread):
     def run(self) -> None:
         while not self.stopped.is_set():
             # One failing must not starve the others.
-            for task in (reap_stale_jobs, resend_lost_messages, cancel_overdue_jobs, expire_old_jobs_now_and_then,
+            for task in (reap_stale_jobs, resend_lost_messages, cancel_overdue_jobs, schedule_retention,
                          sweep_pending_deletes):
                 try:
                     task()

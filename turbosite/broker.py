@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # a minutes-long video, nor a video behind a slow receiver.
 GPU_QUEUE = "gpu"
 WEBHOOK_QUEUE = "webhooks"
+# Housekeeping (retention): storage deletes, never on a GPU's time.
+MAINTENANCE_QUEUE = "maintenance"
 
 _lock = threading.RLock()
 _broker: dramatiq.Broker | None = None

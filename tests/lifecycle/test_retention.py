@@ -1,5 +1,6 @@
 """Retention on the real database and S3 server: finished jobs older than TURBO_RETENTION_DAYS lose their files and
-are marked expired (API and pages say so); 0 keeps everything; active jobs are never touched. Users delete all
+are marked expired (API and pages say so); 0 keeps everything; active jobs are never touched (the actor that runs
+it periodically: test_retention_actor.py). Users delete all
 their videos, or their account, from the account page (password asked again)."""
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from generation import storage
 from generation.lifecycle import retention
 from generation.lifecycle.models import JobExpiry
 from generation.models import Job
-from generation.reaper import ReaperThread
 from tests.factories import delete_job_files, stored_job
 from turbosite.api_keys.services import create_key
 
@@ -72,25 +72,6 @@ def test_zero_keeps_everything(user, settings, cleanup):
     cleanup.append(job)
     assert retention.expire_old_jobs() == []
     assert default_storage.exists(storage.output_name(job)) and not JobExpiry.objects.exists()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_reaper_round_expires_jobs(user, settings, cleanup, monkeypatch):
-    settings.TURBO_RETENTION_DAYS = 1
-    monkeypatch.setattr(retention, "_last_run", 0.0)
-    job = aged(user, days=2)
-    cleanup.append(job)
-    reaper = ReaperThread(interval_s=0.1)
-    reaper.start()
-    try:
-        for _ in range(100):
-            if JobExpiry.objects.filter(job=job).exists():
-                break
-            reaper.stopped.wait(0.1)
-    finally:
-        reaper.stop()
-    assert JobExpiry.objects.filter(job=job).exists()
-    assert not default_storage.exists(storage.output_name(job))
 
 
 def test_pages_say_a_job_expired(user, client, settings, cleanup):

@@ -1,7 +1,8 @@
-"""`manage.py run_webhook_worker`: a Dramatiq worker process on the "webhooks" queue (no GPU, no model).
+"""`manage.py run_webhook_worker`: a Dramatiq worker process on the "webhooks" and "maintenance" queues (no GPU, no
+model).
 
-Webhook deliveries wait on receivers' networks, so they run in processes of their own, never in a GPU worker's
-thread. It needs REDIS_URL (on the embedded default the web process delivers them itself). SIGTERM or Ctrl-C
+Webhook deliveries wait on receivers' networks and retention waits on storage deletes, so they run in processes of
+their own, never in a GPU worker's thread. `--no-maintenance` leaves the maintenance queue (retention) to others. It needs REDIS_URL (on the embedded default the web process delivers them itself). SIGTERM or Ctrl-C
 stops it; a delivery waiting for its retry stays in Redis for the next worker.
 """
 
@@ -14,15 +15,18 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from generation.lifecycle import actors as maintenance_actors
 from generation.webhooks import actors
 from turbosite import broker
 
 
 class Command(BaseCommand):
-    help = "Deliver webhooks: a worker on the 'webhooks' queue."
+    help = "Deliver webhooks and run retention: a worker on the 'webhooks' and 'maintenance' queues."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--threads", type=int, default=4, help="deliveries made at the same time")
+        parser.add_argument("--no-maintenance", action="store_true",
+                            help="do not consume the 'maintenance' queue (retention runs in another worker)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.REDIS_URL:
@@ -33,7 +37,11 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         dramatiq_worker = actors.start_worker(threads=max(1, options["threads"]))
-        self.stdout.write(f"webhook worker ready: queue {broker.WEBHOOK_QUEUE!r} on {broker.describe_broker()}")
+        # One thread: retention runs one batch at a time anyway (a lock), and must not take the deliveries' threads.
+        maintenance = None if options["no_maintenance"] else maintenance_actors.start_worker(threads=1)
+        queues = [broker.WEBHOOK_QUEUE] + ([broker.MAINTENANCE_QUEUE] if maintenance else [])
+        self.stdout.write(f"webhook worker ready: queue {broker.WEBHOOK_QUEUE!r} on {broker.describe_broker()}"
+                          f" (queues {', '.join(queues)})")
         self.stdout.flush()
         try:
             while not stop.wait(1.0):
@@ -42,3 +50,5 @@ class Command(BaseCommand):
             self.stdout.write("shutting down")
             self.stdout.flush()
             dramatiq_worker.stop(timeout=15_000)
+            if maintenance is not None:
+                maintenance.stop(timeout=15_000)
