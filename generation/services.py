@@ -436,12 +436,13 @@ def submit_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num
 def create_job(owner, *, image: UploadedFile, prompt: Any, seed: Any = None, num_steps: Any = None,
                resolution: Any = None, num_frames: Any = None, adaptive_resolution: bool = True, ode: bool = False,
                model: str | None = None, idempotency_key: str | None = None, resize_mode: Any = None,
-               loras: Any = None) -> Job:
+               loras: Any = None, attach: Callable[[Job], None] | None = None) -> Job:
     """Validate, normalise and store the image, create the QUEUED job and enqueue it after commit.
-    A repeated Idempotency-Key with the same body returns the first job; with another body, JobRejected 422."""
+    A repeated Idempotency-Key with the same body returns the first job; with another body, JobRejected 422.
+    `attach(job)` saves what belongs with the new row in its transaction (a webhook subscription)."""
     return submit_job(owner, image=image, prompt=prompt, seed=seed, num_steps=num_steps, resolution=resolution,
                       num_frames=num_frames, adaptive_resolution=adaptive_resolution, ode=ode, model=model,
-                      idempotency_key=idempotency_key, resize_mode=resize_mode, loras=loras).job
+                      idempotency_key=idempotency_key, resize_mode=resize_mode, loras=loras, attach=attach).job
 
 
 def retry_job(job: Job) -> Job:

@@ -105,16 +105,16 @@ class JobViewSet(RejectionMixin, mixins.ListModelMixin, mixins.RetrieveModelMixi
         serializer = JobCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         arguments = dict(serializer.validated_data)
-        subscription = webhooks.check_subscription(arguments.pop("webhook_url", None),
-                                                   arguments.pop("webhook_events", None))
+        subscribe = webhooks.subscription_hook(arguments.pop("webhook_url", None),
+                                               arguments.pop("webhook_events", None),
+                                               base_url=request.build_absolute_uri("/"))
         wait_s = lifecycle.parse_prefer_wait(request.headers.get("Prefer"))
         cancel_after = request.headers.get("Cancel-After")
         cancel_after_s = lifecycle.parse_cancel_after(cancel_after)
-        base_url = request.build_absolute_uri("/")
 
         def attach(job: Job) -> None:
-            if subscription is not None:
-                webhooks.subscribe(job, subscription, base_url=base_url)
+            if subscribe is not None:
+                subscribe(job)
             if cancel_after_s is not None:
                 lifecycle.set_deadline(job, cancel_after_s, cancel_after or "")
 

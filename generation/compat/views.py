@@ -5,7 +5,8 @@
 - GET /v1/turbodiffusion/jobs/<job_id> -> {"job_id", "status", "progress", "output_url" once succeeded,
   "error" once failed or canceled}.
 
-Decisions: statuses are lower-case words (queued, running, succeeded, failed, canceled), the style of a JSON API
+Decisions: no webhooks here (`webhook_url` or `webhook_events` is a 400 pointing at /api/v1/jobs/, which has
+them); statuses are lower-case words (queued, running, succeeded, failed, canceled), the style of a JSON API
 of that era; `quantized` is accepted and ignored because the deployment's model decides the weights' precision;
 `duration_seconds` becomes the nearest valid 4k+1 frame count at the model's 16 fps, and a duration beyond the
 model's maximum is a 400 naming the limit; the job runs settings.TURBO_DEFAULT_MODEL. `output_url` stays valid for
@@ -62,6 +63,9 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
 
 
 COMPAT_AUTH = [ApiKeyAuthentication, TokenAuthentication, BearerTokenAuthentication]
+# Webhooks stay on /api/v1/jobs/: their body is the v1 job (upper-case states, `id`), not this API's job, and the
+# replaced system's clients have no use for a second contract. Sent here, they are a 400 rather than ignored.
+WEBHOOK_FIELDS = ("webhook_url", "webhook_events")
 
 
 def duration_seconds_field() -> serializers.FloatField:
@@ -128,9 +132,17 @@ class CompatCreateJobView(CompatView):
     throttle_classes = [JobCreateThrottle]
 
     @extend_schema(summary="Create an I2V job (compatibility API)", tags=["compatibility"],
+                   description="The replaced system's create. Webhooks are not part of it: `webhook_url` or "
+                               "`webhook_events` is a 400 (`webhooks_not_supported`); POST /api/v1/jobs/ has them.",
                    request={"multipart/form-data": CompatCreateSerializer},
                    responses={200: _CREATED, 400: _ERROR, 409: _ERROR, 429: _ERROR})
     def post(self, request: Request) -> Response:
+        present = [name for name in WEBHOOK_FIELDS if request.data.get(name) not in (None, "")]
+        if present:
+            # Silently ignored, a client would wait for deliveries that never come.
+            raise services.JobRejected(f"{present[0]}: webhooks are not part of the compatibility API; create the "
+                                       "job with POST /api/v1/jobs/ to get them", field=present[0],
+                                       code="webhooks_not_supported")
         serializer = CompatCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

@@ -9,15 +9,18 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from generation import services, storage
+from generation.api.serializers import JobSerializer
 from generation.models import Job
 from generation.pages.forms import NewVideoForm
 from generation.stages import label_for, stage_labels
+from generation.webhooks import services as webhooks
+from turbosite.api_errors import RETRY_AFTER_SECONDS, error_body
 
 HISTORY_PAGE_SIZE = 24
 
@@ -41,20 +44,58 @@ def _card(job: Job) -> dict[str, Any]:
     }
 
 
+def _wants_json(request: HttpRequest) -> bool:
+    """A script posting the form (fetch with `Accept: application/json`) gets JSON answers instead of pages."""
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _json_error(status: int, detail: str, code: str, field: str | None) -> JsonResponse:
+    response = JsonResponse(error_body(detail, code, field), status=status)
+    if status in RETRY_AFTER_SECONDS:
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS[status])
+    return response
+
+
+def _form_error(form: NewVideoForm) -> JsonResponse:
+    """The form's first error in the API's one error shape."""
+    for name, errors in form.errors.as_data().items():
+        error = errors[0]
+        message = " ".join(error.messages)
+        field = None if name == "__all__" else name
+        return _json_error(400, f"{field}: {message}" if field else message, error.code or "invalid", field)
+    return _json_error(400, "The form is not valid.", "invalid", None)
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def new_video(request: HttpRequest) -> HttpResponse:
+    """The form; posted by the browser it answers pages, posted by a script asking for JSON it answers like
+    POST /api/v1/jobs/ (201 with the job, or the API's error shape). Both accept `webhook_url` and
+    `webhook_events`, checked and saved by the same service as the API's."""
     form = NewVideoForm(request.POST or None, request.FILES or None)
     status = 400 if request.method == "POST" else 200
+    as_json = request.method == "POST" and _wants_json(request)
     if request.method == "POST" and form.is_valid():
         try:
-            job = services.create_job(request.user, **form.service_arguments())
+            subscribe = webhooks.subscription_hook(request.POST.get("webhook_url"),
+                                                   request.POST.getlist("webhook_events"),
+                                                   base_url=request.build_absolute_uri("/"))
+            job = services.create_job(request.user, **form.service_arguments(), attach=subscribe)
         except services.JobRejected as exc:
+            if as_json:
+                return _json_error(exc.status_code, exc.message, exc.code, exc.field)
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
             status = exc.status_code  # 409 weights missing, 413 too large, 429 too many jobs, 503 queue down
         else:
+            if as_json:
+                response = JsonResponse(JobSerializer(job, context={"request": request}).data, status=201)
+                response["Location"] = request.build_absolute_uri(reverse("api:job-detail", args=[job.id]))
+                return response
             messages.success(request, "Your video is queued. This page follows it until it is ready.")
             return redirect("job", job_id=job.id)
+    elif as_json:
+        return _form_error(form)
     return render(request, "generation/new_video.html", {"form": form}, status=status)
 
 

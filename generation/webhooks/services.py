@@ -7,7 +7,7 @@ import http.client
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -86,6 +86,17 @@ def check_subscription(url: Any, events: Any) -> Subscription | None:
 def subscribe(job: Job, subscription: Subscription, *, base_url: str = "") -> JobWebhook:
     return JobWebhook.objects.create(job=job, url=subscription.url, events=list(subscription.events),
                                      base_url=base_url[:300])
+
+
+def subscription_hook(url: Any, events: Any, *, base_url: str) -> Callable[[Job], None] | None:
+    """Every create route's one way in (the API's create, the pages' form): check `webhook_url` and
+    `webhook_events` now, before anything is stored (a refused address is a JobRejected 400 naming webhook_url),
+    and return what saves the subscription inside the job's creating transaction (services.submit_job's
+    `attach`); None without a URL. `base_url` is the site's address the deliveries' links are made from."""
+    subscription = check_subscription(url, events)
+    if subscription is None:
+        return None
+    return lambda job: subscribe(job, subscription, base_url=base_url)
 
 
 # -- job changes become deliveries ------------------------------------------------------------------------------
