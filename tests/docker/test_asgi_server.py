@@ -8,7 +8,6 @@ import json
 import os
 import re
 import secrets
-import shlex
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from tests.django_process import child_env
 from tests.e2e.worker_process import test_database_url as database_url
 from tests.e2e.worker_process import wait_for_other_sessions_to_close
 from tests.factories import delete_job_files, stored_job
+from tests.outages.processes import image_web_command
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,18 +40,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def image_command(port: int) -> list[str]:
-    """Dockerfile.web's CMD as the container's shell would run it, with one worker process, on loopback."""
-    text = (ROOT / "docker" / "Dockerfile.web").read_text()
-    command = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
-    assert command[:2] == ["sh", "-c"] and command[2].startswith("exec gunicorn turbosite.asgi:application ")
-    line = (command[2].removeprefix("exec ").replace("0.0.0.0:${PORT}", f"127.0.0.1:{port}")
-            .replace("${WEB_CONCURRENCY:-3}", "1"))
-    argv = shlex.split(line)
-    assert "${" not in line, f"a variable the test does not set: {line}"
-    return [str(Path(sys.executable).parent / argv[0]), *argv[1:]]
 
 
 class Server:
@@ -66,7 +54,7 @@ class Server:
         collect = subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT,
                                  env=env, capture_output=True, text=True, timeout=120)
         assert collect.returncode == 0, collect.stderr
-        self.process = subprocess.Popen(image_command(self.port), cwd=ROOT, env=env, stdout=self.log,
+        self.process = subprocess.Popen(image_web_command(self.port), cwd=ROOT, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

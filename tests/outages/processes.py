@@ -5,7 +5,10 @@ so nothing here touches the machine's shared Redis queue of other runs, or its P
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -95,11 +98,26 @@ def start_worker(tmp_path: Path, env: dict[str, str], name: str = "worker", *arg
     return process
 
 
-def start_web(tmp_path: Path, env: dict[str, str], workers: int = 1, threads: int = 2) -> tuple[Process, str]:
+def image_web_command(port: int, workers: int = 1) -> list[str]:
+    """docker/Dockerfile.web's CMD as the container's shell would run it, with `workers` processes, on loopback."""
+    text = (REPO / "docker" / "Dockerfile.web").read_text()
+    command = json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
+    assert command[:2] == ["sh", "-c"] and command[2].startswith("exec gunicorn turbosite.asgi:application ")
+    line = (command[2].removeprefix("exec ").replace("0.0.0.0:${PORT}", f"127.0.0.1:{port}")
+            .replace("${WEB_CONCURRENCY:-3}", str(workers)))
+    argv = shlex.split(line)
+    assert "${" not in line, f"a variable the test does not set: {line}"
+    return [str(Path(sys.executable).parent / argv[0]), *argv[1:]]
+
+
+def start_web(tmp_path: Path, env: dict[str, str], production_workers: int = 0) -> tuple[Process, str]:
+    """A web server on a free port: a small threaded gunicorn, or with `production_workers` the production image's
+    own command (ASGI) with that many processes."""
     port = free_port()
-    process = Process([sys.executable, "-m", "gunicorn", "turbosite.wsgi:application", "--bind", f"127.0.0.1:{port}",
-                       "--workers", str(workers), "--threads", str(threads), "--timeout", "60"], env,
-                      tmp_path / "web.log")
+    args = (image_web_command(port, production_workers) if production_workers else
+            [sys.executable, "-m", "gunicorn", "turbosite.wsgi:application", "--bind", f"127.0.0.1:{port}",
+             "--workers", "1", "--threads", "2", "--timeout", "60"])
+    process = Process(args, env, tmp_path / "web.log")
     base = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
