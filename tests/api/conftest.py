@@ -1,31 +1,17 @@
-"""Fixtures for the API tests: a recorder in place of the queue, sample uploads, jobs made directly in any
-state with their files in storage, and a switch to the local-folder storage."""
+"""Fixtures for the API tests: a recorder in place of the queue and a fresh throttle cache (tests/factories.py),
+sample uploads, jobs made directly in any state with their files in storage, and a switch to the local-folder
+storage."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import pytest
-from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from generation.models import Job
-from tests.factories import png_bytes, png_upload, stored_job
-
-
-@pytest.fixture(autouse=True)
-def enqueued(monkeypatch) -> list[str]:
-    """Job ids handed to the queue; the real broker stays untouched."""
-    sent: list[str] = []
-    monkeypatch.setattr("generation.services.enqueue_job", lambda job_id: sent.append(str(job_id)))
-    return sent
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttle_cache():
-    cache.clear()
-    yield
-    cache.clear()
+from tests.factories import enqueued, fresh_throttle_cache, png_bytes, png_upload, stored_job  # noqa: F401
+from tests.s3server import hung_s3, own_s3  # noqa: F401  (for the tests that freeze a storage server)
 
 
 @pytest.fixture

@@ -5,34 +5,11 @@ tying up another server thread, and the input whose row was never committed is d
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from generation import storage
 from generation.models import Job, PendingDelete
 from tests.outages.processes import wait_for
-from tests.s3server import SeaweedS3, new_server
-
-BUCKET = "hung-web"
-
-
-@pytest.fixture(scope="module")
-def own_s3() -> Iterator[SeaweedS3]:
-    server = new_server()
-    server.start()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def hung_s3(own_s3: SeaweedS3, settings) -> Iterator[SeaweedS3]:
-    settings.STORAGES = own_s3.storage_settings(BUCKET, settings.STORAGES)
-    storage.reset_health()
-    yield own_s3
-    own_s3.thaw()
-    storage.reset_health()
+from tests.s3server import HUNG_BUCKET as BUCKET
 
 
 def _submit(client, image_upload):

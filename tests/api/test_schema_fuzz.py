@@ -56,23 +56,15 @@ schema = _load_schema()
 @schema.parametrize()
 @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
-def test_no_input_makes_the_api_fail_with_a_server_error(case, auth_header, enqueue_recorder):
+def test_no_input_makes_the_api_fail_with_a_server_error(case, auth_header, enqueued):
     response = case.call_and_validate(headers=auth_header, checks=[schemathesis.checks.not_a_server_error])
     assert response.status_code < 500
-
-
-@pytest.fixture
-def enqueue_recorder(monkeypatch) -> list[str]:
-    """Jobs the fuzzer manages to create are recorded instead of sent to the broker."""
-    sent: list[str] = []
-    monkeypatch.setattr("generation.services.enqueue_job", lambda job_id: sent.append(str(job_id)))
-    return sent
 
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
-def test_every_answer_conforms_to_the_schema(case, auth_header, enqueue_recorder):
+def test_every_answer_conforms_to_the_schema(case, auth_header, enqueued):
     # Every check but one. positive_data_acceptance wants every schema-valid request accepted, and a schema cannot
     # state "a decodable image", "4k+1 frames" or "the right password": those are refused with documented 400s.
     case.call_and_validate(headers=auth_header, excluded_checks=[schemathesis.checks.positive_data_acceptance])

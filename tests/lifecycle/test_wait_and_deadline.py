@@ -8,7 +8,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.urls import reverse
@@ -21,20 +20,6 @@ from generation.reaper import ReaperThread
 from tests.factories import png_bytes
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttle_cache():
-    cache.clear()
-    yield
-    cache.clear()
-
-
-@pytest.fixture(autouse=True)
-def enqueued(monkeypatch) -> list[str]:
-    sent: list[str] = []
-    monkeypatch.setattr("generation.services.enqueue_job", lambda job_id: sent.append(str(job_id)))
-    return sent
 
 
 def create(client, headers: dict[str, str] | None = None, **fields):

@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from django.core.cache import cache
 
 from generation.webhooks import actors
+from tests.factories import enqueued, fresh_throttle_cache  # noqa: F401  (the queue recorded, not sent)
 from turbosite import broker
 
 
@@ -109,21 +109,6 @@ def webhook_worker(webhook_settings) -> Iterator[Any]:
     yield worker
     worker.stop(timeout=5_000)
     current.flush_all()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttle_cache():
-    cache.clear()
-    yield
-    cache.clear()
-
-
-@pytest.fixture(autouse=True)
-def enqueued(monkeypatch) -> list[str]:
-    """Jobs handed to the GPU queue are recorded, not sent: these tests move jobs through their states by hand."""
-    sent: list[str] = []
-    monkeypatch.setattr("generation.services.enqueue_job", lambda job_id: sent.append(str(job_id)))
-    return sent
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from generation import worker
 from generation.models import Job
 from inference.types import GenerationCanceled, GenerationRequest, GenerationResult, ProgressEvent
 from tests.factories import FAST_PASSWORD_HASHERS, delete_job_files, png_bytes, stored_job
+from tests.s3server import hung_s3, own_s3  # noqa: F401  (for the tests that freeze a storage server)
 
 FAKE_DEVICE = "Fake GPU 80GB"
 FAKE_SIZE = (48, 32)  # width, height of the fake frames

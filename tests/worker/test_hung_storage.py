@@ -5,36 +5,15 @@ no output object of the failed job behind, even one whose stalled write lands la
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from generation import storage, worker
 from generation.models import Job, PendingDelete
 from tests.outages.processes import wait_for
-from tests.s3server import SeaweedS3, new_server
+from tests.s3server import HUNG_BUCKET as BUCKET
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-BUCKET = "hung-worker"
-
-
-@pytest.fixture(scope="module")
-def own_s3() -> Iterator[SeaweedS3]:
-    server = new_server()
-    server.start()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def hung_s3(own_s3: SeaweedS3, settings) -> Iterator[SeaweedS3]:
-    settings.STORAGES = own_s3.storage_settings(BUCKET, settings.STORAGES)
-    storage.reset_health()
-    yield own_s3
-    own_s3.thaw()
-    storage.reset_health()
 
 
 def test_hung_storage_during_the_upload_fails_the_job_in_bounded_time_and_keeps_no_output(
