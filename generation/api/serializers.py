@@ -24,8 +24,8 @@ class FormBooleanField(serializers.BooleanField):
 # Fields declared with limits.from_table are made again for each serializer, and so for each request and each
 # OpenAPI schema, from the limits table as it is then.
 class TableFields:
-    def get_fields(self):
-        fields = super().get_fields()
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()  # type: ignore[misc]  # a mixin: the serializer comes next
         remake_table_fields(fields, self._declared_fields)
         return fields
 
