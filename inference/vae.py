@@ -19,6 +19,8 @@ so it differs from the eager bf16 chain by rounding). `REFERENCE_OPTIONS` is the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator
@@ -56,10 +58,17 @@ class VAEOptions:
     # Differs from the eager bf16 chain by bf16 rounding, and is closer to fp32 than that chain (bench/README.md).
     # Reference math where Triton can't run.
     fused_norm: bool = True
+    # Encode only: where a causal conv's input ends in identical frames (the I2V conditioning video is an image
+    # followed by black frames, and each layer's output settles a few frames after the image), the outputs whose
+    # whole time window lies in that run are one frame computed once and copied. Exact: the same window gives the
+    # same output. Costs one comparison pass over each conv input, so decode (never repeats) leaves it off.
+    steady_frames: bool = True
 
 
 # The code path as first written (F.pad + torch.cat, contiguous layout, eager norms, cuDNN heuristics).
-REFERENCE_OPTIONS = VAEOptions(cudnn_benchmark=False, channels_last=False, fewer_copies=False, fused_norm=False)
+REFERENCE_OPTIONS = VAEOptions(
+    cudnn_benchmark=False, channels_last=False, fewer_copies=False, fused_norm=False, steady_frames=False
+)
 
 # Options of the encode/decode call in progress; submodules called on their own run the reference path.
 _ACTIVE: ContextVar[VAEOptions] = ContextVar("vae_options", default=REFERENCE_OPTIONS)
@@ -156,20 +165,24 @@ class CausalConv3d(nn.Conv3d):
         x: torch.Tensor,
         cache: StreamCache | None = None,
         fill: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+        *,
+        bias: bool = True,
     ) -> torch.Tensor:
         """Same result as `forward`: the time context (zeros for frames before the video, then the cached frames)
         and the chunk go into one buffer in the active layout, and the conv pads space itself.
 
         With `fill`, the buffer's chunk frames are written by fill(x, out) instead of a copy of x: that lets the
-        norm before the conv write its output straight into the buffer.
+        norm before the conv write its output straight into the buffer. With bias=False the output lacks the conv's
+        bias, for a caller that adds it in a pass it makes anyway (cuDNN convs add it in a pass of their own).
         """
         tc = self.time_context
+        conv_bias = self.bias if bias else None
         if tc == 0:
             if fill is not None:
                 out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x.ndim))
                 fill(x, out)
                 x = out
-            return F.conv3d(x, self.weight, self.bias, self.stride, self.conv_padding, self.dilation, self.groups)
+            return F.conv3d(x, self.weight, conv_bias, self.stride, self.conv_padding, self.dilation, self.groups)
         previous = cache.get(self) if cache is not None else None
         have = previous.shape[2] if isinstance(previous, torch.Tensor) else 0
         missing = max(tc - have, 0)
@@ -188,7 +201,31 @@ class CausalConv3d(nn.Conv3d):
             # Zero frames may enter the cache when the stream is still shorter than the context: they are the
             # same zeros the reference pads with next time, so the next chunk sees the same input.
             cache.set(self, buf[:, :, -tc:].clone())
-        return F.conv3d(buf, self.weight, self.bias, self.stride, self.conv_padding, self.dilation, self.groups)
+        if _options().steady_frames and self.stride[0] == 1 and self.kernel_size[0] == tc + 1 and t > 1:
+            return self._conv_steady(buf, t, conv_bias)
+        return F.conv3d(buf, self.weight, conv_bias, self.stride, self.conv_padding, self.dilation, self.groups)
+
+    def _conv_steady(self, buf: torch.Tensor, t: int, bias: torch.Tensor | None) -> torch.Tensor:
+        """conv3d(buf) for t output frames, computing once the outputs whose window lies in buf's run of identical
+        last frames: output i reads buf frames i..i+tc, so every i >= s (the run's first frame) has the same window."""
+        from turbokernels import vae_norms_triton
+
+        if _use_triton(buf):
+            differs = vae_norms_triton.differing_frames(buf)
+        else:
+            differs = vae_norms_triton.differing_frames_reference(buf)
+        changed = differs.nonzero()  # the one host sync of this conv
+        s = int(changed[-1].item()) + 1 if changed.numel() else 0
+        if s >= t - 1:  # at most the last output is in the run: nothing to save
+            return F.conv3d(buf, self.weight, bias, self.stride, self.conv_padding, self.dilation, self.groups)
+        tc = self.time_context
+        head = F.conv3d(buf[:, :, : s + tc + 1], self.weight, bias, self.stride, self.conv_padding,
+                        self.dilation, self.groups)  # fmt: skip
+        b, c, _, h, w = head.shape
+        out = torch.empty((b, c, t, h, w), dtype=head.dtype, device=head.device, memory_format=_memory_format(5))
+        out[:, :, : s + 1].copy_(head)
+        out[:, :, s + 1 :].copy_(head[:, :, -1:].expand(b, c, t - s - 1, h, w))
+        return out
 
 
 class RMSNorm(nn.Module):
@@ -202,14 +239,15 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1) * self.scale * self.gamma
 
-    def silu_into(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        """out <- SiLU(self(x)) in one fused pass (Triton), or fp32 reference math where Triton can't run."""
+    def silu_into(self, x: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """out <- SiLU(self(x + bias)) in one fused pass (Triton), or fp32 reference math where Triton can't run;
+        `bias` is the per-channel bias of the conv that made x and left it out."""
         from turbokernels import vae_norms_triton
 
         if _use_triton(x):
-            vae_norms_triton.rms_norm_silu(x, self.gamma.view(-1), self.scale, out=out)
+            vae_norms_triton.rms_norm_silu(x, self.gamma.view(-1), self.scale, out=out, bias=bias)
         else:
-            out.copy_(vae_norms_triton.rms_norm_silu_reference(x, self.gamma.view(-1), self.scale))
+            out.copy_(vae_norms_triton.rms_norm_silu_reference(x, self.gamma.view(-1), self.scale, bias=bias))
 
 
 def _norm_silu_conv(norm: RMSNorm, conv: CausalConv3d, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
@@ -256,7 +294,9 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
         opts = _options()
-        if opts.fewer_copies or opts.fused_norm:
+        if opts.fused_norm:
+            return self._forward_fused(x, cache)
+        if opts.fewer_copies:
             norm1, _, conv1, norm2, _, _, conv2 = self.residual
             skip = self.shortcut(x, cache) if isinstance(self.shortcut, CausalConv3d) else x
             y = _norm_silu_conv(norm1, conv1, x, cache)
@@ -266,6 +306,25 @@ class ResidualBlock(nn.Module):
         for layer in self.residual:
             x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
         return x + skip
+
+    def _forward_fused(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
+        """The fused path: the norms write into the convs' buffers, and no conv adds its bias in a pass of its own
+        over its output (PyTorch adds a cuDNN conv's bias separately): the first conv's bias goes into the second
+        norm, the second conv's (and the shortcut's) into the residual add."""
+        from turbokernels import vae_norms_triton
+
+        norm1, _, conv1, norm2, _, _, conv2 = self.residual
+        out_bias = conv2.bias
+        if isinstance(self.shortcut, CausalConv3d):
+            skip = self.shortcut.forward_with_context(x, cache, bias=False)
+            out_bias = conv2.bias.float() + self.shortcut.bias.float()
+        else:
+            skip = x
+        y = conv1.forward_with_context(x, cache, fill=norm1.silu_into, bias=False)
+        y = conv2.forward_with_context(y, cache, fill=functools.partial(norm2.silu_into, bias=conv1.bias), bias=False)
+        if _use_triton(y):
+            return vae_norms_triton.add_bias_residual_(y, skip, out_bias)
+        return vae_norms_triton.add_bias_residual_reference(y, skip, out_bias)
 
 
 class AttentionBlock(nn.Module):
@@ -441,9 +500,9 @@ class WanVAE(nn.Module):
         self.options = VAEOptions()
 
     @contextlib.contextmanager
-    def _running(self) -> Iterator[None]:
+    def _running(self, *, encoding: bool) -> Iterator[None]:
         """Activate self.options for one encode/decode: weight layout, cuDNN autotuning, the options themselves."""
-        opts = self.options
+        opts = self.options if encoding else dataclasses.replace(self.options, steady_frames=False)
         self._set_weight_layout(opts.channels_last)
         token = _ACTIVE.set(opts)
         try:
@@ -506,7 +565,7 @@ class WanVAE(nn.Module):
         else:
             bounds = [0, *range(1, frames, stride * max(1, chunk_latents)), frames]
         cache = StreamCache()
-        with self._running():
+        with self._running(encoding=True):
             parts = []
             for a, b in itertools.pairwise(bounds):
                 parts.append(self.encoder(video[:, :, a:b], cache))
@@ -537,7 +596,7 @@ class WanVAE(nn.Module):
         mean, std = self._latent_stats(z)
         step = z.shape[2] if chunk_latents is None else max(1, chunk_latents)
         cache = StreamCache()
-        with self._running():
+        with self._running(encoding=False):
             x = self.conv2(z * std + mean)
             parts: list[torch.Tensor] = []
             for i in range(0, x.shape[2], step):

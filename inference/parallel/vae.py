@@ -202,7 +202,7 @@ class ParallelVAE:
         frames = video.shape[2]
         bounds = [0, frames] if chunk_latents is None else [0, *range(1, frames, stride * max(1, chunk_latents)), frames]
         cache = StreamCache()
-        with vae._running():
+        with vae._running(encoding=True):
             parts = []
             for a, b in itertools.pairwise(bounds):
                 parts.append(self._encoder(video[:, :, a:b], cache))
@@ -232,7 +232,7 @@ class ParallelVAE:
         step = z.shape[2] if chunk_latents is None else max(1, chunk_latents)
         pixel_sizes = [size * self.config.spatial_stride for size in self._latent_sizes]
         cache = StreamCache()
-        with vae._running():
+        with vae._running(encoding=False):
             x = vae.conv2(z * std + mean)
             parts: list[torch.Tensor] = []
             for i in range(0, x.shape[2], step):

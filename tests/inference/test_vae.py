@@ -299,3 +299,49 @@ def test_bfloat16_fast_path_is_close_to_reference(vae: WanVAE) -> None:
     half.options = VAEOptions()
     fast = half.decode(z).float()
     assert (fast - ref).norm() < 0.02 * ref.norm()
+
+
+def _conditioning_video(frames: int, seed: int, h: int = 16, w: int = 24) -> torch.Tensor:
+    """The pipeline's I2V conditioning: an image as frame 0, then black (zero) frames."""
+    video = torch.zeros(1, 3, frames, h, w)
+    video[:, :, 0] = _video(1, seed=seed, h=h, w=w)[:, :, 0]
+    return video
+
+
+@pytest.mark.parametrize("chunk", [1, 2, None])
+def test_steady_frames_encode_equals_the_full_computation(with_options, monkeypatch, chunk: int | None) -> None:
+    """Computing the repeated outputs of the black tail once gives the reference path's latents, and it really
+    computes fewer conv output frames (else this option would be dead weight)."""
+    video = _conditioning_video(33, seed=21)
+    z_ref = with_options(REFERENCE_OPTIONS).encode(video, chunk_latents=chunk)
+    computed: list[int] = []
+    conv3d = vae_module.F.conv3d
+
+    def counting(x: torch.Tensor, weight: torch.Tensor, *args: object) -> torch.Tensor:
+        out = conv3d(x, weight, *args)
+        computed.append(out.shape[2] * out.shape[3] * out.shape[4] * weight.shape[0])
+        return out
+
+    for steady in (False, True):
+        computed.clear()
+        vae = with_options(VAEOptions(steady_frames=steady))
+        monkeypatch.setattr(vae_module.F, "conv3d", counting)
+        z = vae.encode(video, chunk_latents=chunk)
+        monkeypatch.setattr(vae_module.F, "conv3d", conv3d)
+        torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=1e-5)
+        work = sum(computed)
+        if not steady:
+            full_work = work
+    assert work < 0.8 * full_work
+
+
+def test_steady_frames_leave_changing_videos_and_decode_alone(with_options) -> None:
+    """A video whose frames all differ takes the full computation; a decode of repeated latents is computed
+    frame by frame too (the option is encode-only) and still equals the reference."""
+    video = _video(17, seed=22)
+    z_in = torch.randn(1, 16, 1, 2, 3, generator=torch.Generator().manual_seed(23)).expand(1, 16, 5, 2, 3)
+    ref = with_options(REFERENCE_OPTIONS)
+    z_ref, x_ref = ref.encode(video, chunk_latents=2), ref.decode(z_in, chunk_latents=2)
+    fast = with_options(VAEOptions(steady_frames=True))
+    torch.testing.assert_close(fast.encode(video, chunk_latents=2), z_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.decode(z_in, chunk_latents=2), x_ref, atol=1e-5, rtol=1e-5)

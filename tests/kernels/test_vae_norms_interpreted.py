@@ -79,3 +79,39 @@ def test_tiny_vae_fused_norm_matches_reference(vae_norms, monkeypatch) -> None:
     torch.testing.assert_close(vae.encode(video), z_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(vae.decode(z), x_ref, atol=1e-5, rtol=1e-5)
     assert launches  # the fused path really ran the kernel
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_differing_frames_matches_reference(vae_norms, channels_last: bool) -> None:
+    """Frames equal to the last one, one element changed in another: the kernel flags exactly the differing
+    frames, in both batch items (the contiguous layout takes the reference path)."""
+    x = _map((2, 5, 6, 4, 7), 9, False)
+    x[:, :, 2:] = x[:, :, -1:]  # frames 2..5 equal the last
+    x[1, 3, 3, 2, 6] += 1.0  # batch item 1 changes frame 3 in one element
+    x[0, 0, 4, 0, 0] = float("nan")  # NaN differs from everything
+    x = x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+    got = vae_norms.differing_frames(x)
+    assert got.tolist() == vae_norms.differing_frames_reference(x).tolist() == [True, True, False, True, True]
+    assert vae_norms.differing_frames(x[:, :, :1]).numel() == 0
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rms_norm_silu_with_the_previous_convs_bias(vae_norms, channels_last: bool) -> None:
+    x = _map((1, 12, 3, 5, 7), 10, channels_last)
+    gamma = torch.rand(12, generator=torch.Generator().manual_seed(11)) + 0.5
+    bias = torch.randn(12, generator=torch.Generator().manual_seed(12))
+    out = vae_norms.rms_norm_silu(x, gamma, 12**0.5, bias=bias)
+    ref = vae_norms.rms_norm_silu_reference(x + bias.view(1, -1, 1, 1, 1), gamma, 12**0.5)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vae_norms.rms_norm_silu_reference(x, gamma, 12**0.5, bias=bias), ref)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_add_bias_residual_matches_reference(vae_norms, channels_last: bool) -> None:
+    y = _map((2, 12, 3, 5, 7), 13, channels_last)
+    skip = _map((2, 12, 3, 5, 7), 14, not channels_last)  # the two layouts mixed
+    bias = torch.randn(12, generator=torch.Generator().manual_seed(15))
+    expected = y + skip + bias.view(1, -1, 1, 1, 1)
+    got = vae_norms.add_bias_residual_(y, skip, bias)
+    assert got is y  # in place
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
