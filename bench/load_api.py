@@ -51,7 +51,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 # docker/compose.yaml's default for the web service.
-POOL_SIZE = "10"
+POOL_SIZE = "20"
 
 
 def production_command(port: int, workers: int) -> list[str]:

@@ -110,10 +110,18 @@ def image_web_command(port: int, workers: int = 1) -> list[str]:
     return [str(Path(sys.executable).parent / argv[0]), *argv[1:]]
 
 
+def compose_web_pool_size() -> str:
+    """The database pool docker/compose.yaml gives each web process (its default)."""
+    text = (REPO / "docker" / "compose.yaml").read_text()
+    return re.search(r"DB_POOL_MAX_SIZE: \$\{DB_POOL_MAX_SIZE:-(\d+)\}", text).group(1)
+
+
 def start_web(tmp_path: Path, env: dict[str, str], production_workers: int = 0) -> tuple[Process, str]:
     """A web server on a free port: a small threaded gunicorn, or with `production_workers` the production image's
-    own command (ASGI) with that many processes."""
+    own command (ASGI) with that many processes and the database pool docker/compose.yaml gives it."""
     port = free_port()
+    if production_workers:
+        env = {"DB_POOL_MAX_SIZE": compose_web_pool_size(), **env}
     args = (image_web_command(port, production_workers) if production_workers else
             [sys.executable, "-m", "gunicorn", "turbosite.wsgi:application", "--bind", f"127.0.0.1:{port}",
              "--workers", "1", "--threads", "2", "--timeout", "60"])
