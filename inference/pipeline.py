@@ -6,6 +6,7 @@ high- and low-noise experts -> VAE decode. Every stage and step reports progress
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -762,22 +763,28 @@ class I2VPipeline:
             return velocity
 
         try:
-            latent = sample(
-                denoiser("high"),
-                denoiser("low"),
-                latent_shape,
-                seed=resolved.seed,
-                num_steps=resolved.num_steps,
-                sigma_max=self.config.sampler.sigma_max,
-                boundary=self.config.sampler.boundary,
-                ode=ode,
-                device=self.device,
-                dtype=self.dtype,
-                on_step=tracker.step_finished,
-                should_cancel=tracker.should_cancel,
-            )
+            with self._denoising():
+                latent = sample(
+                    denoiser("high"),
+                    denoiser("low"),
+                    latent_shape,
+                    seed=resolved.seed,
+                    num_steps=resolved.num_steps,
+                    sigma_max=self.config.sampler.sigma_max,
+                    boundary=self.config.sampler.boundary,
+                    ode=ode,
+                    device=self.device,
+                    dtype=self.dtype,
+                    on_step=tracker.step_finished,
+                    should_cancel=tracker.should_cancel,
+                )
         finally:
             # The next job starts with the high-noise expert: bring it back while this one decodes.
             self._experts["low"].park()
             self._experts["high"].fetch()
         return latent
+
+    def _denoising(self) -> contextlib.AbstractContextManager[None]:
+        """Context of the denoising steps: none here; a parallel pipeline splits the experts' attention over its
+        ranks (inference.parallel.pipeline)."""
+        return contextlib.nullcontext()

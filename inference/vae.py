@@ -543,6 +543,18 @@ class WanVAE(nn.Module):
             raise ValueError(f"the VAE needs {stride}k+1 frames, got {num_frames}")
         return 1 + (num_frames - 1) // stride
 
+    def _check_video(self, video: torch.Tensor) -> None:
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"encode expects a video [B, 3, F, H, W], got shape {tuple(video.shape)}")
+        space = self.config.spatial_stride
+        self.latent_frames(video.shape[2])  # validates 4k+1
+        if video.shape[3] % space or video.shape[4] % space:
+            raise ValueError(f"height and width must be multiples of {space}, got {video.shape[3]}x{video.shape[4]}")
+
+    def _check_latents(self, z: torch.Tensor) -> None:
+        if z.ndim != 5 or z.shape[1] != self.config.z_dim:
+            raise ValueError(f"decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(z.shape)}")
+
     @torch.no_grad()
     def encode(self, video: torch.Tensor, *, chunk_latents: int | None = 1,
                on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -552,23 +564,21 @@ class WanVAE(nn.Module):
         frames' worth (4 frames each) at a time; None runs the whole video as one chunk (same result, more memory).
         `on_chunk(frames_done, frames)` is called after each chunk (progress for long videos).
         """
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"encode expects a video [B, 3, F, H, W], got shape {tuple(video.shape)}")
-        stride, space = self.config.temporal_stride, self.config.spatial_stride
-        self.latent_frames(video.shape[2])  # validates 4k+1
-        if video.shape[3] % space or video.shape[4] % space:
-            raise ValueError(f"height and width must be multiples of {space}, got {video.shape[3]}x{video.shape[4]}")
+        self._check_video(video)
         video = video.to(device=self.device, dtype=self.dtype)
-        frames = video.shape[2]
-        if chunk_latents is None:
-            bounds = [0, frames]
-        else:
-            bounds = [0, *range(1, frames, stride * max(1, chunk_latents)), frames]
+        return self._encode_chunks(video, self.encoder, chunk_latents=chunk_latents, on_chunk=on_chunk)
+
+    def _encode_chunks(self, video: torch.Tensor, encoder: Callable[[torch.Tensor, StreamCache], torch.Tensor], *,
+                       chunk_latents: int | None, on_chunk: Callable[[int, int], None] | None) -> torch.Tensor:
+        """encode's chunk loop on a checked video already on the device; `encoder` is the network (this model's
+        encoder, or a parallel rank's slab encoder, inference.parallel.vae). Returns the normalised latents."""
+        frames, stride = video.shape[2], self.config.temporal_stride
+        bounds = [0, frames] if chunk_latents is None else [0, *range(1, frames, stride * max(1, chunk_latents)), frames]
         cache = StreamCache()
         with self._running(encoding=True):
             parts = []
             for a, b in itertools.pairwise(bounds):
-                parts.append(self.encoder(video[:, :, a:b], cache))
+                parts.append(encoder(video[:, :, a:b], cache))
                 if on_chunk is not None:
                     on_chunk(b, frames)
             mu = self.conv1(torch.cat(parts, dim=2)).chunk(2, dim=1)[0]
@@ -590,9 +600,21 @@ class WanVAE(nn.Module):
         order, so a caller can move them off the GPU or encode them while later chunks decode; the chunks
         concatenate to the returned video.
         """
-        if z.ndim != 5 or z.shape[1] != self.config.z_dim:
-            raise ValueError(f"decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(z.shape)}")
+        self._check_latents(z)
         z = z.to(device=self.device, dtype=self.dtype)
+        return self._decode_chunks(z, self.decoder, chunk_latents=chunk_latents, on_chunk=on_chunk)
+
+    def _decode_chunks(
+        self,
+        z: torch.Tensor,
+        decoder: Callable[[torch.Tensor, StreamCache], torch.Tensor],
+        *,
+        chunk_latents: int | None,
+        on_chunk: Callable[[torch.Tensor], None] | None,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """decode's chunk loop on checked latents already on the device; `decoder` is the network and `gather`
+        (a parallel rank's) turns each clamped chunk into the whole frames before on_chunk sees it."""
         mean, std = self._latent_stats(z)
         step = z.shape[2] if chunk_latents is None else max(1, chunk_latents)
         cache = StreamCache()
@@ -601,7 +623,9 @@ class WanVAE(nn.Module):
             parts: list[torch.Tensor] = []
             for i in range(0, x.shape[2], step):
                 # Clamped per chunk (not after the concatenation) so on_chunk sees the values decode returns.
-                part = self.decoder(x[:, :, i : i + step], cache).clamp(-1.0, 1.0)
+                part = decoder(x[:, :, i : i + step], cache).clamp(-1.0, 1.0)
+                if gather is not None:
+                    part = gather(part)
                 if on_chunk is not None:
                     on_chunk(part)
                 parts.append(part)

@@ -15,12 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from inference.parallel.dit import sequence_parallel
 from inference.parallel.group import ParallelGroup
 from inference.parallel.vae import ParallelVAE
-from inference.pipeline import FrameSink, I2VPipeline, ResolvedRequest, _Progress
+from inference.pipeline import FrameSink, I2VPipeline
 from inference.types import CancelHook, GenerationRequest, GenerationResult, ProgressCallback
 
 
@@ -70,19 +68,12 @@ class ParallelI2VPipeline(I2VPipeline):
             result.timings.update(group.stats.as_dict())
         return result
 
-    def _denoise(
-        self,
-        condition: torch.Tensor,
-        context: torch.Tensor,
-        resolved: ResolvedRequest,
-        *,
-        ode: bool,
-        tracker: _Progress,
-    ) -> torch.Tensor:
-        with contextlib.ExitStack() as stack:
-            for expert in self.experts.values():
-                stack.enter_context(sequence_parallel(expert, self.group))
-            return super()._denoise(condition, context, resolved, ode=ode, tracker=tracker)
+    def _denoising(self) -> contextlib.AbstractContextManager[None]:
+        """Both experts' attention sequence-parallel over the group while the steps run."""
+        stack = contextlib.ExitStack()
+        for expert in self.experts.values():
+            stack.enter_context(sequence_parallel(expert, self.group))
+        return stack
 
 
 def _collective_cancel(group: ParallelGroup, should_cancel: CancelHook | None) -> Callable[[], bool]:

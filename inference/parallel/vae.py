@@ -17,7 +17,6 @@ on every rank (the pipeline's code after decode is then the same on every rank; 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import torch
@@ -191,26 +190,11 @@ class ParallelVAE:
         """WanVAE.encode of the same full video on every rank; every rank returns the full latents.
         `on_chunk(frames_done, frames)` after each chunk, as WanVAE.encode."""
         vae = self.module
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"encode expects a video [B, 3, F, H, W], got shape {tuple(video.shape)}")
-        stride, space = self.config.temporal_stride, self.config.spatial_stride
-        vae.latent_frames(video.shape[2])
-        if video.shape[3] % space or video.shape[4] % space:
-            raise ValueError(f"height and width must be multiples of {space}, got {video.shape[3]}x{video.shape[4]}")
+        vae._check_video(video)
+        space = self.config.spatial_stride
         start, stop = self._split(video.shape[3] // space)
         video = video[:, :, :, start * space : stop * space].to(device=self.device, dtype=self.dtype)
-        frames = video.shape[2]
-        bounds = [0, frames] if chunk_latents is None else [0, *range(1, frames, stride * max(1, chunk_latents)), frames]
-        cache = StreamCache()
-        with vae._running(encoding=True):
-            parts = []
-            for a, b in itertools.pairwise(bounds):
-                parts.append(self._encoder(video[:, :, a:b], cache))
-                if on_chunk is not None:
-                    on_chunk(b, frames)
-            mu = vae.conv1(torch.cat(parts, dim=2)).chunk(2, dim=1)[0]
-        mean, std = vae._latent_stats(mu)
-        z = ((mu - mean) / std).contiguous()
+        z = vae._encode_chunks(video, self._encoder, chunk_latents=chunk_latents, on_chunk=on_chunk)
         return self.group.all_gather(z, _ROWS, self._latent_sizes)
 
     @torch.no_grad()
@@ -224,21 +208,9 @@ class ParallelVAE:
         """WanVAE.decode of the same full latents on every rank; each chunk is gathered, so every rank sees the
         whole frames (in `on_chunk` and in the returned video)."""
         vae = self.module
-        if z.ndim != 5 or z.shape[1] != self.config.z_dim:
-            raise ValueError(f"decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(z.shape)}")
+        vae._check_latents(z)
         start, stop = self._split(z.shape[_ROWS])
         z = z[:, :, :, start:stop].to(device=self.device, dtype=self.dtype)
-        mean, std = vae._latent_stats(z)
-        step = z.shape[2] if chunk_latents is None else max(1, chunk_latents)
         pixel_sizes = [size * self.config.spatial_stride for size in self._latent_sizes]
-        cache = StreamCache()
-        with vae._running(encoding=False):
-            x = vae.conv2(z * std + mean)
-            parts: list[torch.Tensor] = []
-            for i in range(0, x.shape[2], step):
-                slab = self._decoder(x[:, :, i : i + step], cache).clamp(-1.0, 1.0)
-                part = self.group.all_gather(slab, _ROWS, pixel_sizes)
-                if on_chunk is not None:
-                    on_chunk(part)
-                parts.append(part)
-        return torch.cat(parts, dim=2).contiguous()
+        return vae._decode_chunks(z, self._decoder, chunk_latents=chunk_latents, on_chunk=on_chunk,
+                                  gather=lambda slab: self.group.all_gather(slab, _ROWS, pixel_sizes))  # fmt: skip

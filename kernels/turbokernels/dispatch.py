@@ -39,10 +39,9 @@ def _pow2(n: int) -> bool:
 
 
 def _check_sla(q, k, v, proj_l_weight, proj_l_bias, topk, block_q, block_k) -> str | None:
-    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        return f"q, k, v must share one (B, H, L, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-    if q.shape[-1] not in (16, 32, 64, 128):
-        return f"head_dim {q.shape[-1]} is not 16/32/64/128"
+    problem = reference.sla_input_problem(q, k, v, kernel=True)
+    if problem is not None:
+        return problem
     if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"q/k/v dtype {q.dtype}/{k.dtype}/{v.dtype}: the kernel takes bf16 or fp16"
     if not (_pow2(block_q) and _pow2(block_k) and block_q >= 16 and block_k >= 16):

@@ -75,6 +75,20 @@ def _linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 _SPARSE_PASS_ELEMENTS = 1 << 28
 
 
+# Head sizes the SLA kernels (turbokernels.sla_triton) are built for; the reference takes any.
+SLA_KERNEL_HEAD_DIMS = (16, 32, 64, 128)
+
+
+def sla_input_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kernel: bool = False) -> str | None:
+    """What is wrong with SLA's inputs, or None: q, k, v must share one (B, H, L, D) shape, and for the kernels
+    (`kernel`) D must be one of SLA_KERNEL_HEAD_DIMS. One rule for the reference, the kernels and the dispatcher."""
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        return f"q, k, v must share one (B, H, L, D) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+    if kernel and q.shape[-1] not in SLA_KERNEL_HEAD_DIMS:
+        return f"head_dim {q.shape[-1]} is not one of {'/'.join(map(str, SLA_KERNEL_HEAD_DIMS))}"
+    return None
+
+
 def sla_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -90,6 +104,9 @@ def sla_attention(
     q, k, v: (B, H, L, D). Returns (B, H, L, D) in q's dtype: exact softmax attention over the selected key blocks
     plus proj_l(linear attention over all keys). L need not be a multiple of the block sizes.
     """
+    problem = sla_input_problem(q, k, v)
+    if problem is not None:
+        raise ValueError(f"SLA: {problem}")
     length = q.shape[-2]
     block_map = sla_block_map(q, k, topk, block_q, block_k)
     qf, kf, vf = q.float(), k.float(), v.float()

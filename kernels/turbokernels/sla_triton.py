@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from turbokernels.reference import sla_input_problem
 from turbokernels.torch_compile import opaque_to_compile
 
 try:  # Triton is absent on some CPU-only installs; the dispatcher then keeps to the reference.
@@ -410,12 +411,9 @@ if HAVE_TRITON:
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"SLA needs q, k, v of one shape (B, H, L, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
-    d = q.shape[-1]
-    if d not in (16, 32, 64, 128):
-        raise ValueError(f"SLA kernel supports head_dim 16/32/64/128, got {d}")
+    problem = sla_input_problem(q, k, v, kernel=True)
+    if problem is not None:
+        raise ValueError(f"SLA kernel: {problem}")
 
 
 def block_means(x: torch.Tensor, block: int) -> torch.Tensor:

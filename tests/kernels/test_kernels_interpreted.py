@@ -153,3 +153,22 @@ def test_sla_with_programs_smaller_than_a_query_block(interpreted_kernels):
     w, b = torch.eye(16) * 0.5, torch.zeros(16)
     out = sla.sla_attention(q, k, v, w, b, 0.4, 32, 16, block_m=16)
     assert _rel(out, reference.sla_attention(q, k, v, w, b, 0.4, 32, 16)) < 1e-5
+
+
+def test_sla_input_rule_is_one_for_reference_kernel_and_dispatcher(interpreted_kernels) -> None:
+    """The reference, the kernel and the dispatcher judge SLA's inputs by one rule (reference.sla_input_problem)."""
+    from turbokernels import dispatch, reference
+
+    q = torch.randn(1, 2, 64, 32)
+    bad = torch.randn(1, 2, 48, 32)
+    w, b = torch.zeros(32, 32), torch.zeros(32)
+    with pytest.raises(ValueError, match=r"SLA: q, k, v must share one \(B, H, L, D\) shape"):
+        reference.sla_attention(q, bad, q, w, b, 0.5, 32, 16)
+    with pytest.raises(ValueError, match=r"SLA kernel: q, k, v must share one"):
+        interpreted_kernels["sla_triton"].sla_attention(q.half(), bad.half(), q.half(), w, b, 0.5, 32, 16)
+    odd = torch.randn(1, 2, 64, 24)
+    with pytest.raises(ValueError, match="SLA kernel: head_dim 24 is not one of 16/32/64/128"):
+        interpreted_kernels["sla_triton"].sla_attention(odd.half(), odd.half(), odd.half(), w, b, 0.5, 32, 16)
+    assert dispatch.kernel_unavailable_reason("sla_attention", odd, odd, odd, odd, w, b, 0.5, 32, 16) == (
+        "head_dim 24 is not one of 16/32/64/128")
+    assert reference.sla_attention(odd, odd, odd, torch.zeros(24, 24), torch.zeros(24), 0.5, 32, 16).shape == odd.shape
