@@ -7,11 +7,10 @@ Modes, run in this order on one model (each later mode changes the model in plac
 - sla_fp8:      fp8 with the fusions of WanDiT.use_fp8_linears: one q/k/v GEMM, norms writing fp8 rows, GELU fused
                 into the quantization of the FFN's hidden activation;
 - sla_fp8_pv8 / sla_fp8_attn8: as sla_fp8 with SLA's P.V in e4m3 / with int8 Q.K^T too (WanDiT.use_8bit_attention);
-- sla_fp8_compile: as sla_fp8 with torch.compile over each block (optional, --compile);
 - sla_fp8_lora64: as sla_fp8 with a random rank-64 LoRA on every block linear, applied unmerged the way a request's
                 LoRA runs (inference.lora: a low-rank path beside each fp8 linear); its row gives the ratio to sla_fp8.
 
-    python -m bench.dit_step [--res 480p 720p] [--layers 40] [--modes ...] [--compile]
+    python -m bench.dit_step [--res 480p 720p] [--layers 40] [--modes ...]
 
 Prints a table and writes dit_step.json ($OUT or bench/results/).
 """
@@ -30,9 +29,8 @@ from inference import lora
 from inference.configs import A14B
 from inference.dit import SelfAttention, WanDiT
 from turbokernels import dispatch
-from turbokernels.torch_compile import compile_blocks
 
-MODES = ("dense_bf16", "sla_bf16", "sla_fp8_unfused", "sla_fp8", "sla_fp8_pv8", "sla_fp8_attn8", "sla_fp8_compile",
+MODES = ("dense_bf16", "sla_bf16", "sla_fp8_unfused", "sla_fp8", "sla_fp8_pv8", "sla_fp8_attn8",
          "sla_fp8_lora64")
 LORA_RANK = 64
 # Modes whose SLA sparse branch runs 8-bit products: (int8 Q.K^T, e4m3 P.V).
@@ -98,10 +96,9 @@ def main() -> None:
     parser.add_argument("--res", nargs="+", default=["480p", "720p"], choices=sorted(GRIDS))
     parser.add_argument("--layers", type=int, default=A14B.dit.num_layers)
     parser.add_argument("--modes", nargs="+", default=list(MODES[:4]), choices=MODES)
-    parser.add_argument("--compile", action="store_true", help="add the sla_fp8_compile mode")
     parser.add_argument("--iters", type=int, default=2)
     args = parser.parse_args()
-    modes = list(args.modes) + (["sla_fp8_compile"] if args.compile and "sla_fp8_compile" not in args.modes else [])
+    modes = list(args.modes)
     results: dict[str, Any] = {"environment": environment(), "layers": args.layers, "rows": []}
     print(results["environment"])
     t0 = time.perf_counter()
@@ -124,8 +121,6 @@ def main() -> None:
                 torch.cuda.empty_cache()
             qk_int8, pv_fp8 = ATTENTION_8BIT.get(mode, (False, False))
             dit.use_8bit_attention(qk_int8=qk_int8, pv_fp8=pv_fp8)
-            if mode == "sla_fp8_compile":
-                compile_blocks(dit)
             weights = sum(b.numel() * b.element_size() for b in list(dit.parameters()) + list(dit.buffers()))
             paths: dict[Any, Any] = {}
             if mode == "sla_fp8_lora64":

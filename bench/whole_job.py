@@ -1,7 +1,7 @@
 """A whole image-to-video job on one GPU at full A14B size with random weights, through inference.pipeline:
 umT5-XXL text encode, VAE encode, 4 rCM steps over both experts (fp8 block linears, SLA), VAE decode, mp4.
 
-    python -m bench.whole_job [--res 720p 480p] [--jobs 2] [--linears fp8|bf16] [--compile] [--warm-up]
+    python -m bench.whole_job [--res 720p 480p] [--jobs 2] [--linears fp8|bf16] [--warm-up]
                               [--capped 720p:24 480p:16 ...] [--baseline 480p ...]
     python -m bench.whole_job --gpus 1 2 4 8 [--res 720p 480p] [--jobs 2]      # one job across N GPUs
     python -m bench.whole_job --gpus 1 2 --device cpu --model tiny --jobs 1    # CPU smoke check (gloo)
@@ -56,8 +56,7 @@ PROMPT = (
 )
 
 
-def build_pipeline(linears: str, *, dense: bool = False, compile_blocks: bool = False,
-                   cls: type[I2VPipeline] = I2VPipeline) -> tuple[I2VPipeline, dict[str, float]]:
+def build_pipeline(linears: str, *, dense: bool = False, cls: type[I2VPipeline] = I2VPipeline) -> tuple[I2VPipeline, dict[str, float]]:
     sizes: dict[str, float] = {}
     experts = []
     for _ in ("high", "low"):
@@ -66,10 +65,6 @@ def build_pipeline(linears: str, *, dense: bool = False, compile_blocks: bool = 
             dit.use_fp8_linears()
         if dense:
             set_dense(dit, True, {})
-        if compile_blocks:
-            from turbokernels.torch_compile import compile_blocks as compile_dit_blocks
-
-            compile_dit_blocks(dit)
         torch.cuda.empty_cache()
         experts.append(dit)
     sizes["expert_gib"] = sum(t.numel() * t.element_size() for t in experts[0].state_dict().values()) / 2**30
@@ -309,7 +304,6 @@ def main() -> None:
     parser.add_argument("--res", nargs="+", default=["720p", "480p"])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--linears", default="fp8", choices=["fp8", "bf16"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block (TURBO_COMPILE=1)")
     parser.add_argument("--baseline", nargs="*", default=[], help="sizes to run once on the dense bf16 baseline")
     parser.add_argument("--capped", nargs="*", default=[], metavar="RES:GIB",
                         help="after the uncapped jobs, one job per entry with GPU memory capped at GIB GiB")
@@ -330,11 +324,11 @@ def main() -> None:
             args.res = ["480p"]
         run_gpus(args)
         return
-    results: dict[str, Any] = {"environment": environment(), "linears": args.linears, "compile": args.compile,
+    results: dict[str, Any] = {"environment": environment(), "linears": args.linears,
                                "rows": []}
     print(results["environment"], flush=True)
     started = time.perf_counter()
-    pipe, sizes = build_pipeline(args.linears, compile_blocks=args.compile)
+    pipe, sizes = build_pipeline(args.linears)
     results.update(sizes, build_s=time.perf_counter() - started)
     print(sizes, flush=True)
     if args.warm_up:

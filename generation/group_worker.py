@@ -59,7 +59,6 @@ def load_rank_pipeline(model: str, group: Any) -> Any:
         attention=settings.TURBO_ATTENTION,
         memory_policy=settings.TURBO_MEMORY_POLICY,
         linears=settings.TURBO_LINEARS,
-        compile_blocks=settings.TURBO_COMPILE,
         kernels=settings.TURBO_KERNELS,
     )
 

@@ -66,7 +66,6 @@ def _load_inference_pipeline(model: str) -> Any:
         attention=settings.TURBO_ATTENTION,
         memory_policy=settings.TURBO_MEMORY_POLICY,
         linears=settings.TURBO_LINEARS,
-        compile_blocks=settings.TURBO_COMPILE,
         kernels=settings.TURBO_KERNELS,
     )
 

@@ -32,7 +32,6 @@ def environment_switches() -> dict[str, str]:
     return {
         "weights": os.environ.get("TURBO_MODEL_DIR", "").strip(),
         "linears": os.environ.get("TURBO_LINEARS", "").strip() or "auto",
-        "compile": os.environ.get("TURBO_COMPILE", "0").strip(),
         "kernels": os.environ.get("TURBO_KERNELS", "").strip() or "auto",
     }
 
@@ -66,8 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     gen.add_argument("--memory-policy", default="auto", help="auto, resident, offload or stream (default auto)")
     gen.add_argument("--linears", default=env["linears"], help="auto, fp8 or native (default $TURBO_LINEARS or auto)")
-    gen.add_argument("--compile", action="store_true", default=env["compile"] == "1",
-                     help="torch.compile each DiT block (default: on when $TURBO_COMPILE=1)")
     gen.add_argument("--kernels", default=env["kernels"], choices=("auto", "kernel", "reference"),
                      help="kernel backend (default $TURBO_KERNELS or auto)")
 
@@ -129,7 +126,7 @@ def _generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     pipeline = I2VPipeline.load(
         args.model, args.weights, device=args.device, attention=args.attention, memory_policy=args.memory_policy,
-        linears=args.linears, compile_blocks=args.compile, kernels=args.kernels,
+        linears=args.linears, kernels=args.kernels,
     )
     load_seconds = time.perf_counter() - started
 

@@ -487,16 +487,13 @@ class I2VPipeline:
         attention: str = "sla",
         memory_policy: str = "auto",
         linears: str | None = None,
-        compile_blocks: bool = False,
         kernels: str | None = None,
     ) -> I2VPipeline:
         """Build the pipeline for a model name from `configs.MODELS`; weights come from `weights_dir` (the
         worker passes TURBO_MODEL_DIR, the CLI --weights) unless the model uses seeded random weights.
 
         The callers read the switches from their environment and pass them in: `linears` ("auto" when None) picks
-        fp8 block linears on Hopper-class GPUs; `compile_blocks` wraps each DiT block in torch.compile (kept for
-        experiments: no faster since the fused kernels took over the work it used to fuse, see bench/README.md);
-        `kernels`, when given, sets the process's kernel backend (turbokernels.dispatch: auto, kernel, reference)."""
+        fp8 block linears on Hopper-class GPUs; `kernels`, when given, sets the process's kernel backend (turbokernels.dispatch: auto, kernel, reference)."""
         try:
             config = get_config(model)
         except ValueError as exc:
@@ -541,10 +538,6 @@ class I2VPipeline:
             module.eval().requires_grad_(False)
             if linear_mode == "fp8":
                 module.use_fp8_linears()
-            if compile_blocks:
-                from turbokernels.torch_compile import compile_blocks as compile_dit_blocks
-
-                compile_dit_blocks(module)
         pipeline = cls(
             config,
             device=chosen,
@@ -563,8 +556,9 @@ class I2VPipeline:
     def warm_up(self, resolutions: list[str] | None = None) -> dict[str, float]:
         """One job per resolution (default: all of the model's) at the default length, so Triton compiles its
         kernels, cuDNN tunes the VAE's convolutions (per shape: the VAE's chunk shapes and its whole-length first
-        layers depend on the length) and compiled blocks of both experts exist before the first real job, which
-        would otherwise pay for all of it (bench/README.md). The fewest steps that reach both experts keep it short.
+        layers depend on the length) before the first real job, which would otherwise pay for all of it
+        (bench/README.md). The fewest steps that reach both experts keep it short (both run the same kernels; one
+        step would do, not yet measured).
         Returns the seconds per resolution."""
         steps = next(
             (n for n in range(1, MAX_STEPS + 1)

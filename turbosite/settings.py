@@ -254,7 +254,6 @@ TURBO_GPUS_PER_JOB = env_int("TURBO_GPUS_PER_JOB", 1)  # run_gpu_worker: GPUs th
 TURBO_ATTENTION = env_str("TURBO_ATTENTION", "sla")
 TURBO_MEMORY_POLICY = env_str("TURBO_MEMORY_POLICY", "auto")
 TURBO_LINEARS = env_str("TURBO_LINEARS", "auto")  # fp8, native or auto (fp8 where the GPU has fp8 tensor cores)
-TURBO_COMPILE = env_bool("TURBO_COMPILE", False)  # torch.compile each DiT block
 TURBO_KERNELS = env_str("TURBO_KERNELS", "auto")  # auto, kernel or reference (turbokernels.dispatch)
 
 # Accounts
