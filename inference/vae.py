@@ -12,8 +12,10 @@ resamplers: it is never mixed with frames before it, which is what lets frame 0 
 Speed (`VAEOptions`, `WanVAE.options`): cuDNN autotuning, channels_last_3d layout (cuDNN's native layout for
 bf16 tensor-core convolutions, and per-frame 2-D ops become free views), fewer copies (zero padding done by the
 convolution, one context buffer per causal conv instead of pad + cat), all the same math as the reference path;
-and, opt-in, a Triton RMSNorm+SiLU that writes straight into the next convolution's context buffer (fp32 inside,
-so it differs from the eager bf16 chain by rounding). `REFERENCE_OPTIONS` is the original code path.
+a Triton RMSNorm+SiLU that writes straight into the next convolution's context buffer, with the residual blocks'
+conv biases added inside it and inside a fused residual add rather than in passes of their own (fp32 inside, so
+it differs from the eager bf16 chain by rounding); and, for the encode, the outputs of repeated input frames
+computed once. `REFERENCE_OPTIONS` is the original code path (the benchmarks' baseline and the tests' oracle).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ _CAUSAL_CONTEXT = 2
 @dataclass(frozen=True)
 class VAEOptions:
     """How the VAE runs; every field but `fused_norm` keeps the reference math exactly (only the choice of
-    convolution algorithm, hence the fp32-accumulation order, may change)."""
+    convolution algorithm, hence the fp32-accumulation order, may change: for `steady_frames` too, as its
+    shorter convs may get other algorithms)."""
 
     # torch.backends.cudnn.benchmark while encoding/decoding on CUDA: cuDNN times its conv3d algorithms per shape
     # (a few shapes per resolution, so the first call at a new resolution pays the tuning once per process).
@@ -54,14 +57,16 @@ class VAEOptions:
     # Spatial zero padding inside the convolution and the causal time context assembled in one buffer (instead
     # of torch.cat then F.pad, two full copies of every conv input); temporal upsampling written in place.
     fewer_copies: bool = True
-    # Triton RMSNorm + SiLU (fp32 inside, one rounding) written into the following conv's context buffer.
-    # Differs from the eager bf16 chain by bf16 rounding, and is closer to fp32 than that chain (bench/README.md).
-    # Reference math where Triton can't run.
+    # Triton RMSNorm + SiLU (fp32 inside, one rounding) written into the following conv's context buffer, and the
+    # residual blocks' conv biases added inside it and the fused residual add (PyTorch adds a cuDNN conv's bias in
+    # a pass of its own). Differs from the eager bf16 chain by bf16 rounding, and is closer to fp32 than that
+    # chain (bench/README.md). Reference math where Triton can't run.
     fused_norm: bool = True
     # Encode only: where a causal conv's input ends in identical frames (the I2V conditioning video is an image
     # followed by black frames, and each layer's output settles a few frames after the image), the outputs whose
-    # whole time window lies in that run are one frame computed once and copied. Exact: the same window gives the
-    # same output. Costs one comparison pass over each conv input, so decode (never repeats) leaves it off.
+    # whole time window lies in that run are one frame computed once and copied. Exact in real arithmetic (the same
+    # window gives the same output); in bf16 as close to fp32 as computing every frame (bench/README.md). Costs one
+    # comparison pass over each conv input, so decode (never repeats) leaves it off.
     steady_frames: bool = True
 
 
