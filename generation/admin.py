@@ -1,4 +1,5 @@
-"""The operators' view of jobs: find them, act on them (cancel, retry, requeue), watch the queue and the workers.
+"""The operators' view of jobs: find them, act on them (cancel, retry, requeue), watch the queue and the workers
+(their registry rows, with what each one's last heartbeat read of its GPUs).
 
 Jobs are read-only here (their state changes only through the state machine), prompts are shown escaped, and
 previews use the same short-lived signed links as the API.
@@ -17,12 +18,14 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.timesince import timesince
 
 from generation import queue, services, storage
-from generation.models import Job
+from generation.models import Job, Worker
 
 PREVIEW_WIDTH = 480
+GIB = 2**30
 
 
 def _link(name: str) -> str | None:
@@ -149,6 +152,95 @@ class JobAdmin(admin.ModelAdmin):
         context = {**self.admin_site.each_context(request), "opts": self.model._meta,
                    "title": "Queue and workers", **queue_snapshot()}
         return TemplateResponse(request, "admin/generation/job/queue.html", context)
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    """Each GPU worker as it last reported itself. Read-only: the rows are the workers' own heartbeats; deleting
+    one only forgets a worker that died without retiring (a live one writes it back on its next beat)."""
+
+    list_display = ("name", "is_live", "heartbeat_at", "started_at", "gpu_summary", "installed_models")
+    search_fields = ("name",)
+    fields = ("name", "is_live", "started_at", "heartbeat_at", "gpu_table", "weights_table")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Worker | None = None) -> bool:
+        return False
+
+    @admin.display(description="live", boolean=True)
+    def is_live(self, worker: Worker) -> bool:
+        return timezone.now() - worker.heartbeat_at <= timedelta(seconds=settings.TURBO_HEARTBEAT_STALE_S)
+
+    @admin.display(description="GPUs")
+    def gpu_summary(self, worker: Worker) -> SafeString | str:
+        gpus = _readings(worker)
+        if not gpus:
+            return "no GPU"
+        return format_html_join(mark_safe("<br>"), "{}", ((_gpu_line(gpu),) for gpu in gpus))
+
+    @admin.display(description="installed models")
+    def installed_models(self, worker: Worker) -> str:
+        weights = worker.weights if isinstance(worker.weights, dict) else {}
+        names = [name for name, state in weights.items() if isinstance(state, dict) and state.get("installed")]
+        return ", ".join(sorted(names)) or "—"
+
+    @admin.display(description="GPUs (last heartbeat)")
+    def gpu_table(self, worker: Worker) -> SafeString | str:
+        gpus = _readings(worker)
+        if not gpus:
+            return f"no GPU (last heartbeat {timesince(worker.heartbeat_at)} ago)"
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((gpu["index"], gpu.get("name") or "—", _gib(gpu.get("memory_used_bytes")),
+              _gib(gpu.get("memory_total_bytes")), _gib(gpu.get("memory_reserved_bytes")),
+              _percent(gpu.get("utilization_percent"))) for gpu in gpus))
+        return format_html("<table><tr><th>GPU</th><th>name</th><th>memory used (all processes)</th>"
+                           "<th>memory total</th><th>reserved by this worker</th><th>utilisation</th></tr>{}"
+                           "</table>", rows)
+
+    @admin.display(description="weights")
+    def weights_table(self, worker: Worker) -> SafeString | str:
+        weights = worker.weights if isinstance(worker.weights, dict) else {}
+        if not weights:
+            return "—"
+        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", (
+            (name, "installed" if state.get("installed") else "missing: " + ", ".join(state.get("missing") or []))
+            for name, state in sorted(weights.items()) if isinstance(state, dict)))
+        return format_html("<table>{}</table>", rows)
+
+
+def _readings(worker: Worker) -> list[dict[str, object]]:
+    """The readings this page can label: the JSON is the worker's, so anything without an index is skipped, as
+    /metrics skips it."""
+    return [gpu for gpu in (worker.gpus or []) if isinstance(gpu, dict) and isinstance(gpu.get("index"), int)]
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _gib(value: object) -> str:
+    number = _number(value)
+    return "—" if number is None else f"{number / GIB:.1f} GiB"
+
+
+def _percent(value: object) -> str:
+    number = _number(value)
+    return "—" if number is None else f"{number:.0f}%"
+
+
+def _gpu_line(gpu: dict[str, object]) -> str:
+    """"GPU 0: 41.2/139.8 GiB, 87%"; a value the worker could not read is a dash (a group's supervisor reads no
+    total, for one), never a made-up zero."""
+    used, total = _number(gpu.get("memory_used_bytes")), _number(gpu.get("memory_total_bytes"))
+    if used is not None and total is not None:
+        memory = f"{used / GIB:.1f}/{total / GIB:.1f} GiB"
+    else:
+        memory = f"{_gib(used)} used" if used is not None else "memory —"
+    return f"GPU {gpu['index']}: {memory}, {_percent(gpu.get('utilization_percent'))}"
 
 
 def _seconds(value: object) -> str:
