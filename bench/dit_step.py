@@ -6,7 +6,7 @@ Modes, run in this order on one model (each later mode changes the model in plac
 - sla_fp8_unfused: as sla_bf16 with the block linears in fp8, each quantizing its own input (the first fp8 path);
 - sla_fp8:      fp8 with the fusions of WanDiT.use_fp8_linears: one q/k/v GEMM, norms writing fp8 rows, GELU fused
                 into the quantization of the FFN's hidden activation;
-- sla_fp8_pv8 / sla_fp8_attn8: as sla_fp8 with SLA's P.V in e4m3 / with int8 Q.K^T too (WanDiT.use_8bit_attention);
+- sla_fp8_pv8:  as sla_fp8 with SLA's P.V in e4m3 (WanDiT.use_fp8_pv);
 - sla_fp8_lora64: as sla_fp8 with a random rank-64 LoRA on every block linear, applied unmerged the way a request's
                 LoRA runs (inference.lora: a low-rank path beside each fp8 linear); its row gives the ratio to sla_fp8.
 
@@ -30,11 +30,8 @@ from inference.configs import A14B
 from inference.dit import SelfAttention, WanDiT
 from turbokernels import dispatch
 
-MODES = ("dense_bf16", "sla_bf16", "sla_fp8_unfused", "sla_fp8", "sla_fp8_pv8", "sla_fp8_attn8",
-         "sla_fp8_lora64")
+MODES = ("dense_bf16", "sla_bf16", "sla_fp8_unfused", "sla_fp8", "sla_fp8_pv8", "sla_fp8_lora64")
 LORA_RANK = 64
-# Modes whose SLA sparse branch runs 8-bit products: (int8 Q.K^T, e4m3 P.V).
-ATTENTION_8BIT = {"sla_fp8_pv8": (False, True), "sla_fp8_attn8": (True, True)}
 
 
 def build_dit(layers: int) -> WanDiT:
@@ -119,8 +116,7 @@ def main() -> None:
                 converted = dit.use_fp8_linears(fuse=mode != "sla_fp8_unfused")
                 results["fp8_converted"] = results.get("fp8_converted", 0) + converted
                 torch.cuda.empty_cache()
-            qk_int8, pv_fp8 = ATTENTION_8BIT.get(mode, (False, False))
-            dit.use_8bit_attention(qk_int8=qk_int8, pv_fp8=pv_fp8)
+            dit.use_fp8_pv(mode == "sla_fp8_pv8")
             weights = sum(b.numel() * b.element_size() for b in list(dit.parameters()) + list(dit.buffers()))
             paths: dict[Any, Any] = {}
             if mode == "sla_fp8_lora64":
@@ -147,8 +143,8 @@ def main() -> None:
                     dense_row = next(r for r in results["rows"] if r["mode"] == "dense_bf16" and r["res"] == res)
                     row["speedup"] = dense_row["step_s"] / row["step_s"]
                 exact = outputs.get(("sla_fp8", res))
-                if (mode in ATTENTION_8BIT or mode == "sla_fp8_lora64") and exact is not None:
-                    row["rel_err_vs_sla_fp8"] = rel_err(out, exact)  # what the 8-bit products / the LoRA change
+                if mode in ("sla_fp8_pv8", "sla_fp8_lora64") and exact is not None:
+                    row["rel_err_vs_sla_fp8"] = rel_err(out, exact)  # what the fp8 P.V product / the LoRA change
                     fp8_row = next(r for r in results["rows"] if r["mode"] == "sla_fp8" and r["res"] == res)
                     row["ratio_vs_sla_fp8"] = row["step_s"] / fp8_row["step_s"]
                 outputs[(mode, res)] = out.float()

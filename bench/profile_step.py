@@ -32,7 +32,7 @@ from turbokernels import dispatch
 # block linears are fp8 and only the small fp32 block-map score product is not.
 GROUPS = (
     ("sla sparse", ("_sla_sparse",)),
-    ("sla side (kv, pooling)", ("_linear_kv", "_block_mean", "_quant_int8_blocks")),
+    ("sla side (kv, pooling)", ("_linear_kv", "_block_mean")),
     ("block map (score, topk, sort)", ("topk", "sort", "radix", "bitonic", "gatherTopK", "f32f32")),
     ("GEMMs (cuBLAS)", ("nvjet", "xmma_gemm", "gemm", "gemv", "cublas", "cutlass")),
     ("norms / quantize / residual / rope", ("_ln_", "_layer_norm", "_rms", "_residual", "_quant", "_gated", "_rope",

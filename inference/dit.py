@@ -79,14 +79,13 @@ class SparseLinearAttention(nn.Module):
         self.block_q = block_q
         self.block_k = block_k
         self.proj_l = nn.Linear(head_dim, head_dim, dtype=torch.float32)
-        # 8-bit products of the sparse branch on the GPU kernel (WanDiT.use_8bit_attention); exact when False.
-        self.qk_int8 = False
+        # The sparse branch's P.V in e4m3 on the GPU kernel (WanDiT.use_fp8_pv); exact when False.
         self.pv_fp8 = False
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return dispatch.sla_attention(
             q, k, v, self.proj_l.weight, self.proj_l.bias, self.topk, self.block_q, self.block_k,
-            qk_int8=self.qk_int8, pv_fp8=self.pv_fp8,
+            pv_fp8=self.pv_fp8,
         )
 
 
@@ -299,12 +298,12 @@ class WanDiT(nn.Module):
             block.fp8_inputs = fuse
         return count
 
-    def use_8bit_attention(self, *, qk_int8: bool = True, pv_fp8: bool = True) -> None:
-        """SLA's sparse branch with int8 Q.K^T (per-block scales, k smoothed) and e4m3 P.V (per-channel V scales),
-        TurboDiffusion's SageSLA precision, on the Gluon kernel; False, False goes back to bf16 products."""
+    def use_fp8_pv(self, enabled: bool = True) -> None:
+        """SLA's sparse branch with its P.V product in e4m3 (per-channel V scales; half of TurboDiffusion's SageSLA
+        precision) on the Gluon kernel, approximate and off by default; False goes back to the exact bf16 product."""
         for module in self.modules():
             if isinstance(module, SparseLinearAttention):
-                module.qk_int8, module.pv_fp8 = qk_int8, pv_fp8
+                module.pv_fp8 = enabled
 
     def set_sla_topk(self, topk: float) -> None:
         """Change the kept fraction of key blocks of every SLA layer (1.0 keeps all)."""

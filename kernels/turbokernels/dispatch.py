@@ -191,16 +191,15 @@ def sla_attention(
     block_q: int,
     block_k: int,
     *,
-    qk_int8: bool = False,
     pv_fp8: bool = False,
 ) -> torch.Tensor:
-    """SLA; `qk_int8` / `pv_fp8` ask the kernel for 8-bit Q.K^T / P.V (sla_triton.sla_attention). The reference
-    stays exact: the 8-bit products approximate it, held to cosine >= 0.999 by the GPU tests."""
+    """SLA; `pv_fp8` asks the kernel for an e4m3 P.V product (sla_triton.sla_attention). The reference stays
+    exact: the fp8 product approximates it, held to cosine >= 0.999 by the GPU tests."""
     args = (q, k, v, proj_l_weight, proj_l_bias, topk, block_q, block_k)
     fn = _pick("sla_attention", q, *args)
-    if fn is reference.sla_attention or not (qk_int8 or pv_fp8):
+    if fn is reference.sla_attention or not pv_fp8:
         return fn(*args)
-    return fn(*args, qk_int8=qk_int8, pv_fp8=pv_fp8)
+    return fn(*args, pv_fp8=True)
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -24,12 +24,6 @@ one scale per channel (sla_triton.transpose_v_fp8), P as e4m3 times 2^8, and P.V
 staged [D, keys] (fp8 wgmma reads B K-major only) and P staged in shared memory (16 KB for two buffers per
 warpgroup, in V's freed half). Measured on the H100 it gains only a few percent at 720p (bench/README.md): the
 shared-memory P costs what the halved product saves.
-
-QK_INT8 (opt-in, approximate; SageSLA's other half): q and K come as int8 copies (q one scale per warpgroup's 64
-rows, k minus its mean over L one scale per key block, sla_triton.quantize_int8_blocks), the scores as int32 from
-int8 wgmma, scaled per key block before the softmax; the linear branch reads bf16 q from global memory. It holds
-cosine >= 0.999 on the GPU tests but is no faster on the H100 (bench/README.md): the kernel's time is its chain of
-waits and barriers, not its tensor-core work.
 """
 
 from __future__ import annotations
@@ -113,32 +107,11 @@ if HAVE_GLUON:
                             BLOCK_KB, PV_FP8)
 
     @gluon.jit
-    def _int8_scores(s, qk_scale, kscale_row, lut_row, pair, n_sel, s_layout: gl.constexpr,
-                     BLOCK_KB: gl.constexpr):
-        # int32 scores of the int8 product -> fp32 in log2 units: times qk_scale (which _consumer multiplied by its
-        # rows' q scale) and each key block's scale. |s| <= 127 * 127 * 128 < 2^22, so the int -> float
-        # conversion is an integer add and a float FMA (the 2^23 + 2^22 magic number) instead of I2F on the
-        # exponential units, which the softmax keeps busy.
-        blk0 = gl.load(lut_row + gl.minimum(2 * pair, n_sel - 1))
-        blk1 = gl.load(lut_row + gl.minimum(2 * pair + 1, n_sel - 1))
-        sc0 = gl.load(kscale_row + blk0) * qk_scale
-        sc1 = gl.load(kscale_row + blk1) * qk_scale
-        offs = gl.arange(0, 2 * BLOCK_KB, layout=gl.SliceLayout(0, s_layout))
-        col_scale = gl.where(offs < BLOCK_KB, sc0, sc1)
-        f = (s + 0x4B400000).to(gl.float32, bitcast=True)
-        return f * col_scale[None, :] - (12582912.0 * col_scale)[None, :]
-
-    @gluon.jit
     def _softmax_update(s, m_i, l_i, qk_scale, lut_row, pair, n_sel, L, s_layout: gl.constexpr,
-                        BLOCK_KB: gl.constexpr, MASK: gl.constexpr, P_SHIFT: gl.constexpr,
-                        kscale_row, QK_INT8: gl.constexpr):
+                        BLOCK_KB: gl.constexpr, MASK: gl.constexpr, P_SHIFT: gl.constexpr):
         # Online softmax over one 128-key score tile; m in log2 units (scale folded into one FMA per score).
         # P_SHIFT: P comes out times 2^P_SHIFT (l too, so o / l is unchanged): fp8 P then keeps its small
-        # probabilities out of e4m3's subnormal range. QK_INT8: s is the int32 product, scaled here (qk_scale
-        # then carries q's block scale), and the later products take the scaled scores with scale 1.
-        if QK_INT8:
-            s = _int8_scores(s, qk_scale, kscale_row, lut_row, pair, n_sel, s_layout, BLOCK_KB)
-            qk_scale = 1.0
+        # probabilities out of e4m3's subnormal range.
         if MASK:
             # Keys past L (partial last block) and the repeated block of an odd tail score -inf; slot 2*pair
             # always holds a real key, so m stays finite.
@@ -188,7 +161,7 @@ if HAVE_GLUON:
         j, p, p_bufs, o, m_i, l_i, q_half, k_smem, v_smem, ready, empty, lut_row, n_sel, L,
         qk_scale, s_layout: gl.constexpr, p_layout: gl.constexpr, ROWS: gl.constexpr, BLOCK_KB: gl.constexpr,
         K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, MASK: gl.constexpr, PV_FP8: gl.constexpr,
-        P_SHIFT: gl.constexpr, kscale_row, QK_INT8: gl.constexpr,
+        P_SHIFT: gl.constexpr,
     ):
         # Scores of pair j, then P_{j-1}.V_{j-1} behind them on the tensor cores; the softmax of pair j runs while
         # the latter is in flight. K pair j and V pair j-1 are released together (one arrive per warpgroup) once
@@ -197,13 +170,13 @@ if HAVE_GLUON:
         vs = (j - 1) % V_STAGES
         mbarrier.wait(ready.index(ks), (j // K_STAGES) & 1)
         s = warpgroup_mma(q_half, k_smem.index(ks).permute((1, 0)),
-                          gl.zeros([ROWS, 2 * BLOCK_KB], gl.int32 if QK_INT8 else gl.float32, s_layout),
+                          gl.zeros([ROWS, 2 * BLOCK_KB], gl.float32, s_layout),
                           use_acc=False, is_async=True)
         o = warpgroup_mma(_p_operand(p, p_bufs, j - 1, PV_FP8), _v_operand(v_smem.index(vs), PV_FP8), o,
                           is_async=True)
         s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
         p_new, m_i, l_i, alpha = _softmax_update(s, m_i, l_i, qk_scale, lut_row, j, n_sel, L, s_layout, BLOCK_KB,
-                                                 MASK, P_SHIFT, kscale_row, QK_INT8)
+                                                 MASK, P_SHIFT)
         p_new = _stage_p(p_new, p_bufs, j, p_layout, PV_FP8)
         if PV_FP8:
             o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
@@ -216,14 +189,12 @@ if HAVE_GLUON:
     @gluon.jit
     def _consumer(q_smem, k_smem, v_smem, m_smem, p_bufs, q_bar, m_bar, ready, empty, Out,
                   lut_row, n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod, ksum_row, bias_ptr, vscale_row,
-                  q_base, sql, sqd, qscale_row, kscale_row,
                   WG: gl.constexpr, ROWS: gl.constexpr, BLOCK_KB: gl.constexpr, HEAD_DIM: gl.constexpr,
-                  K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, FUSE_LINEAR: gl.constexpr, PV_FP8: gl.constexpr,
-                  QK_INT8: gl.constexpr):
+                  K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, FUSE_LINEAR: gl.constexpr, PV_FP8: gl.constexpr):
         # One warpgroup: query rows [WG*ROWS, (WG+1)*ROWS) of the program's block, over all its key pairs.
         BLOCK_N: gl.constexpr = 2 * BLOCK_KB
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, BLOCK_N, 32 if QK_INT8 else 16])
+                                                           instr_shape=[16, BLOCK_N, 16])
         # wgmma's K per instruction is 32 bytes of operand: 16 bf16 or 32 fp8 values.
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, HEAD_DIM, 32 if PV_FP8 else 16])
@@ -234,8 +205,6 @@ if HAVE_GLUON:
         lin_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=lin_acc_layout, k_width=2)
         P_SHIFT: gl.constexpr = 8.0 if PV_FP8 else 0.0
         q_half = q_smem.slice(WG * ROWS, ROWS)
-        if QK_INT8:  # int8 q carries one scale per ROWS rows: this warpgroup's
-            qk_scale = qk_scale * gl.load(qscale_row + (row0 // ROWS + WG))
 
         m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
         l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
@@ -244,25 +213,23 @@ if HAVE_GLUON:
         mbarrier.wait(q_bar, 0)
         mbarrier.wait(ready.index(0), 0)
         s = warpgroup_mma(q_half, k_smem.index(0).permute((1, 0)),
-                          gl.zeros([ROWS, BLOCK_N], gl.int32 if QK_INT8 else gl.float32, s_layout), use_acc=False,
+                          gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout), use_acc=False,
                           is_async=True)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
         mbarrier.arrive(empty.index(0), count=1)
         p, m_i, l_i, _ = _softmax_update(s, m_i, l_i, qk_scale, lut_row, 0, n_sel, L, s_layout, BLOCK_KB, True,
-                                         P_SHIFT, kscale_row, QK_INT8)
+                                         P_SHIFT)
         p = _stage_p(p, p_bufs, 0, p_layout, PV_FP8)
 
         for j in range(1, n_pairs - 1):
             p, o, m_i, l_i = _pair_step(
                 j, p, p_bufs, o, m_i, l_i, q_half, k_smem, v_smem, ready, empty, lut_row,
                 n_sel, L, qk_scale, s_layout, p_layout, ROWS, BLOCK_KB, K_STAGES, V_STAGES, False, PV_FP8, P_SHIFT,
-                kscale_row, QK_INT8,
             )
         if n_pairs > 1:
             p, o, m_i, l_i = _pair_step(
                 n_pairs - 1, p, p_bufs, o, m_i, l_i, q_half, k_smem, v_smem, ready, empty, lut_row, n_sel, L,
                 qk_scale, s_layout, p_layout, ROWS, BLOCK_KB, K_STAGES, V_STAGES, True, PV_FP8, P_SHIFT,
-                kscale_row, QK_INT8,
             )
         last = n_pairs - 1
         vs = last % V_STAGES
@@ -279,13 +246,7 @@ if HAVE_GLUON:
         if FUSE_LINEAR:
             # SLA's linear branch for these rows: phi(q) M / (1e-5 + phi(q).ksum) + bias, where M = kv proj_l^T
             # (bf16, folded on the host), so one more wgmma; phi = softmax over the head dim.
-            if QK_INT8:  # q in shared memory is int8: phi(q) takes the bf16 rows from global memory
-                rows_q = row0 + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, lin_acc_layout))
-                cols_q = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, lin_acc_layout))
-                qf = gl.load(q_base + rows_q[:, None] * sql + cols_q[None, :] * sqd, mask=(rows_q < L)[:, None],
-                             other=0.0).to(gl.float32)
-            else:
-                qf = q_half.load(lin_acc_layout).to(gl.float32)
+            qf = q_half.load(lin_acc_layout).to(gl.float32)
             e = gl.exp2((qf - gl.max(qf, axis=1)[:, None]) * 1.4426950408889634)
             phi = e / gl.sum(e, axis=1)[:, None]
             ksum = gl.load(ksum_row + gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, lin_acc_layout)))
@@ -300,14 +261,14 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _sla_sparse_gluon_kernel(
-        q_desc, k_desc, v_desc, m_desc, Out, LUT, KSUM, BIAS, VSCALE, Q, QSCALE, KSCALE,
+        q_desc, k_desc, v_desc, m_desc, Out, LUT, KSUM, BIAS, VSCALE,
         L, n_heads, n_sel, qk_scale,
         q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
-        sob, soh, sol, sod, sqb, sqh, sql, sqd, sqs_bh, sks_bh,
+        sob, soh, sol, sod,
         slut_bh, slut_q,
         BLOCK_M: gl.constexpr, BLOCK_KB: gl.constexpr, HEAD_DIM: gl.constexpr,
         K_STAGES: gl.constexpr, V_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, FUSE_LINEAR: gl.constexpr,
-        PV_FP8: gl.constexpr, QK_INT8: gl.constexpr,
+        PV_FP8: gl.constexpr,
     ):
         # Warp-specialised as FlashAttention-3: two consumer warpgroups (64 query rows each, this partition and a
         # worker) and one producer warp; full/empty barriers per stage instead of CTA-wide barriers, so the two
@@ -346,20 +307,17 @@ if HAVE_GLUON:
             mbarrier.init(empty.index(i), count=2)
 
         out_base = Out + b * sob + h * soh
-        q_base = Q + b * sqb + h * sqh  # bf16 q for the linear branch when q_desc holds int8 copies
-        qscale_row = QSCALE + bh * sqs_bh
-        kscale_row = KSCALE + bh * sks_bh
         row0 = pid_m * BLOCK_M
         gl.warp_specialize(
             [
                 (_consumer, (q_smem, k_smem, v_smem, m_smem, p_bufs0, q_bar, m_bar, ready, empty, Out, lut_row,
                              n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod, KSUM + bh * HEAD_DIM, BIAS,
-                             VSCALE + bh * HEAD_DIM, q_base, sql, sqd, qscale_row, kscale_row, gl.constexpr(0),
-                             ROWS, BLOCK_KB, HEAD_DIM, K_STAGES, V_STAGES, FUSE_LINEAR, PV_FP8, QK_INT8)),
+                             VSCALE + bh * HEAD_DIM, gl.constexpr(0),
+                             ROWS, BLOCK_KB, HEAD_DIM, K_STAGES, V_STAGES, FUSE_LINEAR, PV_FP8)),
                 (_consumer, (q_smem, k_smem, v_smem, m_smem, p_bufs1, q_bar, m_bar, ready, empty, Out, lut_row,
                              n_sel, n_pairs, L, qk_scale, row0, out_base, sol, sod, KSUM + bh * HEAD_DIM, BIAS,
-                             VSCALE + bh * HEAD_DIM, q_base, sql, sqd, qscale_row, kscale_row, gl.constexpr(1),
-                             ROWS, BLOCK_KB, HEAD_DIM, K_STAGES, V_STAGES, FUSE_LINEAR, PV_FP8, QK_INT8)),
+                             VSCALE + bh * HEAD_DIM, gl.constexpr(1),
+                             ROWS, BLOCK_KB, HEAD_DIM, K_STAGES, V_STAGES, FUSE_LINEAR, PV_FP8)),
                 (_producer, (q_desc, k_desc, v_desc, m_desc, q_smem, k_smem, v_smem, m_smem, q_bar, m_bar, ready,
                              empty, lut_row, n_sel, n_pairs, b * q_rb + h * q_rh + row0, h * q_ch,
                              b * k_rb + h * k_rh, h * k_ch, b * v_rb + h * v_rh, h * v_ch, bh * HEAD_DIM, BLOCK_KB,
@@ -376,7 +334,7 @@ if HAVE_GLUON:
 
 
 _GL_DTYPES = (
-    {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8}
+    {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float8_e4m3fn: gl.float8e4nv}
     if HAVE_GLUON
     else {}
 )

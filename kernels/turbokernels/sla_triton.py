@@ -18,10 +18,6 @@ Variants, chosen by keyword of `sla_attention` (defaults = the kernels above, th
 - `sparse_impl="gluon"` (default): turbokernels.sla_gluon, the same work split in Gluon, warp-specialised with the
   score and P.V products software-pipelined (FlashAttention-3's scheme); on sm_90 only, else "tma" runs. Its linear
   branch runs in the epilogue as one more wgmma (kv and proj_l folded into one bf16 matrix per head).
-- `qk_int8=True` (with "tma" or "gluon"): QK^T on int8 copies of q (one scale per BLOCK_M rows; 64 for the Gluon
-  kernel's warpgroups) and of k minus its mean over L (one scale per key block), made by
-  `_quant_int8_blocks_kernel`: int8 wgmma runs at twice the bf16 rate. Approximate (SageAttention's scheme); held
-  to cosine >= 0.999 against the reference. 7% faster in the TMA kernel, no faster in the Gluon one.
 - `pv_fp8=True` (with "gluon"): P.V on fp8 tensor cores (turbokernels.sla_gluon's PV_FP8): the side pass also takes
   v's per-channel absmax and `_transpose_v_fp8_kernel` writes e4m3 V^T. Approximate; held to cosine >= 0.999.
 - `side_impl="fused"`: `_linear_kv_pool_kernel` pools k into block means in the same pass that reduces
@@ -191,12 +187,11 @@ if HAVE_TRITON:
 
     @triton.jit
     def _attend_keys(
-        q, k_desc, v_desc, blk0, blk1, use1, k_row0, k_col0, v_row0, v_col0, L, scale0, scale1, m_i, l_i, acc,
-        BLOCK_KB: tl.constexpr, TWO: tl.constexpr, MASK: tl.constexpr, S_DTYPE: tl.constexpr,
+        q, k_desc, v_desc, blk0, blk1, use1, k_row0, k_col0, v_row0, v_col0, L, qk_scale, m_i, l_i, acc,
+        BLOCK_KB: tl.constexpr, TWO: tl.constexpr, MASK: tl.constexpr,
     ):
         # One online-softmax update over key block blk0 (and blk1 when TWO), loaded by TMA at a dynamic row.
-        # scale0/scale1: what turns each block's raw products into log2-unit logits (log2(e)/sqrt(d), times the
-        # dequantisation scales of q and of that key block in the int8 variant).
+        # qk_scale (log2(e)/sqrt(d)) turns the raw products into log2-unit logits.
         # Only the last step of a program needs MASK: keys past L (the last key block may be partial; the
         # descriptor then reads zeros or a neighbouring head's rows, never out of the tensor) and, with TWO, the
         # second block of an odd tail (use1 false) score -inf. The lut is ascending, so the partial last block
@@ -206,24 +201,24 @@ if HAVE_TRITON:
         # before the next; only the last P.V stays in flight into the next iteration).
         offs = tl.arange(0, BLOCK_KB)
         k0 = k_desc.load([k_row0 + blk0 * BLOCK_KB, k_col0])
-        s0 = tl.dot(q, tl.trans(k0), out_dtype=S_DTYPE).to(tl.float32)
+        s0 = tl.dot(q, tl.trans(k0))
         if TWO:
             k1 = k_desc.load([k_row0 + blk1 * BLOCK_KB, k_col0])
-            s1 = tl.dot(q, tl.trans(k1), out_dtype=S_DTYPE).to(tl.float32)
+            s1 = tl.dot(q, tl.trans(k1))
         if MASK:
             s0 = tl.where((blk0 * BLOCK_KB + offs < L)[None, :], s0, float("-inf"))
-        row_max = tl.max(s0, axis=1) * scale0
+        row_max = tl.max(s0, axis=1) * qk_scale
         if TWO:
             if MASK:
                 s1 = tl.where(((blk1 * BLOCK_KB + offs < L) & use1)[None, :], s1, float("-inf"))
-            row_max = tl.maximum(row_max, tl.max(s1, axis=1) * scale1)
+            row_max = tl.maximum(row_max, tl.max(s1, axis=1) * qk_scale)
         # blk0 always holds a real key, so m_new is finite; m is in scaled log2 units (one FMA per score).
         m_new = tl.maximum(m_i, row_max)
         alpha = tl.exp2(m_i - m_new)
-        p0 = tl.exp2(s0 * scale0 - m_new[:, None])
+        p0 = tl.exp2(s0 * qk_scale - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p0, axis=1)
         if TWO:
-            p1 = tl.exp2(s1 * scale1 - m_new[:, None])
+            p1 = tl.exp2(s1 * qk_scale - m_new[:, None])
             l_i += tl.sum(p1, axis=1)
         acc = acc * alpha[:, None]
         v0 = v_desc.load([v_row0 + blk0 * BLOCK_KB, v_col0])
@@ -235,8 +230,8 @@ if HAVE_TRITON:
 
     @triton.jit
     def _main_step(
-        it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L, m_i, l_i, acc,
-        BLOCK_KB: tl.constexpr, TWO: tl.constexpr, QK_INT8: tl.constexpr, S_DTYPE: tl.constexpr,
+        it, q, k_desc, v_desc, lut_row, qk_scale, k_row0, k_col0, v_row0, v_col0, L, m_i, l_i, acc,
+        BLOCK_KB: tl.constexpr, TWO: tl.constexpr,
     ):
         # One unmasked iteration of the TMA kernel's key loop: slots it*STEP (and +1), never the last slot.
         STEP: tl.constexpr = 2 if TWO else 1
@@ -244,31 +239,21 @@ if HAVE_TRITON:
         blk1 = blk0
         if TWO:
             blk1 = tl.load(lut_row + it * STEP + 1)
-        scale0 = scale_q
-        scale1 = scale_q
-        if QK_INT8:
-            scale0 = scale_q * tl.load(kscale_row + blk0)
-            scale1 = scale_q * tl.load(kscale_row + blk1)
         return _attend_keys(
-            q, k_desc, v_desc, blk0, blk1, True, k_row0, k_col0, v_row0, v_col0, L, scale0, scale1,
-            m_i, l_i, acc, BLOCK_KB, TWO, False, S_DTYPE,
+            q, k_desc, v_desc, blk0, blk1, True, k_row0, k_col0, v_row0, v_col0, L, qk_scale,
+            m_i, l_i, acc, BLOCK_KB, TWO, False,
         )
 
     @triton.jit
     def _sla_sparse_tma_kernel(
-        q_desc, k_desc, v_desc, Q, QSCALE, KSCALE, Out, LUT, KV, KSUM, W, BIAS,
-        L, n_heads, n_sel, qk_scale, n_kblocks,
+        q_desc, k_desc, v_desc, Out, LUT, KV, KSUM, W, BIAS,
+        L, n_heads, n_sel, qk_scale,
         q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
-        sqb, sqh, sql, sqd,
         sob, soh, sol, sod,
         slut_bh, slut_q,
         BLOCK_M: tl.constexpr, BLOCK_QB: tl.constexpr, BLOCK_KB: tl.constexpr, TWO: tl.constexpr,
         HEAD_DIM: tl.constexpr, FUSE_LINEAR: tl.constexpr, NUM_STAGES: tl.constexpr,
-        QK_INT8: tl.constexpr,
     ):
-        # QK_INT8: q_desc/k_desc address int8 copies of q and of the smoothed k (k - mean_L k: a per-query-row shift
-        # of the logits, which softmax ignores), one scale per BLOCK_M query rows (QSCALE) and per key block
-        # (KSCALE); Q (bf16, pointer) is then read again only for the linear branch.
         # Same work split as _sla_sparse_kernel. Each operand is a 2-D descriptor (see _tma_layout): head (b, h)
         # starts at row b*rb + h*rh, column h*ch.
         pid_m = tl.program_id(0)
@@ -280,11 +265,6 @@ if HAVE_TRITON:
         offs_d = tl.arange(0, HEAD_DIM)
         # Rows past L hold zeros or the next head's queries: computed, never stored.
         q = q_desc.load([b * q_rb + h * q_rh + pid_m * BLOCK_M, h * q_ch])
-        S_DTYPE: tl.constexpr = tl.int32 if QK_INT8 else tl.float32  # int8 x int8 products are exact in int32
-        scale_q = qk_scale
-        if QK_INT8:
-            scale_q = qk_scale * tl.load(QSCALE + bh * tl.num_programs(0) + pid_m)
-        kscale_row = KSCALE + bh * n_kblocks
         k_row0 = b * k_rb + h * k_rh
         k_col0 = h * k_ch
         v_row0 = b * v_rb + h * v_rh
@@ -299,55 +279,25 @@ if HAVE_TRITON:
         n_main = (n_sel - 1) // STEP
         for it in tl.range(0, n_main, num_stages=NUM_STAGES):
             m_i, l_i, acc = _main_step(
-                it, q, k_desc, v_desc, lut_row, kscale_row, scale_q, k_row0, k_col0, v_row0, v_col0, L,
-                m_i, l_i, acc, BLOCK_KB, TWO, QK_INT8, S_DTYPE,
+                it, q, k_desc, v_desc, lut_row, qk_scale, k_row0, k_col0, v_row0, v_col0, L,
+                m_i, l_i, acc, BLOCK_KB, TWO,
             )
         j = n_main * STEP
         blk0 = tl.load(lut_row + j)
         # An odd tail re-reads slot j as its (masked-out) second block instead of branching.
         blk1 = tl.load(lut_row + tl.minimum(j + 1, n_sel - 1))
-        scale0 = scale_q
-        scale1 = scale_q
-        if QK_INT8:
-            scale0 = scale_q * tl.load(kscale_row + blk0)
-            scale1 = scale_q * tl.load(kscale_row + blk1)
         m_i, l_i, acc = _attend_keys(
-            q, k_desc, v_desc, blk0, blk1, j + 1 < n_sel, k_row0, k_col0, v_row0, v_col0, L, scale0, scale1,
-            m_i, l_i, acc, BLOCK_KB, TWO, True, S_DTYPE,
+            q, k_desc, v_desc, blk0, blk1, j + 1 < n_sel, k_row0, k_col0, v_row0, v_col0, L, qk_scale,
+            m_i, l_i, acc, BLOCK_KB, TWO, True,
         )
         out = acc / l_i[:, None]
 
         if FUSE_LINEAR:
-            if QK_INT8:
-                qf = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :] * sqd,
-                             mask=(offs_m < L)[:, None], other=0.0).to(tl.float32)
-            else:
-                qf = q.to(tl.float32)
-            out += _linear_branch(qf, KV, KSUM, W, BIAS, bh, HEAD_DIM)
+            out += _linear_branch(q.to(tl.float32), KV, KSUM, W, BIAS, bh, HEAD_DIM)
 
         row_ok = offs_m < L
         tl.store(Out + b * sob + h * soh + offs_m[:, None] * sol + offs_d[None, :] * sod,
                  out.to(Out.dtype.element_ty), mask=row_ok[:, None])
-
-    @triton.jit
-    def _quant_int8_blocks_kernel(
-        X, MEAN, OUT, SCALE, L, n_heads,
-        sxb, sxh, sxl, sxd,
-        BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_MEAN: tl.constexpr,
-    ):
-        # (x - mean) of BLOCK rows of one head as int8 with one fp32 scale (absmax / 127) into a contiguous
-        # (B*H*L, D) int8 tensor; rows past L are not written. Rounds half away from zero (SageAttention's
-        # per-block int8 QK^T; int8 rather than e4m3: steps of absmax/127 beat 3 mantissa bits for these
-        # roughly Gaussian tiles; an e4m3 version, emulated in torch on random data, came out near cosine 0.9992).
-        x, blk, bh, offs_l, offs_d, valid = _load_head_block(X, L, n_heads, sxb, sxh, sxl, sxd, BLOCK, HEAD_DIM)
-        if HAS_MEAN:
-            x = x - tl.load(MEAN + bh * HEAD_DIM + offs_d)[None, :]
-            x = tl.where(valid[:, None], x, 0.0)
-        scale = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12) / 127.0
-        y = x / scale
-        xq = tl.where(y >= 0, tl.floor(y + 0.5), -tl.floor(0.5 - y)).to(tl.int8)
-        tl.store(OUT + (bh * L + offs_l[:, None]) * HEAD_DIM + offs_d[None, :], xq, mask=valid[:, None])
-        tl.store(SCALE + bh * tl.num_programs(0) + blk, scale)
 
     @triton.jit
     def _linear_kv_pool_kernel(
@@ -527,23 +477,6 @@ def _tma_layout(x: torch.Tensor) -> tuple[int, int, int, int, int, int] | None:
     return None
 
 
-def quantize_int8_blocks(
-    x: torch.Tensor, block: int, mean: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x - mean) as int8, contiguous (B, H, L, D), with one fp32 scale per `block` rows of each head
-    ((B*H, ceil(L/block)), absmax/127): dequantised value = int8 * scale. mean: fp32 (B, H, 1, D) or None."""
-    b, h, length, d = x.shape
-    n_blocks = math.ceil(length / block)
-    out = torch.empty((b, h, length, d), device=x.device, dtype=torch.int8)
-    scale = torch.empty((b * h, n_blocks), device=x.device, dtype=torch.float32)
-    mean_arg = mean.reshape(b * h, d).contiguous() if mean is not None else scale
-    _quant_int8_blocks_kernel[(n_blocks, b * h)](
-        x, mean_arg, out, scale, length, h, *x.stride(),
-        BLOCK=block, HEAD_DIM=d, HAS_MEAN=mean is not None, num_warps=4,
-    )
-    return out, scale
-
-
 def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether `sparse_impl="tma"` takes the TMA kernel for these tensors (else it falls back to pointers):
     the tensor-copy engine exists from Hopper (sm_90) on; CPU tensors are the interpreter's (tests)."""
@@ -558,11 +491,11 @@ def _descriptor(x: torch.Tensor, block_rows: int) -> tuple[TensorDescriptor, tup
     return desc, (rb, rh, ch)
 
 
-def _side_inputs_and_pool(
+def _side_inputs_and_vmax(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: float, block_q: int, block_k: int, side_impl: str,
     v_absmax: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(lut, kv, ksum, pooled k, per-channel absmax of v if `v_absmax` else None)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(lut, kv, ksum, per-channel absmax of v if `v_absmax` else None)."""
     vmax = None
     if side_impl == "fused":
         kv, ksum, pooled_k, vmax = linear_kv_pool(k, v, block_k, v_absmax=v_absmax)
@@ -574,7 +507,7 @@ def _side_inputs_and_pool(
     else:
         raise ValueError(f"side_impl must be 'separate' or 'fused', got {side_impl!r}")
     lut = _lut_from_pooled(block_means(q, block_q), pooled_k, q.shape[-2], topk, block_k)
-    return lut, kv, ksum, pooled_k, vmax
+    return lut, kv, ksum, vmax
 
 
 def side_inputs(
@@ -582,7 +515,7 @@ def side_inputs(
     side_impl: str = "fused",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What the sparse kernel reads besides q, k, v: (block lut, kv, ksum); see `sla_attention` for side_impl."""
-    return _side_inputs_and_pool(q, k, v, topk, block_q, block_k, side_impl)[:3]
+    return _side_inputs_and_vmax(q, k, v, topk, block_q, block_k, side_impl)[:3]
 
 
 logger = logging.getLogger(__name__)
@@ -604,11 +537,9 @@ def gluon_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: 
     )
 
 
-def _check_sparse_options(sparse_impl: str, qk_int8: bool, blocks_per_iter: int) -> None:
+def _check_sparse_options(sparse_impl: str, blocks_per_iter: int) -> None:
     if sparse_impl not in ("pointer", "tma", "gluon"):
         raise ValueError(f"sparse_impl must be 'pointer', 'tma' or 'gluon', got {sparse_impl!r}")
-    if qk_int8 and sparse_impl == "pointer":
-        raise ValueError("qk_int8 needs sparse_impl='tma' or 'gluon'")
     if blocks_per_iter not in (1, 2) and sparse_impl == "tma":
         raise ValueError(f"the TMA kernel takes 1 or 2 key blocks per iteration, got {blocks_per_iter}")
 
@@ -616,19 +547,14 @@ def _check_sparse_options(sparse_impl: str, qk_int8: bool, blocks_per_iter: int)
 def _gluon_sparse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lut: torch.Tensor, out: torch.Tensor, kv: torch.Tensor,
     ksum: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, block_q: int, block_k: int, qk_scale: float,
-    fuse_linear: bool, v_absmax: torch.Tensor | None, k_mean: torch.Tensor | None = None,
+    fuse_linear: bool, v_absmax: torch.Tensor | None,
 ) -> None:
     from turbokernels import sla_gluon
 
     b, h, length, d = q.shape
-    q_src, k_src = q, k
-    q_scale = k_scale = ksum  # placeholders the bf16 product never reads
-    if k_mean is not None:  # int8 Q.K^T: q per warpgroup's 64 rows, smoothed k per key block
-        q_src, q_scale = quantize_int8_blocks(q, block_q // 2)
-        k_src, k_scale = quantize_int8_blocks(k, block_k, k_mean)
-    maps = [_tma_layout(x) for x in (q_src, k_src, v)]
-    q_desc = sla_gluon.descriptor(q_src, block_q, maps[0])
-    k_desc = sla_gluon.descriptor(k_src, block_k, maps[1])
+    maps = [_tma_layout(x) for x in (q, k, v)]
+    q_desc = sla_gluon.descriptor(q, block_q, maps[0])
+    k_desc = sla_gluon.descriptor(k, block_k, maps[1])
     if v_absmax is not None:  # fp8 P.V: V^T in e4m3; head (b, h) is rows (b*h + h')*d.. of it
         vt, v_scale = transpose_v_fp8(v, v_absmax, block_k)
         v_desc = sla_gluon.transposed_v_descriptor(vt, d, block_k)
@@ -641,11 +567,10 @@ def _gluon_sparse(
     m = (kv.view(b * h, d, d) @ w.t()).to(q.dtype).reshape(b * h * d, d)
     m_desc = sla_gluon.descriptor(m, d, (b * h * d, d, d, 0, 0, 0))
     sla_gluon._sla_sparse_gluon_kernel[(triton.cdiv(length, block_q), b * h)](
-        q_desc, k_desc, v_desc, m_desc, out, lut, ksum, bias, v_scale, q, q_scale, k_scale, length, h,
-        lut.shape[-1], qk_scale, *maps[0][3:], *maps[1][3:], *v_map, *out.stride(), *q.stride(),
-        q_scale.stride(0), k_scale.stride(0), lut.stride(1), lut.stride(2),
+        q_desc, k_desc, v_desc, m_desc, out, lut, ksum, bias, v_scale, length, h,
+        lut.shape[-1], qk_scale, *maps[0][3:], *maps[1][3:], *v_map, *out.stride(), lut.stride(1), lut.stride(2),
         BLOCK_M=block_q, BLOCK_KB=block_k, HEAD_DIM=d, K_STAGES=3, V_STAGES=2, CONSUMER_REGS=240,
-        FUSE_LINEAR=fuse_linear, PV_FP8=v_absmax is not None, QK_INT8=k_mean is not None, num_warps=4,
+        FUSE_LINEAR=fuse_linear, PV_FP8=v_absmax is not None, num_warps=4,
     )
 
 
@@ -684,16 +609,13 @@ def sparse_forward(
     num_stages: int = 2,
     fuse_linear: bool = True,
     sparse_impl: str = "gluon",
-    qk_int8: bool = False,
-    k_mean: torch.Tensor | None = None,
     pv_fp8: bool = False,
     v_absmax: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The sparse kernel (plus the linear branch) given `side_inputs`; split out so benchmarks can time it alone.
 
-    qk_int8: k_mean is fp32 (B, H, 1, D) mean over L of k (computed here when None).
     pv_fp8 (Gluon kernel only): v_absmax is fp32 (B*H, D) max over L of |v| (computed here when None)."""
-    _check_sparse_options(sparse_impl, qk_int8, blocks_per_iter)
+    _check_sparse_options(sparse_impl, blocks_per_iter)
     b, h, length, d = q.shape
     w = proj_l_weight.to(device=q.device, dtype=torch.float32).contiguous()
     bias = proj_l_bias.to(device=q.device, dtype=torch.float32).contiguous()
@@ -707,30 +629,21 @@ def sparse_forward(
     use_gluon = sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k)
     if use_gluon and pv_fp8 and v_absmax is None:
         v_absmax = v_channel_absmax(v)
-    if qk_int8 and k_mean is None:
-        k_mean = _k_mean(block_means(k, block_k), length, block_k)
     gluon_ran = use_gluon and _try_gluon(
         q, k, v, lut, out, kv, ksum, w, bias, block_q, block_k, qk_scale, fuse_linear, v_absmax if pv_fp8 else None,
-        k_mean if qk_int8 else None,
     )
     if gluon_ran:
         pass  # the Gluon kernel wrote out (with the linear branch when fuse_linear)
     elif sparse_impl in ("tma", "gluon") and tma_supported(q, k, v):
-        q_scale = k_scale = lut  # placeholders: the bf16 kernel never reads them
-        if qk_int8:
-            q_src, q_scale = quantize_int8_blocks(q, block_m)
-            k_src, k_scale = quantize_int8_blocks(k, block_k, k_mean)
-        else:
-            q_src, k_src = q, k
-        q_desc, q_map = _descriptor(q_src, block_m)
-        k_desc, k_map = _descriptor(k_src, block_k)
+        q_desc, q_map = _descriptor(q, block_m)
+        k_desc, k_map = _descriptor(k, block_k)
         v_desc, v_map = _descriptor(v, block_k)
         _sla_sparse_tma_kernel[grid](
-            q_desc, k_desc, v_desc, q, q_scale, k_scale, out, lut, kv, ksum, w, bias,
-            length, h, n_sel, qk_scale, math.ceil(length / block_k), *q_map, *k_map, *v_map,
-            *q.stride(), *out.stride(), lut.stride(1), lut.stride(2),
+            q_desc, k_desc, v_desc, out, lut, kv, ksum, w, bias,
+            length, h, n_sel, qk_scale, *q_map, *k_map, *v_map,
+            *out.stride(), lut.stride(1), lut.stride(2),
             BLOCK_M=block_m, BLOCK_QB=block_q, BLOCK_KB=block_k, TWO=blocks_per_iter == 2, HEAD_DIM=d,
-            FUSE_LINEAR=fuse_linear, NUM_STAGES=num_stages, QK_INT8=qk_int8,
+            FUSE_LINEAR=fuse_linear, NUM_STAGES=num_stages,
             num_warps=num_warps, num_stages=num_stages,
         )
     else:
@@ -767,7 +680,6 @@ def sla_attention(
     fuse_linear: bool = True,
     sparse_impl: str = "gluon",
     side_impl: str = "fused",
-    qk_int8: bool = False,
     pv_fp8: bool = False,
 ) -> torch.Tensor:
     """Drop-in for turbokernels.reference.sla_attention (same arguments, output (B, H, L, D) in q's dtype).
@@ -776,20 +688,16 @@ def sla_attention(
     sparse_impl: "gluon" (default: turbokernels.sla_gluon on sm_90, else "tma"), "tma" (falls back to "pointer" where
     `tma_supported` is false) or "pointer";
     side_impl: "fused" (default: k pooled inside the kv pass) or "separate" (pool q, pool k, kv reduction);
-    qk_int8: TMA or Gluon kernel, QK^T on int8 copies of q and smoothed k with per-block scales (SageAttention's
-    idea; int32 products, twice the bf16 tensor-core rate). Approximate: the sweep and GPU tests hold it to
-    cosine >= 0.999 against the reference.
-    pv_fp8: Gluon kernel only (elsewhere P.V stays bf16), P.V in e4m3 with per-channel V scales. Approximate, held
-    to cosine >= 0.999 as qk_int8.
+    pv_fp8: Gluon kernel only (elsewhere P.V stays bf16), P.V in e4m3 with per-channel V scales. Approximate: the
+    sweep and GPU tests hold it to cosine >= 0.999 against the reference.
     """
     _check_inputs(q, k, v)
-    _check_sparse_options(sparse_impl, qk_int8, blocks_per_iter)  # before the side kernels run
+    _check_sparse_options(sparse_impl, blocks_per_iter)  # before the side kernels run
     # The fp8 P.V path's V scales come out of the side pass, which reads v anyway.
     fp8_pv = pv_fp8 and sparse_impl == "gluon" and gluon_supported(q, k, v, block_q, block_k)
-    lut, kv, ksum, pooled_k, vmax = _side_inputs_and_pool(q, k, v, topk, block_q, block_k, side_impl, fp8_pv)
+    lut, kv, ksum, vmax = _side_inputs_and_vmax(q, k, v, topk, block_q, block_k, side_impl, fp8_pv)
     return sparse_forward(
         q, k, v, lut, kv, ksum, proj_l_weight, proj_l_bias, block_q, block_k, blocks_per_iter=blocks_per_iter,
         block_m=block_m, num_warps=num_warps, num_stages=num_stages, fuse_linear=fuse_linear,
-        sparse_impl=sparse_impl, qk_int8=qk_int8,
-        k_mean=_k_mean(pooled_k, q.shape[-2], block_k) if qk_int8 else None, pv_fp8=fp8_pv, v_absmax=vmax,
+        sparse_impl=sparse_impl, pv_fp8=fp8_pv, v_absmax=vmax,
     )

@@ -170,23 +170,6 @@ def test_sla_gluon_fp8_pv_within_approximation_bounds(length, side_impl):
     assert _rel(out, exact) < 4e-2
 
 
-@pytest.mark.parametrize("length", [4000, 8192])
-@pytest.mark.parametrize(
-    ("impl", "pv_fp8"), [("tma", False), ("gluon", False), ("gluon", True)], ids=["tma", "gluon", "gluon_pv_fp8"]
-)
-def test_sla_int8_qk_variant_within_approximation_bounds(length, impl, pv_fp8):
-    """int8 QK^T (per-block scales on smoothed k) is approximate: cosine >= 0.999 against the fp32 reference;
-    in the Gluon kernel alone and with fp8 P.V (SageSLA's pairing)."""
-    from turbokernels import sla_triton
-
-    q, k, v = _model_layout_qkv(length, 4, length + 13)
-    w, b, ref = _proj_l_and_reference(q, k, v, 6)
-    exact = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl=impl)
-    out = sla_triton.sla_attention(q, k, v, w, b, 0.1, 128, 64, sparse_impl=impl, qk_int8=True, pv_fp8=pv_fp8)
-    assert sla_triton._gluon_disabled is None  # the Gluon variants built and ran
-    _assert_8bit_bounds(f"int8 QK {impl} pv_fp8={pv_fp8} L={length}", out, ref, exact)
-
-
 def test_linear_kv_pool_matches_separate_passes():
     from turbokernels import sla_triton
 

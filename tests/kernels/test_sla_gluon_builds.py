@@ -23,10 +23,9 @@ H100_SHARED_BYTES = 232448  # the most shared memory one CTA may hold on sm_90
 REPO = Path(__file__).resolve().parents[2]
 
 
-def build_report(pv_fp8: bool, qk_int8: bool = False) -> dict[str, object]:
+def build_report(pv_fp8: bool) -> dict[str, object]:
     """Compile the kernel for sm_90 at the model's layout (fused q/k/v views, bf16; with `pv_fp8`, V as the fp8
-    V^T of sla_triton.transpose_v_fp8; with `qk_int8`, q and k as the contiguous int8 copies of
-    sla_triton.quantize_int8_blocks) and describe the result."""
+    V^T of sla_triton.transpose_v_fp8) and describe the result."""
     import torch
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.driver import CudaDriver
@@ -54,13 +53,7 @@ def build_report(pv_fp8: bool, qk_int8: bool = False) -> dict[str, object]:
     qkv = torch.zeros(1, length, 3, heads, d, dtype=torch.bfloat16)
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
     maps = [sla_triton._tma_layout(x) for x in (q, k, v)]
-    q_scale = k_scale = torch.zeros(heads, math.ceil(length / 64))
-    if qk_int8:
-        q_i8, k_i8 = (torch.zeros(1, heads, length, d, dtype=torch.int8) for _ in range(2))
-        maps[:2] = [sla_triton._tma_layout(x) for x in (q_i8, k_i8)]
-        descs = [sla_gluon.descriptor(x, rows, m) for x, rows, m in zip((q_i8, k_i8), (128, 64), maps, strict=False)]
-    else:
-        descs = [sla_gluon.descriptor(x, rows, m) for x, rows, m in zip((q, k), (128, 64), maps, strict=False)]
+    descs = [sla_gluon.descriptor(x, rows, m) for x, rows, m in zip((q, k), (128, 64), maps, strict=False)]
     descs.append(sla_gluon.descriptor(v, 64, maps[2]))
     v_map = maps[2][3:]
     if pv_fp8:
@@ -72,41 +65,35 @@ def build_report(pv_fp8: bool, qk_int8: bool = False) -> dict[str, object]:
     lut = torch.zeros(1, heads, n_q, n_sel, dtype=torch.int32)
     out = torch.empty_like(q)
     compiled = sla_gluon._sla_sparse_gluon_kernel.warmup(
-        *descs, m_desc, out, lut, torch.zeros(heads, d), torch.zeros(d), torch.zeros(heads, d), q, q_scale, k_scale,
-        length, heads, n_sel, 0.1, *maps[0][3:], *maps[1][3:], *v_map, *out.stride(), *q.stride(),
-        q_scale.stride(0), k_scale.stride(0), lut.stride(1), lut.stride(2),
+        *descs, m_desc, out, lut, torch.zeros(heads, d), torch.zeros(d), torch.zeros(heads, d),
+        length, heads, n_sel, 0.1, *maps[0][3:], *maps[1][3:], *v_map, *out.stride(), lut.stride(1), lut.stride(2),
         BLOCK_M=128, BLOCK_KB=64, HEAD_DIM=d, K_STAGES=3, V_STAGES=2, CONSUMER_REGS=240, FUSE_LINEAR=True,
-        PV_FP8=pv_fp8, QK_INT8=qk_int8, num_warps=4, grid=(n_q, heads),
+        PV_FP8=pv_fp8, num_warps=4, grid=(n_q, heads),
     )
     ptx = compiled.asm["ptx"]
     return {
         "have_gluon": sla_gluon.HAVE_GLUON,
         "wgmma": "wgmma.mma_async" in ptx,
         "wgmma_e4m3": any("wgmma.mma_async" in line and "e4m3" in line for line in ptx.splitlines()),
-        "wgmma_s8": any("wgmma.mma_async" in line and ".s8" in line for line in ptx.splitlines()),
         "tma": "cp.async.bulk.tensor" in ptx,
         "setmaxnreg": "setmaxnreg" in ptx,
         "shared": compiled.metadata.shared,
     }
 
 
-@pytest.mark.parametrize(
-    ("pv_fp8", "qk_int8"), [(False, False), (True, False), (False, True), (True, True)],
-    ids=["bf16", "pv_fp8", "qk_int8", "qk_int8_pv_fp8"],
-)
-def test_gluon_sla_kernel_compiles_for_sm90(tmp_path, pv_fp8, qk_int8):
+@pytest.mark.parametrize("pv_fp8", [False, True], ids=["bf16", "pv_fp8"])
+def test_gluon_sla_kernel_compiles_for_sm90(tmp_path, pv_fp8):
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # a real build: Triton's cache key may miss a renamed builtin
     code = ("import json; from tests.kernels.test_sla_gluon_builds import build_report; "
-            f"print(json.dumps(build_report({pv_fp8}, {qk_int8})))")
+            f"print(json.dumps(build_report({pv_fp8})))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["have_gluon"]  # the pinned Triton ships Gluon's Hopper API
     assert report["wgmma"]  # Hopper's warpgroup products, not a slower path
     assert report["wgmma_e4m3"] == pv_fp8  # P.V on fp8 tensor cores exactly when asked
-    assert report["wgmma_s8"] == qk_int8  # Q.K^T on int8 tensor cores exactly when asked
     assert report["tma"]  # TMA loads
     assert report["setmaxnreg"]  # the producer/consumer register split of the warp specialisation
-    # q, K and V stages and the linear-branch matrix (int8 q and K take half the bytes)
-    assert (150 if qk_int8 else 200) * 1024 < report["shared"] <= H100_SHARED_BYTES
+    # q, K and V stages and the linear-branch matrix
+    assert 200 * 1024 < report["shared"] <= H100_SHARED_BYTES

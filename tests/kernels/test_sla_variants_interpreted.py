@@ -124,65 +124,6 @@ def test_transpose_v_fp8_layout_scales_and_padding(interpreted_kernels):
     assert not rows[..., 150:].any()  # the padding keys are zeros
 
 
-def test_quantize_int8_blocks_matches_torch(interpreted_kernels):
-    sla = interpreted_kernels["sla_triton"]
-    gen = torch.Generator().manual_seed(24)
-    _, k, _ = _qkv("model", 2, 2, 150, 16, gen)
-    mean = k.mean(dim=-2, keepdim=True)
-    for block, m in ((32, None), (16, mean)):
-        xq, scale = sla.quantize_int8_blocks(k, block, m)
-        x = k - m if m is not None else k
-        n_blocks = -(-150 // block)
-        padded = torch.nn.functional.pad(x, (0, 0, 0, n_blocks * block - 150))
-        absmax = padded.abs().reshape(2, 2, n_blocks, block * 16).amax(dim=-1).reshape(4, n_blocks)
-        assert torch.allclose(scale, absmax / 127, rtol=1e-6)
-        per_row = scale.reshape(2, 2, n_blocks).repeat_interleave(block, dim=-1)[..., :150, None]
-        # torch.round sends exact halves to even, the kernel away from zero: random data has no exact halves.
-        assert torch.equal(xq.float(), torch.round(x / per_row))
-        assert xq.dtype == torch.int8 and xq.is_contiguous()
-
-
-def _sparse_with_block_map(q, k, v, block_map, block_q, block_k):
-    length = q.shape[-2]
-    mask = block_map.repeat_interleave(block_k, dim=-1)[..., :length].repeat_interleave(block_q, dim=-2)[..., :length, :]
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-@pytest.mark.parametrize("blocks_per_iter", [1, 2])
-def test_sla_int8_qk_is_exact_on_dequantised_operands(interpreted_kernels, blocks_per_iter):
-    """The int8 QK^T variant equals exact sparse attention over the dequantised q and smoothed k (same block map),
-    plus the linear branch: the kernel adds no error beyond the quantisation itself."""
-    sla = interpreted_kernels["sla_triton"]
-    gen = torch.Generator().manual_seed(25 + blocks_per_iter)
-    q, k, v = _qkv("model", 1, 2, 200, 32, gen)
-    w, b = torch.randn(32, 32, generator=gen) * 0.2, torch.randn(32, generator=gen) * 0.2
-    topk, block_q, block_k = 1.0, 32, 16  # every block chosen: the partial last key block is in the tail step
-    out = sla.sla_attention(q, k, v, w, b, topk, block_q, block_k, sparse_impl="tma", qk_int8=True,
-                            blocks_per_iter=blocks_per_iter)
-    k_mean = k.mean(dim=-2, keepdim=True)
-
-    def dequantised(x, block, mean=None):
-        xq, scale = sla.quantize_int8_blocks(x, block, mean)
-        rows = scale.reshape(*x.shape[:2], -1).repeat_interleave(block, dim=-1)[..., : x.shape[-2], None]
-        return xq.float() * rows
-
-    block_map = reference.sla_block_map(q, k, topk, block_q, block_k)
-    exact_sparse = _sparse_with_block_map(q, k, v, block_map, block_q, block_k)
-    int8_sparse = _sparse_with_block_map(dequantised(q, block_q), dequantised(k, block_k, k_mean), v, block_map,
-                                         block_q, block_k)
-    ref = reference.sla_attention(q, k, v, w, b, topk, block_q, block_k)
-    assert _rel(out, ref - exact_sparse + int8_sparse) < 1e-5
-    assert _rel(out, ref) < 3e-2  # and the quantisation error itself is small
-
-
-def test_sla_int8_qk_needs_a_tma_or_gluon_kernel(interpreted_kernels):
-    sla = interpreted_kernels["sla_triton"]
-    q = torch.randn(1, 1, 64, 16)
-    with pytest.raises(ValueError, match="qk_int8"):
-        sla.sla_attention(q, q, q, torch.eye(16), torch.zeros(16), 0.5, 16, 16, qk_int8=True, sparse_impl="pointer")
-
-
-
 def test_gluon_build_failure_falls_back_to_the_tma_kernel(interpreted_kernels, monkeypatch, caplog):
     """A Triton whose Gluon API moved (the kernel does not compile) costs a warning, not a job: the TMA kernel
     runs instead and the Gluon kernel stays off for the process."""
@@ -210,23 +151,35 @@ def test_gluon_build_failure_falls_back_to_the_tma_kernel(interpreted_kernels, m
     assert torch.equal(first, expected) and torch.equal(second, expected)
 
 
-def test_dispatch_gives_the_8bit_flags_to_the_kernel_only(interpreted_kernels, kernel_backend):
-    """dispatch.sla_attention hands qk_int8 to the kernel (its output moves by the quantisation error) and runs the
-    exact reference, flags ignored, on the reference backend."""
+def test_dispatch_gives_the_fp8_pv_flag_to_the_kernel_only(interpreted_kernels, kernel_backend, monkeypatch):
+    """dispatch.sla_attention hands pv_fp8 to the kernel when asked (and calls it exactly as before when not), and
+    runs the exact reference, flag ignored, on the reference backend."""
+    sla = interpreted_kernels["sla_triton"]
     gen = torch.Generator().manual_seed(31)
     # dispatch's kernel takes bf16 or fp16; fp16 here, as Triton 3.9's interpreter gets these kernels' bf16 wrong
     # (outputs ~1e10; the GPU tests cover bf16).
     q, k, v = (x.half() for x in _qkv("model", 1, 2, 200, 32, gen))
     w, b = torch.randn(32, 32, generator=gen) * 0.2, torch.randn(32, generator=gen) * 0.2
+    seen = []
+    kernel = sla.sla_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(sla, "sla_attention", spy)
     exact = kernel_backend.sla_attention(q, k, v, w, b, 0.5, 32, 16)
-    int8 = kernel_backend.sla_attention(q, k, v, w, b, 0.5, 32, 16, qk_int8=True)
-    assert 1e-5 < _rel(int8, exact) < 3e-2
+    # The fp8 product is Gluon-only (no interpreter): here the kernel takes the flag and stays exact.
+    fp8 = kernel_backend.sla_attention(q, k, v, w, b, 0.5, 32, 16, pv_fp8=True)
+    assert seen == [{}, {"pv_fp8": True}]
+    assert torch.equal(fp8, exact) and _rel(exact, reference.sla_attention(q, k, v, w, b, 0.5, 32, 16)) < 1e-2
     kernel_backend.set_backend("reference")
-    flagged = kernel_backend.sla_attention(q, k, v, w, b, 0.5, 32, 16, qk_int8=True, pv_fp8=True)
+    flagged = kernel_backend.sla_attention(q, k, v, w, b, 0.5, 32, 16, pv_fp8=True)
+    assert len(seen) == 2  # the kernel was not called
     assert torch.equal(flagged, reference.sla_attention(q, k, v, w, b, 0.5, 32, 16))
 
 
-def test_dit_8bit_attention_switch_reaches_every_sla_layer(monkeypatch):
+def test_dit_fp8_pv_switch_reaches_every_sla_layer(monkeypatch):
     from inference.configs import TINY
     from inference.dit import SparseLinearAttention, WanDiT
     from turbokernels import dispatch
@@ -234,13 +187,13 @@ def test_dit_8bit_attention_switch_reaches_every_sla_layer(monkeypatch):
     dit = WanDiT(TINY.dit, attention="sla")
     layers = [m for m in dit.modules() if isinstance(m, SparseLinearAttention)]
     assert len(layers) == TINY.dit.num_layers
-    assert not any(m.qk_int8 or m.pv_fp8 for m in layers)  # exact unless asked
-    dit.use_8bit_attention(qk_int8=True, pv_fp8=False)
-    assert all(m.qk_int8 and not m.pv_fp8 for m in layers)
+    assert not any(m.pv_fp8 for m in layers)  # exact unless asked
+    dit.use_fp8_pv()
+    assert all(m.pv_fp8 for m in layers)
     seen = {}
     monkeypatch.setattr(dispatch, "sla_attention", lambda *args, **kwargs: seen.update(kwargs) or args[0])
     q = torch.randn(1, TINY.dit.num_heads, 8, TINY.dit.head_dim)
     layers[0](q, q, q)
-    assert seen == {"qk_int8": True, "pv_fp8": False}
-    dit.use_8bit_attention(qk_int8=False, pv_fp8=False)
-    assert not any(m.qk_int8 or m.pv_fp8 for m in layers)
+    assert seen == {"pv_fp8": True}
+    dit.use_fp8_pv(False)
+    assert not any(m.pv_fp8 for m in layers)
