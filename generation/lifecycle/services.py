@@ -6,6 +6,10 @@
 - `Prefer: wait=N` (1 to 60) on create: the answer waits until the job has finished or N seconds have passed, then
   shows the job as GET does, with `Preference-Applied: wait=N`. Each web process holds at most
   TURBO_PREFER_WAIT_MAX_WAITERS such requests; beyond that the answer comes at once, without the header.
+  A waiting request listens on the job's event channel (generation/events/bus.py, as the SSE stream does) and
+  re-reads the job on a status event, or every RECHECK_S in case an event was lost; with no channel (Redis down)
+  it polls every WAIT_POLL_S. Between reads it gives its pooled database connection back (DB_POOL_MAX_SIZE under
+  ASGI), so a minute of waiting does not hold one of the few connections that every other request needs.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
+from generation.events import bus
 from generation.lifecycle.models import JobDeadline
 from generation.models import Job
 from generation.services import JobRejected
@@ -28,7 +34,8 @@ log = logging.getLogger(__name__)
 MAX_WAIT_S = 60
 MIN_CANCEL_AFTER_S = 5
 MAX_CANCEL_AFTER_S = 7 * 24 * 3600
-WAIT_POLL_S = 0.25
+WAIT_POLL_S = 0.25  # between reads when there is no event channel to listen on
+RECHECK_S = 2.0  # between reads while listening: the longest a lost event can delay the answer
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 _PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*\"?([^\s\";]*)\"?\s*$", re.IGNORECASE)
 _waiters = threading.BoundedSemaphore(1)
@@ -115,13 +122,69 @@ def wait_for_job(job: Job, seconds: int) -> bool:
     if not slot.acquire(blocking=False):
         return False
     try:
-        deadline = time.monotonic() + seconds
-        while not job.is_finished and time.monotonic() < deadline:
-            time.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
-            try:
-                job.refresh_from_db()
-            except Job.DoesNotExist:  # deleted meanwhile: answer with what we last saw
-                break
+        _wait(job, time.monotonic() + seconds)
     finally:
         slot.release()
     return True
+
+
+def _wait(job: Job, deadline: float) -> None:
+    subscription = _subscribe(job.id)  # before the first read, so a change right after it is not missed
+    try:
+        while True:
+            try:
+                job.refresh_from_db()
+            except Job.DoesNotExist:  # deleted meanwhile: answer with what we last saw
+                return
+            remaining = deadline - time.monotonic()
+            if job.is_finished or remaining <= 0:
+                return
+            _give_back_connection()
+            if subscription is None:
+                time.sleep(min(WAIT_POLL_S, remaining))
+            else:
+                subscription = _until_status_event(subscription, min(RECHECK_S, remaining))
+    finally:
+        if subscription is not None:
+            _close(subscription)
+
+
+Subscription = bus.LocalSubscription | bus.RedisSubscription
+
+
+def _subscribe(job_id: object) -> Subscription | None:
+    try:
+        return bus.subscribe(job_id)
+    except Exception:  # Redis down: the wait still works, by polling the database
+        log.warning("job %s: no event channel for Prefer: wait; polling instead", job_id, exc_info=True)
+        return None
+
+
+def _until_status_event(subscription: Subscription, timeout: float) -> Subscription | None:
+    """Return at the job's next status event (progress events cannot end a wait) or after `timeout`; None when
+    the channel broke, so the caller polls from then on."""
+    end = time.monotonic() + timeout
+    try:
+        while (left := end - time.monotonic()) > 0:
+            if subscription.get(left) == "status":
+                break
+    except Exception:
+        log.warning("the event channel broke during Prefer: wait; polling instead", exc_info=True)
+        _close(subscription)
+        return None
+    return subscription
+
+
+def _close(subscription: Subscription) -> None:
+    try:
+        subscription.close()
+    except Exception:
+        log.debug("closing an event subscription failed", exc_info=True)
+
+
+def _give_back_connection() -> None:
+    """A pooled connection goes back to the pool until the next read (which takes one again). A plain persistent
+    connection is kept: it is this thread's own, holds nobody up, and reopening it costs more than keeping it.
+    Never inside a transaction, which closing would break."""
+    if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
+        connection.close()

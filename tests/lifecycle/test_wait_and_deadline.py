@@ -148,3 +148,16 @@ def test_openapi_documents_prefer_and_cancel_after(api_client):
     schema = api_client.get(reverse("schema"), HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
     names = {p["name"] for p in schema["paths"]["/api/v1/jobs/"]["post"]["parameters"]}
     assert {"Prefer", "Cancel-After", "Idempotency-Key"} <= names
+
+
+def test_prefer_wait_without_an_event_channel_polls(user, token_client, enqueued, settings, caplog):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: no channel to hear the job end on
+    worker = run_soon(enqueued, 1.0)
+    started = time.monotonic()
+    response = create(token_client(user), {"Prefer": "wait=20"})
+    elapsed = time.monotonic() - started
+    worker.join()
+    assert response.status_code == 201 and response["Preference-Applied"] == "wait=20"
+    assert response.json()["status"] == "SUCCEEDED"
+    assert 0.9 <= elapsed < 10
+    assert "polling instead" in caplog.text
