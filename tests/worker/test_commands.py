@@ -3,6 +3,7 @@ registry row through which a worker tells the site which models it can run."""
 
 from __future__ import annotations
 
+import threading
 import time
 from io import StringIO
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from django.core.management import CommandError, call_command
 
+from generation.management import serving
 from generation.management.commands.run_gpu_worker import Command
 from inference.types import WeightsError
 
@@ -18,6 +20,25 @@ def test_run_gpu_worker_needs_redis(settings):
     settings.REDIS_URL = ""
     with pytest.raises(CommandError, match="REDIS_URL is not set"):
         call_command("run_gpu_worker")
+
+
+@pytest.mark.parametrize(("command", "instead"), [("run_gpu_worker", "the web process runs jobs itself"),
+                                                   ("run_webhook_worker", "the web process delivers webhooks")])
+def test_worker_commands_refuse_without_an_answering_broker(settings, monkeypatch, command, instead):
+    settings.REDIS_URL = ""
+    with pytest.raises(CommandError, match=f"REDIS_URL is not set: .*{instead}"):
+        call_command(command)
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    monkeypatch.setattr("turbosite.broker.ping", lambda: False)
+    with pytest.raises(CommandError, match="the Redis broker at REDIS_URL does not answer"):
+        call_command(command)
+
+
+def test_serving_says_ready_then_stops_its_threads_after_saying_so():
+    stop, out, said_when_stopped = threading.Event(), StringIO(), []
+    threading.Timer(0.2, stop.set).start()  # what SIGTERM's handler does
+    serving.serve_until(stop, out, "worker w ready", lambda: said_when_stopped.append(out.getvalue()))
+    assert said_when_stopped == ["worker w readyshutting down"]
 
 
 def test_run_gpu_worker_names_the_weights_it_cannot_load(fake_loader):

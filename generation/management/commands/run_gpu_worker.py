@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -29,6 +27,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from generation import actors, queue, reaper
 from generation import worker as job_worker
+from generation.management import serving
 from turbosite import broker
 
 log = logging.getLogger(__name__)
@@ -49,11 +48,8 @@ class Command(BaseCommand):
                             help="GPUs that share each job (sequence parallel); default TURBO_GPUS_PER_JOB or 1")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not settings.REDIS_URL:
-            raise CommandError("REDIS_URL is not set: a separate GPU worker needs the Redis broker "
+        serving.require_broker("a separate GPU worker needs the Redis broker "
                                "(on the embedded default the web process runs jobs itself)")
-        if not broker.ping():
-            raise CommandError(f"the Redis broker at REDIS_URL does not answer ({broker.describe_broker()})")
         job_worker.remove_stale_temp_folders()  # partial videos of a worker killed on this host
         if options["gpus_per_job"] < 1:
             raise CommandError(f"--gpus-per-job must be at least 1, got {options['gpus_per_job']}")
@@ -75,30 +71,21 @@ class Command(BaseCommand):
             if not options["no_warm_up"]:
                 self._warm_up(pipeline)
         self._warn_if_several_gpus()
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-
+        stop = serving.stop_signals()
         presence = job_worker.Presence()  # the site learns from this row which models this host can run
         presence.start()
         dramatiq_worker = actors.start_worker(threads=1)
-        reaper_thread = None
-        if not options["no_reaper"]:
-            reaper_thread = reaper.start_reaper_thread()
-        gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "all visible")
-        self.stdout.write(f"worker {job_worker.worker_name()} ready: queue {queue.GPU_QUEUE!r} on "
-                          f"{broker.describe_broker()}, GPUs {gpus}")
-        self.stdout.flush()
-        try:
-            while not stop.wait(1.0):
-                pass
-        finally:
-            self.stdout.write("shutting down")
-            self.stdout.flush()
+        reaper_thread = None if options["no_reaper"] else reaper.start_reaper_thread()
+
+        def shut_down() -> None:
             if reaper_thread is not None:
                 reaper_thread.stop()
             dramatiq_worker.stop(timeout=options["shutdown_timeout"] * 1000)
             presence.stop()
+
+        gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "all visible")
+        serving.serve_until(stop, self.stdout, f"worker {job_worker.worker_name()} ready: queue {queue.GPU_QUEUE!r} "
+                            f"on {broker.describe_broker()}, GPUs {gpus}", shut_down)
 
     def _run_group(self, options: dict[str, Any], preload: str) -> None:
         from generation import group_worker

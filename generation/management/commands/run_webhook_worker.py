@@ -8,14 +8,12 @@ stops it; a delivery waiting for its retry stays in Redis for the next worker.
 
 from __future__ import annotations
 
-import signal
-import threading
 from typing import Any
 
-from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from generation.lifecycle import actors as maintenance_actors
+from generation.management import serving
 from generation.webhooks import actors
 from turbosite import broker
 
@@ -29,26 +27,17 @@ class Command(BaseCommand):
                             help="do not consume the 'maintenance' queue (retention runs in another worker)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not settings.REDIS_URL:
-            raise CommandError("REDIS_URL is not set: on the embedded default the web process delivers webhooks")
-        if not broker.ping():
-            raise CommandError(f"the Redis broker at REDIS_URL does not answer ({broker.describe_broker()})")
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+        serving.require_broker("on the embedded default the web process delivers webhooks")
+        stop = serving.stop_signals()
         dramatiq_worker = actors.start_worker(threads=max(1, options["threads"]))
         # One thread: retention runs one batch at a time anyway (a lock), and must not take the deliveries' threads.
         maintenance = None if options["no_maintenance"] else maintenance_actors.start_worker(threads=1)
         queues = [broker.WEBHOOK_QUEUE] + ([broker.MAINTENANCE_QUEUE] if maintenance else [])
-        self.stdout.write(f"webhook worker ready: queue {broker.WEBHOOK_QUEUE!r} on {broker.describe_broker()}"
-                          f" (queues {', '.join(queues)})")
-        self.stdout.flush()
-        try:
-            while not stop.wait(1.0):
-                pass
-        finally:
-            self.stdout.write("shutting down")
-            self.stdout.flush()
+
+        def shut_down() -> None:
             dramatiq_worker.stop(timeout=15_000)
             if maintenance is not None:
                 maintenance.stop(timeout=15_000)
+
+        serving.serve_until(stop, self.stdout, f"webhook worker ready: queue {broker.WEBHOOK_QUEUE!r} on "
+                            f"{broker.describe_broker()} (queues {', '.join(queues)})", shut_down)
