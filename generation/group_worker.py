@@ -179,6 +179,12 @@ def _shut_down(ranks: list[multiprocessing.process.BaseProcess], options: GroupO
     _kill(ranks)
 
 
+def group_stopped_reason(size: int) -> str:
+    """The owner's words for a job that ended because its worker group broke (whoever of rank 0 and the supervisor
+    notices first writes it, so both say the same)."""
+    return f"one of the {size} GPU processes running this job stopped; the worker group restarts. Retry the job."
+
+
 def fail_jobs_of(leader_pid: int | None, size: int, what: str) -> list[str]:
     """End FAILED every job still RUNNING under the group's rank 0, and drop any output it stored. Returns their ids."""
     from django.db import close_old_connections
@@ -194,9 +200,7 @@ def fail_jobs_of(leader_pid: int | None, size: int, what: str) -> list[str]:
     running = Job.objects.filter(Q(worker=name[:128]) | Q(worker__startswith=f"{name}:"), status=Job.Status.RUNNING)
     failed = []
     for job in running:
-        message = (f"One of the {size} GPU processes running this job stopped ({what}); the worker group "
-                   "restarts. Retry the job.")
-        if job.fail(message, attempt=job.attempts):
+        if job.fail(f"The video could not be made: {group_stopped_reason(size)}", detail=what, attempt=job.attempts):
             failed.append(str(job.id))
             for stored in (storage.output_name(job), storage.poster_name(job)):
                 storage.delete_quietly(stored)
@@ -322,9 +326,14 @@ class _Leader:
         """generation.worker's pipeline loader: every rank loads `model`; raises the first rank's error."""
         from inference.types import WeightsError
 
-        self.control.send("load", model)
-        pipeline, error = _load(self.options, model, self.group)
-        errors = [e for e in self.control.gather(error) if e]
+        try:
+            self.control.send("load", model)
+            pipeline, error = _load(self.options, model, self.group)  # a loader's own error comes back, not raised
+            errors = [e for e in self.control.gather(error) if e]
+        except Exception as exc:  # the group's collective broke: a rank is gone
+            self.broken = True
+            raise _group_failure(self.group.world, f"loading {model} across the group failed "
+                                 f"({type(exc).__name__}: {exc})") from exc
         if error is not None or errors:
             raise WeightsError(error or errors[0])
         return GroupPipeline(self, pipeline)
@@ -377,8 +386,11 @@ class _Leader:
         return 0
 
 
-class GroupFailure(RuntimeError):
+def _group_failure(world: int, detail: str) -> Exception:
     """A job stopped on one rank of a group in a way the other ranks did not see; the group is restarted."""
+    from generation.worker import ExplainedFailure
+
+    return ExplainedFailure(group_stopped_reason(world), detail)
 
 
 class GroupPipeline:
@@ -392,14 +404,22 @@ class GroupPipeline:
         self.device_name = pipeline.device_name
 
     def warm_up(self, resolutions: list[str] | None = None) -> dict[str, float]:
-        self._leader.control.send("warm_up", resolutions)
-        return self._guarded(lambda: self.pipeline.warm_up(resolutions))
+        def both() -> dict[str, float]:
+            self._leader.control.send("warm_up", resolutions)
+            return self.pipeline.warm_up(resolutions)
+
+        return self._guarded(both)
 
     def generate(self, request: Any, progress: Any = None, should_cancel: Any = None, frame_sink: Any = None) -> Any:
         if self._leader.broken:
-            raise GroupFailure("the GPU worker group is restarting")
-        self._leader.control.send("generate", request)
-        return self._guarded(lambda: self.pipeline.generate(request, progress, should_cancel, frame_sink))
+            raise _group_failure(self._leader.group.world, "the GPU worker group is restarting")
+
+        def both() -> Any:
+            # Telling the other ranks is part of the common work: a rank already gone breaks it right here.
+            self._leader.control.send("generate", request)
+            return self.pipeline.generate(request, progress, should_cancel, frame_sink)
+
+        return self._guarded(both)
 
     def _guarded(self, call: Callable[[], Any]) -> Any:
         from inference.types import GenerationCanceled, InferenceInputError
@@ -413,8 +433,8 @@ class GroupPipeline:
             if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
                 raise  # the worker words this one itself
             log.exception("the worker group stopped during a job")
-            raise GroupFailure(f"the job stopped on one of the {self._leader.group.world} GPU processes of this "
-                               f"worker ({type(exc).__name__}); the worker group restarts") from exc
+            raise _group_failure(self._leader.group.world, f"the job stopped on one of the GPU processes of this "
+                                 f"worker ({type(exc).__name__}: {exc}); the worker group restarts") from exc
         except BaseException:
             self._leader.broken = True  # a shutdown or time limit interrupted the ranks' common work
             raise

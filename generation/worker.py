@@ -223,6 +223,15 @@ class StorageFailed(Exception):
     """Reading the input or writing an output failed after the storage layer's retries."""
 
 
+class ExplainedFailure(Exception):
+    """A failure whose raiser knows what happened in the owner's words: `reason` completes "The video could not be
+    made: ..."; the exception's own text stays for the log and the admin."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 @dataclass
 class _Ownership:
     """Why a running job must stop; set by the cancel check, the heartbeat thread or the deadline."""
@@ -591,6 +600,8 @@ def failure_message(exc: BaseException, run: _Run) -> str:
     if isinstance(exc, InferenceInputError):
         return ("The video could not be made: the model cannot use this image with these settings. Try another "
                 "image or the default settings.")
+    if isinstance(exc, ExplainedFailure):
+        return f"The video could not be made: {exc.reason}"
     return (f"The video could not be made: something went wrong on the server while {run.stage.label.lower()}. "
             f"Run it again; if it fails again, give the operator the job id {job.id}.")
 
