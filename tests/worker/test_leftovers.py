@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def test_the_gpu_worker_command_cleans_up_before_taking_jobs(monkeypatch, settin
     with pytest.raises(RuntimeError, match="stop"):
         call_command("run_gpu_worker", "--preload", "none", "--no-reaper")
     assert cleaned == [True]
+    # A worker that failed to start stops reporting itself alive.
+    assert not [t for t in threading.enumerate() if t.name == "worker-presence" and t.is_alive()]
 
 
 def _running(job: Job, *, attempts: int) -> Job:

@@ -74,14 +74,21 @@ class Command(BaseCommand):
         stop = serving.stop_signals()
         presence = job_worker.Presence()  # the site learns from this row which models this host can run
         presence.start()
-        dramatiq_worker = actors.start_worker(threads=1)
-        reaper_thread = None if options["no_reaper"] else reaper.start_reaper_thread()
+        dramatiq_worker = reaper_thread = None
 
         def shut_down() -> None:
             if reaper_thread is not None:
                 reaper_thread.stop()
-            dramatiq_worker.stop(timeout=options["shutdown_timeout"] * 1000)
+            if dramatiq_worker is not None:
+                dramatiq_worker.stop(timeout=options["shutdown_timeout"] * 1000)
             presence.stop()
+
+        try:
+            dramatiq_worker = actors.start_worker(threads=1)
+            reaper_thread = None if options["no_reaper"] else reaper.start_reaper_thread()
+        except BaseException:
+            shut_down()  # a worker that failed to start must not go on reporting itself alive
+            raise
 
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "all visible")
         serving.serve_until(stop, self.stdout, f"worker {job_worker.worker_name()} ready: queue {queue.GPU_QUEUE!r} "
