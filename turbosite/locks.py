@@ -18,10 +18,10 @@ from typing import Any
 
 from django.conf import settings
 
+from turbosite.redis_clients import shared_client
+
 log = logging.getLogger(__name__)
 
-_client: Any = None
-_client_lock = threading.Lock()
 _local_lock = threading.Lock()
 _local_periods: dict[str, float] = {}
 _local_held: set[str] = set()
@@ -32,13 +32,7 @@ def _key(name: str) -> str:
 
 
 def _redis() -> Any:
-    global _client
-    with _client_lock:
-        if _client is None:
-            import redis
-
-            _client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-        return _client
+    return shared_client(settings.REDIS_URL, 5)
 
 
 def claim_period(name: str, seconds: float) -> bool:

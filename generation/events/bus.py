@@ -16,31 +16,21 @@ from typing import Any
 
 from django.conf import settings
 
+from turbosite.redis_clients import shared_client
+
 log = logging.getLogger(__name__)
 
 _local_lock = threading.Lock()
 _local: dict[str, set[queue.Queue[str]]] = defaultdict(set)
-_redis_lock = threading.Lock()
-_redis_client: Any = None
 
 
 def channel(job_id: Any) -> str:
     return f"{settings.QUEUE_NAMESPACE}:job-events:{job_id}"
 
 
-def _redis() -> Any:
-    global _redis_client
-    with _redis_lock:
-        if _redis_client is None:
-            import redis
-
-            _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-        return _redis_client
-
-
 def publish(job_id: Any, kind: str) -> None:
     if settings.REDIS_URL:
-        _redis().publish(channel(job_id), kind)
+        shared_client(settings.REDIS_URL, 2).publish(channel(job_id), kind)
         return
     with _local_lock:
         listeners = list(_local.get(str(job_id), ()))
