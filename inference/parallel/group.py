@@ -129,35 +129,30 @@ class ParallelGroup:
 
     def all_gather(self, x: torch.Tensor, dim: int, sizes: list[int]) -> torch.Tensor:
         """Concatenate every rank's `x` along `dim` in rank order; rank i's part has sizes[i] entries there."""
-        largest = max(sizes)
-        if x.shape[dim] != sizes[self.rank]:
-            raise ValueError(f"rank {self.rank} holds {x.shape[dim]} entries along dim {dim}, expected {sizes[self.rank]}")
-        padded = x
-        if x.shape[dim] < largest:
-            pad_shape = list(x.shape)
-            pad_shape[dim] = largest - x.shape[dim]
-            padded = torch.cat([x, x.new_zeros(pad_shape)], dim=dim)
-        padded = padded.contiguous()
+        padded = self._padded(x, dim, sizes)
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         with self._collective("all_gather", padded.numel() * padded.element_size()):
             dist.all_gather(parts, padded, group=self.pg)
-        return torch.cat([part.narrow(dim, 0, size) for part, size in zip(parts, sizes, strict=True)], dim=dim)
+        return _joined(parts, dim, sizes)
 
     def gather_to_first(self, x: torch.Tensor, dim: int, sizes: list[int]) -> torch.Tensor | None:
         """Like all_gather, but only rank 0 receives the result (others get None)."""
-        largest = max(sizes)
-        padded = x
-        if x.shape[dim] < largest:
-            pad_shape = list(x.shape)
-            pad_shape[dim] = largest - x.shape[dim]
-            padded = torch.cat([x, x.new_zeros(pad_shape)], dim=dim)
-        padded = padded.contiguous()
+        padded = self._padded(x, dim, sizes)
         parts = [torch.empty_like(padded) for _ in range(self.world)] if self.is_first else None
         with self._collective("gather", padded.numel() * padded.element_size()):
             dist.gather(padded, parts, dst=self._global(0), group=self.pg)
-        if parts is None:
-            return None
-        return torch.cat([part.narrow(dim, 0, size) for part, size in zip(parts, sizes, strict=True)], dim=dim)
+        return None if parts is None else _joined(parts, dim, sizes)
+
+    def _padded(self, x: torch.Tensor, dim: int, sizes: list[int]) -> torch.Tensor:
+        """This rank's part, zero-padded along `dim` to the largest part: the collectives move equal shapes."""
+        if x.shape[dim] != sizes[self.rank]:
+            raise ValueError(f"rank {self.rank} holds {x.shape[dim]} entries along dim {dim}, expected {sizes[self.rank]}")
+        missing = max(sizes) - x.shape[dim]
+        if missing:
+            pad_shape = list(x.shape)
+            pad_shape[dim] = missing
+            x = torch.cat([x, x.new_zeros(pad_shape)], dim=dim)
+        return x.contiguous()
 
     def broadcast_flag(self, flag: bool) -> bool:
         """Rank 0's `flag` on every rank (the others' arguments are ignored)."""
@@ -171,3 +166,8 @@ class ParallelGroup:
 
     def _global(self, group_rank: int) -> int:
         return group_rank if self.pg is None else dist.get_global_rank(self.pg, group_rank)
+
+
+def _joined(parts: list[torch.Tensor], dim: int, sizes: list[int]) -> torch.Tensor:
+    """The padded parts of a gather, each cut back to its rank's size and concatenated in rank order."""
+    return torch.cat([part.narrow(dim, 0, size) for part, size in zip(parts, sizes, strict=True)], dim=dim)
