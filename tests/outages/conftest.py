@@ -13,6 +13,7 @@ from dramatiq.brokers.redis import RedisBroker
 from generation.models import Job
 from tests.factories import delete_job_files, stored_job
 from tests.outages.processes import Process, RedisServer, TcpRelay
+from tests.s3server import own_s3  # noqa: F401  (for the tests that freeze a storage server)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,25 +16,16 @@ from rest_framework.authtoken.models import Token
 from generation.models import Job
 from tests.factories import png_bytes
 from tests.outages.processes import child_env, start_web, wait_for
-from tests.s3server import SeaweedS3, new_server
+from tests.s3server import HUNG_BUCKET as BUCKET
+from tests.s3server import SeaweedS3
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BUCKET = "hung-gunicorn"
 WORKERS = 3  # the production compose's WEB_CONCURRENCY
 SUBMITS = 14  # more than the 12 threads of the server that this outage once took down
 DEADLINE_S = 8  # TURBO_STORAGE_DEADLINE_S, set explicitly below
 # A submit may wait out one storage deadline, plus a request's own work on a loaded 2-core machine.
 SUBMIT_BOUND_S = DEADLINE_S + 4
-
-
-@pytest.fixture
-def s3() -> Iterator[SeaweedS3]:
-    server = new_server()
-    server.start()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
 
 
 def _submit(base: str, token: str, n: int) -> tuple[requests.Response, float]:
@@ -52,7 +42,8 @@ def _probe(base: str) -> tuple[int, float]:
     return response.status_code, time.monotonic() - started
 
 
-def test_hung_storage_does_not_take_the_web_server_down(user, processes, s3, tmp_path):
+def test_hung_storage_does_not_take_the_web_server_down(user, processes, own_s3: SeaweedS3, tmp_path):
+    s3 = own_s3  # frozen by this test itself: the server the web process uses, not this process's storage
     env = child_env(S3_BUCKET=BUCKET, S3_ENDPOINT_URL=s3.endpoint, S3_ACCESS_KEY_ID=s3.access_key,
                     S3_SECRET_ACCESS_KEY=s3.secret_key, S3_ADDRESSING_STYLE="path",
                     TURBO_STORAGE_DEADLINE_S=str(DEADLINE_S), TURBO_MAX_ACTIVE_JOBS="0",
