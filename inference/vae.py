@@ -229,8 +229,20 @@ class CausalConv3d(nn.Conv3d):
         b, c, _, h, w = head.shape
         out = torch.empty((b, c, t, h, w), dtype=head.dtype, device=head.device, memory_format=_memory_format(5))
         out[:, :, : s + 1].copy_(head)
-        out[:, :, s + 1 :].copy_(head[:, :, -1:].expand(b, c, t - s - 1, h, w))
+        _repeat_frame(out, s)
         return out
+
+
+def _repeat_frame(x: torch.Tensor, s: int) -> torch.Tensor:
+    """x[:, :, s+1:] <- x[:, :, s], by doubling copies: each copies a run of whole frames, which in
+    channels_last_3d (batch 1) is one dense block and goes as a memcpy, where one broadcast copy of frame s takes
+    PyTorch's strided, non-vectorised copy kernel."""
+    t, done = x.shape[2], s + 1
+    while done < t:
+        n = min(done - s, t - done)
+        x[:, :, done : done + n].copy_(x[:, :, s : s + n])
+        done += n
+    return x
 
 
 class RMSNorm(nn.Module):
@@ -297,10 +309,15 @@ class ResidualBlock(nn.Module):
         )
         self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: StreamCache | None = None, *, in_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`in_bias` (fused path only): a per-channel bias that x still lacks, left out by the conv that made it."""
         opts = _options()
         if opts.fused_norm:
-            return self._forward_fused(x, cache)
+            return self._forward_fused(x, cache, in_bias)
+        if in_bias is not None:
+            raise ValueError("only the fused path takes the previous conv's bias")
         if opts.fewer_copies:
             norm1, _, conv1, norm2, _, _, conv2 = self.residual
             skip = self.shortcut(x, cache) if isinstance(self.shortcut, CausalConv3d) else x
@@ -312,20 +329,26 @@ class ResidualBlock(nn.Module):
             x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
         return x + skip
 
-    def _forward_fused(self, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, cache: StreamCache | None, in_bias: torch.Tensor | None) -> torch.Tensor:
         """The fused path: the norms write into the convs' buffers, and no conv adds its bias in a pass of its own
         over its output (PyTorch adds a cuDNN conv's bias separately): the first conv's bias goes into the second
-        norm, the second conv's (and the shortcut's) into the residual add."""
+        norm, the second conv's (and the shortcut's) into the residual add. The input's missing bias (`in_bias`)
+        goes into the first norm and, through the skip path, into the residual add: as is for an identity
+        shortcut, as W @ in_bias for a 1x1 shortcut conv (conv(x + b) = conv(x) + W b, no padding to break it)."""
         from turbokernels import vae_norms_triton
 
         norm1, _, conv1, norm2, _, _, conv2 = self.residual
-        out_bias = conv2.bias
+        out_bias = conv2.bias.float()
         if isinstance(self.shortcut, CausalConv3d):
             skip = self.shortcut.forward_with_context(x, cache, bias=False)
-            out_bias = conv2.bias.float() + self.shortcut.bias.float()
+            out_bias = out_bias + self.shortcut.bias.float()
+            if in_bias is not None:
+                out_bias = out_bias + self.shortcut.weight.float().flatten(1) @ in_bias.float()
         else:
             skip = x
-        y = conv1.forward_with_context(x, cache, fill=norm1.silu_into, bias=False)
+            if in_bias is not None:
+                out_bias = out_bias + in_bias.float()
+        y = conv1.forward_with_context(x, cache, fill=functools.partial(norm1.silu_into, bias=in_bias), bias=False)
         y = conv2.forward_with_context(y, cache, fill=functools.partial(norm2.silu_into, bias=conv1.bias), bias=False)
         if _use_triton(y):
             return vae_norms_triton.add_bias_residual_(y, skip, out_bias)
@@ -385,23 +408,42 @@ class Resample(nn.Module):
             x = self._time_down(x, cache if cache is not None else StreamCache())
         return x
 
+    def forward_unbiased(
+        self, x: torch.Tensor, cache: StreamCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """forward for the fused path: the output without the 2-D conv's bias, and that bias (for the next
+        residual block to add inside its kernels). downsample3d's time conv follows the 2-D conv and leaves the
+        first frame alone, so one bias per channel can't stand for it: complete output, None."""
+        if self.mode == "downsample3d":
+            return self(x, cache), None
+        if self.mode == "upsample3d":
+            x = self._time_up(x, cache if cache is not None else StreamCache())
+        prepare, conv = self.resample
+        y = _per_frame(lambda f: F.conv2d(prepare(f), conv.weight, None, conv.stride, conv.padding), x)
+        return y, conv.bias
+
     def _time_up(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
         started = cache.get(self) is not None
         cache.set(self, True)
         head, rest = (x[:, :, :0], x) if started else (x[:, :, :1], x[:, :, 1:])
         if rest.shape[2] == 0:
             return head
-        y = self.time_conv(rest, cache)  # [B, 2C, T, H, W]: channel halves are the two output frames
-        b, c2, t, h, w = y.shape
         if _options().fewer_copies:
-            # One copy into the output (frame 2i+s of the rest = channel half s of y's frame i) instead of a
-            # reshape copy then a cat copy; keeps the active layout.
+            # One pass into the output (frame 2i+s of the rest = channel half s of y's frame i) that also adds the
+            # conv's bias, instead of a bias pass, a reshape copy and a cat copy; keeps the active layout. The
+            # same bf16 sum PyTorch's own bias pass makes.
+            y = self.time_conv.forward_with_context(rest, cache, bias=False)  # [B, 2C, T, H, W]
+            b, c2, t, h, w = y.shape
             n = head.shape[2]
             out = torch.empty((b, c2 // 2, n + 2 * t, h, w), dtype=y.dtype, device=y.device,
                               memory_format=_memory_format(5))  # fmt: skip
             out[:, :, :n].copy_(head)
-            out[:, :, n:].unflatten(2, (t, 2)).copy_(y.unflatten(1, (2, c2 // 2)).permute(0, 2, 3, 1, 4, 5))
+            bias = self.time_conv.bias.view(2, c2 // 2).t().reshape(1, c2 // 2, 1, 2, 1, 1)
+            torch.add(y.unflatten(1, (2, c2 // 2)).permute(0, 2, 3, 1, 4, 5), bias,
+                      out=out[:, :, n:].unflatten(2, (t, 2)))  # fmt: skip
             return out
+        y = self.time_conv(rest, cache)  # [B, 2C, T, H, W]: channel halves are the two output frames
+        b, c2, t, h, w = y.shape
         y = y.reshape(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)
         return torch.cat([head, y], dim=2)
 
@@ -422,10 +464,37 @@ class Resample(nn.Module):
         return torch.cat([head, self.time_conv(context)], dim=2)
 
 
-def _run(layers: nn.Module, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
+def _run(
+    layers: nn.Module, x: torch.Tensor, cache: StreamCache | None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The layers in order. On the fused path the convs outside residual blocks (`bias`: the one before the first
+    layer; the resamplers' 2-D convs) leave their bias to the next residual block, which adds it inside its kernels
+    instead of a pass of its own over a full-resolution map."""
+    fused = _options().fused_norm
     for layer in layers:
-        x = layer(x, cache) if isinstance(layer, (ResidualBlock, AttentionBlock, Resample, CausalConv3d)) else layer(x)
+        if isinstance(layer, ResidualBlock):
+            x, bias = layer(x, cache, in_bias=bias), None
+            continue
+        if bias is not None:
+            raise ValueError(f"a conv's bias was left for a residual block, but {type(layer).__name__} comes next")
+        if isinstance(layer, Resample) and fused:
+            x, bias = layer.forward_unbiased(x, cache)
+        elif isinstance(layer, (AttentionBlock, Resample, CausalConv3d)):
+            x = layer(x, cache)
+        else:
+            x = layer(x)
+    if bias is not None:
+        raise ValueError("a conv's bias was left for a residual block, but the layers ended")
     return x
+
+
+def _conv_leaving_bias(
+    conv: CausalConv3d, x: torch.Tensor, cache: StreamCache | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """conv(x) and None, or on the fused path conv(x) without its bias and that bias (for `_run`)."""
+    if _options().fused_norm:
+        return conv.forward_with_context(x, cache, bias=False), conv.bias
+    return conv(x, cache), None
 
 
 def _run_head(head: nn.Module, x: torch.Tensor, cache: StreamCache | None) -> torch.Tensor:
@@ -454,8 +523,8 @@ class Encoder3d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        x = _run(self.downsamples, x, cache)
+        x, bias = _conv_leaving_bias(self.conv1, x, cache)
+        x = _run(self.downsamples, x, cache, bias)
         x = _run(self.middle, x, cache)
         return _run_head(self.head, x, cache)
 
@@ -484,8 +553,8 @@ class Decoder3d(nn.Module):
         self.head = nn.Sequential(RMSNorm(dims[-1], spatial_dims=3), nn.SiLU(), CausalConv3d(dims[-1], 3, 3, padding=1))
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        x = _run(self.middle, x, cache)
+        x, bias = _conv_leaving_bias(self.conv1, x, cache)
+        x = _run(self.middle, x, cache, bias)
         x = _run(self.upsamples, x, cache)
         return _run_head(self.head, x, cache)
 

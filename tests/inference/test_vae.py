@@ -3,8 +3,12 @@ and the speed options (VAEOptions) against the reference path."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from inference import vae as vae_module
 from inference.configs import A14B, TINY
@@ -345,3 +349,52 @@ def test_steady_frames_leave_changing_videos_and_decode_alone(with_options) -> N
     fast = with_options(VAEOptions(steady_frames=True))
     torch.testing.assert_close(fast.encode(video, chunk_latents=2), z_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast.decode(z_in, chunk_latents=2), x_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_path_leaves_no_bias_pass_to_the_big_convs(with_options, monkeypatch) -> None:
+    """On the fused path the convs outside residual blocks (encoder/decoder conv1, the resamplers' 2-D convs,
+    the upsamplers' time convs) run without their bias, which is added inside the next fused kernel or copy; with
+    biases large enough that a lost or doubled one shows, the result is still the reference path's."""
+    monkeypatch.setattr(vae_module, "_use_triton", lambda x: False)
+    vae = with_options(REFERENCE_OPTIONS)
+    originals = {name: p.clone() for name, p in vae.named_parameters() if name.endswith("bias")}
+    gen = torch.Generator().manual_seed(31)
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen))
+    try:
+        video = _conditioning_video(17, seed=32, h=32, w=48)
+        z_in = torch.randn(1, 16, 3, 4, 6, generator=torch.Generator().manual_seed(33))
+        z_ref, x_ref = vae.encode(video, chunk_latents=2), vae.decode(z_in, chunk_latents=2)
+        names = {m.weight: n for n, m in vae.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))}
+        biased: set[str] = set()
+
+        def spying(conv: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+            def run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *args: object
+                    ) -> torch.Tensor:  # fmt: skip
+                if bias is not None:
+                    biased.add(names[weight])
+                return conv(x, weight, bias, *args)
+
+            return run
+
+        monkeypatch.setattr(vae_module.F, "conv2d", spying(F.conv2d))
+        monkeypatch.setattr(vae_module.F, "conv3d", spying(F.conv3d))
+        fused = with_options(VAEOptions(cudnn_benchmark=False))
+        z, x = fused.encode(video, chunk_latents=2), fused.decode(z_in, chunk_latents=2)
+        monkeypatch.undo()
+    finally:
+        with torch.no_grad():
+            for name, p in vae.named_parameters():
+                if name in originals:
+                    p.copy_(originals[name])
+    torch.testing.assert_close(z, z_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x, x_ref, atol=1e-4, rtol=1e-4)
+    # What still adds its own bias: the heads, the 1x1 convs around the latents, the attention's 1x1 convs, and
+    # the encoder's time downsamplers (their first frame skips the time conv, so no one bias stands for them).
+    time_down = {f"{n}.{part}" for n, m in vae.named_modules() if isinstance(m, vae_module.Resample)
+                 and m.mode == "downsample3d" for part in ("resample.1", "time_conv")}  # fmt: skip
+    assert time_down
+    left = {n for n in biased if not n.endswith(("head.2", "to_qkv", "proj")) and n not in ("conv1", "conv2")}
+    assert left == time_down, left ^ time_down
