@@ -9,6 +9,7 @@ first, is the code as first written):
 - exact:            autotuning + channels_last_3d + fewer copies, eager norms (same math as reference);
 - default_chunk1:   VAEOptions() (exact + the Triton RMSNorm+SiLU written into the conv buffers), chunks 1/1;
 - no_steady:        VAEOptions() without computing the encode's repeated (black-tail) output frames once;
+- no_matmul_attention: VAEOptions() with PyTorch's SDPA for the mid-block attention instead of cuBLAS + Triton;
 - default:          VAEOptions() with the pipeline's chunks (VAE_CHUNK_LATENTS latent frames);
 - default_chunk3/4: VAEOptions() with 3 / 4 latent frames a chunk (fewer, bigger convolutions; more memory);
 - contiguous_fused: VAEOptions() in the contiguous layout (the fallback if channels_last_3d convs were slower).
@@ -54,10 +55,12 @@ CHUNK_FRAMES = 8
 # name -> (options, encode chunk_latents, decode chunk_latents)
 VARIANTS: dict[str, tuple[VAEOptions, int, int]] = {
     "reference": (REFERENCE_OPTIONS, 1, 1),
-    "cudnn_benchmark": (VAEOptions(channels_last=False, fewer_copies=False, fused_norm=False), 1, 1),
-    "exact": (VAEOptions(fused_norm=False), 1, 1),
+    "cudnn_benchmark": (
+        VAEOptions(channels_last=False, fewer_copies=False, fused_norm=False, matmul_attention=False), 1, 1),
+    "exact": (VAEOptions(fused_norm=False, matmul_attention=False), 1, 1),
     "default_chunk1": (VAEOptions(), 1, 1),
     "no_steady": (VAEOptions(steady_frames=False), VAE_CHUNK_LATENTS, VAE_CHUNK_LATENTS),
+    "no_matmul_attention": (VAEOptions(matmul_attention=False), VAE_CHUNK_LATENTS, VAE_CHUNK_LATENTS),
     "default": (VAEOptions(), VAE_CHUNK_LATENTS, VAE_CHUNK_LATENTS),
     "default_chunk3": (VAEOptions(), 3, 3),
     "default_chunk4": (VAEOptions(), 4, 4),

@@ -12,10 +12,11 @@ resamplers: it is never mixed with frames before it, which is what lets frame 0 
 Speed (`VAEOptions`, `WanVAE.options`): cuDNN autotuning, channels_last_3d layout (cuDNN's native layout for
 bf16 tensor-core convolutions, and per-frame 2-D ops become free views), fewer copies (zero padding done by the
 convolution, one context buffer per causal conv instead of pad + cat), all the same math as the reference path;
-a Triton RMSNorm+SiLU that writes straight into the next convolution's context buffer, with the residual blocks'
-conv biases added inside it and inside a fused residual add rather than in passes of their own (fp32 inside, so
-it differs from the eager bf16 chain by rounding); and, for the encode, the outputs of repeated input frames
-computed once. `REFERENCE_OPTIONS` is the original code path (the benchmarks' baseline and the tests' oracle).
+a Triton RMSNorm+SiLU that writes straight into the next convolution's context buffer, with the conv biases
+(the residual blocks' own and those of the convs just before them) added inside it and inside a fused residual add
+rather than in passes of their own (fp32 inside, so it differs from the eager bf16 chain by rounding); the
+mid-block attention by cuBLAS products around a Triton softmax; and, for the encode, the outputs of repeated input
+frames computed once. `REFERENCE_OPTIONS` is the original code path (the benchmarks' baseline and the tests' oracle).
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ _CAUSAL_CONTEXT = 2
 
 @dataclass(frozen=True)
 class VAEOptions:
-    """How the VAE runs; every field but `fused_norm` keeps the reference math exactly (only the choice of
-    convolution algorithm, hence the fp32-accumulation order, may change: for `steady_frames` too, as its
-    shorter convs may get other algorithms)."""
+    """How the VAE runs; every field but `fused_norm` and `matmul_attention` keeps the reference math exactly
+    (only the choice of convolution algorithm, hence the fp32-accumulation order, may change: for `steady_frames`
+    too, as its shorter convs may get other algorithms)."""
 
     # torch.backends.cudnn.benchmark while encoding/decoding on CUDA: cuDNN times its conv3d algorithms per shape
     # (a few shapes per resolution, so the first call at a new resolution pays the tuning once per process).
@@ -58,9 +59,10 @@ class VAEOptions:
     # of torch.cat then F.pad, two full copies of every conv input); temporal upsampling written in place.
     fewer_copies: bool = True
     # Triton RMSNorm + SiLU (fp32 inside, one rounding) written into the following conv's context buffer, and the
-    # residual blocks' conv biases added inside it and the fused residual add (PyTorch adds a cuDNN conv's bias in
-    # a pass of its own). Differs from the eager bf16 chain by bf16 rounding, and is closer to fp32 than that
-    # chain (bench/README.md). Reference math where Triton can't run.
+    # conv biases added inside it and the fused residual add (PyTorch adds a cuDNN conv's bias in a pass of its
+    # own): the residual blocks' own, and those of the encoder's/decoder's first conv and the 2-D resample convs,
+    # which the next residual block takes over. Differs from the eager bf16 chain by bf16 rounding, and is closer
+    # to fp32 than that chain (bench/README.md). Reference math where Triton can't run.
     fused_norm: bool = True
     # Encode only: where a causal conv's input ends in identical frames (the I2V conditioning video is an image
     # followed by black frames, and each layer's output settles a few frames after the image), the outputs whose
@@ -68,11 +70,15 @@ class VAEOptions:
     # window gives the same output); in bf16 as close to fp32 as computing every frame (bench/README.md). Costs one
     # comparison pass over each conv input, so decode (never repeats) leaves it off.
     steady_frames: bool = True
+    # The mid-block attention (one head of 384 channels) as two cuBLAS products around a one-pass Triton softmax
+    # (bf16/fp16 on CUDA), as accurate as PyTorch's SDPA, whose kernel for that head size is slower.
+    matmul_attention: bool = True
 
 
 # The code path as first written (F.pad + torch.cat, contiguous layout, eager norms, cuDNN heuristics).
 REFERENCE_OPTIONS = VAEOptions(
-    cudnn_benchmark=False, channels_last=False, fewer_copies=False, fused_norm=False, steady_frames=False
+    cudnn_benchmark=False, channels_last=False, fewer_copies=False, fused_norm=False, steady_frames=False,
+    matmul_attention=False,
 )
 
 # Options of the encode/decode call in progress; submodules called on their own run the reference path.
@@ -370,11 +376,35 @@ class AttentionBlock(nn.Module):
         n, c, h, w = x.shape
         qkv = self.to_qkv(self.norm(x)).reshape(n, 3 * c, h * w).transpose(1, 2).unsqueeze(1)
         q, k, v = qkv.chunk(3, dim=-1)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if _options().matmul_attention and x.dtype in (torch.bfloat16, torch.float16) and _use_triton(x):
+            out = _attention_by_matmuls(q.squeeze(1), k.squeeze(1), v.squeeze(1)).unsqueeze(1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.squeeze(1).transpose(1, 2).reshape(n, c, h, w))
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
         return x + _per_frame(self._attend, x)
+
+
+def _attention_by_matmuls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for [N, L, d] bf16/fp16, one frame at a time: the scores in fp32 (cuBLAS, fp32
+    accumulation and output), the softmax in one Triton pass that writes the probabilities as hi + lo in q's dtype,
+    then hi v + lo v in fp32, rounded once. Probabilities rounded to bf16 alone would add error of the size of the
+    output's own rounding; with the second term the result is as close to fp32 as PyTorch's SDPA. The head dim
+    (384) is beyond PyTorch's flash and cuDNN kernels, and its memory-efficient kernel runs it at a fraction of
+    the matrix units' rate."""
+    from turbokernels import vae_norms_triton
+
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    scale = q.shape[-1] ** -0.5
+    for i in range(q.shape[0]):
+        scores = torch.bmm(q[i : i + 1], k[i : i + 1].transpose(1, 2), out_dtype=torch.float32)
+        hi, lo = vae_norms_triton.scaled_softmax_split(scores, scale, q.dtype)
+        del scores
+        o = torch.bmm(hi, v[i : i + 1], out_dtype=torch.float32)
+        o += torch.bmm(lo, v[i : i + 1], out_dtype=torch.float32)
+        out[i : i + 1].copy_(o)
+    return out
 
 
 class Resample(nn.Module):

@@ -203,3 +203,51 @@ def differing_frames(x: torch.Tensor) -> torch.Tensor:
     _differs_from_last_kernel[grid](x, flags, x.stride(2), x.stride(0), (t - 1) * x.stride(2), n, BLOCK=block,
                                     num_warps=8)  # fmt: skip
     return flags.bool()
+
+
+# ---- scaled softmax of fp32 scores into two-term low-precision probabilities (the VAE's attention) -------------
+
+# Rows longer than this take the reference (one program holds a whole row in registers).
+SOFTMAX_MAX_ROW = 32768
+
+
+def scaled_softmax_split_reference(
+    s: torch.Tensor, scale: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """p = softmax(s * scale) over the last dim in fp32, as hi + lo in `dtype`: hi = p rounded, lo = what hi
+    missed, rounded (so hi + lo is p to about 16 bits: a product with both terms is as exact as one with fp32 p)."""
+    p = torch.softmax(s.float() * scale, dim=-1)
+    hi = p.to(dtype)
+    return hi, (p - hi.float()).to(dtype)
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _scaled_softmax_split_kernel(S, HI, LO, L, stride_s, stride_p, scale_log2e, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < L
+        x = tl.load(S + row * stride_s + offs, mask=mask, other=-float("inf")).to(tl.float32) * scale_log2e
+        e = tl.exp2(x - tl.max(x, axis=0))
+        p = e / tl.sum(e, axis=0)
+        hi = p.to(HI.dtype.element_ty)
+        tl.store(HI + row * stride_p + offs, hi, mask=mask)
+        tl.store(LO + row * stride_p + offs, (p - hi.to(tl.float32)).to(LO.dtype.element_ty), mask=mask)
+
+
+def scaled_softmax_split(s: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """scaled_softmax_split_reference in one read of the fp32 scores (PyTorch takes a scale pass, the softmax and
+    two casts over an [L, L] map that is 0.8 GB per 720p frame)."""
+    n = s.shape[-1]
+    if not HAVE_TRITON or n > SOFTMAX_MAX_ROW or s.stride(-1) != 1:
+        return scaled_softmax_split_reference(s, scale, dtype)
+    rows = s.reshape(-1, n)
+    hi = torch.empty(rows.shape, dtype=dtype, device=s.device)
+    lo = torch.empty_like(hi)
+    block = triton.next_power_of_2(n)
+    _scaled_softmax_split_kernel[(rows.shape[0],)](
+        rows, hi, lo, n, rows.stride(0), hi.stride(0), float(scale) * 1.4426950408889634, BLOCK=block,
+        num_warps=16 if block >= 16384 else 8 if block >= 4096 else 4,
+    )  # fmt: skip
+    return hi.view(s.shape), lo.view(s.shape)

@@ -134,3 +134,39 @@ def test_steady_frames_encode_matches_the_full_computation_on_gpu() -> None:
     assert shortened
     errors = rel_err(z_steady, z_fp32), rel_err(z_full, z_fp32)
     assert errors[0] < 1.25 * errors[1], errors
+
+
+@pytest.mark.parametrize("length", [6240, 14400])  # a 480p and a 720p latent frame
+def test_attention_by_matmuls_on_gpu(length: int) -> None:
+    """The mid-block attention (one head of 384) by cuBLAS products and the Triton softmax: as close to the
+    attention of its bf16 inputs in fp32 as PyTorch's bf16 SDPA, and the bf16 fused path uses it."""
+    import torch.nn.functional as F
+
+    from bench.common import rel_err
+    from inference import vae as vae_module
+
+    gen = torch.Generator(device="cuda").manual_seed(length)
+    q, k, v = (torch.randn(2, length, 384, device="cuda", generator=gen).bfloat16() for _ in range(3))
+    q = q * 4  # peakier than random scores, as trained attention is
+    flags = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = flags
+    got = vae_module._attention_by_matmuls(q, k, v)
+    sdpa = F.scaled_dot_product_attention(q, k, v)
+    assert got.dtype == torch.bfloat16 and got.shape == q.shape
+    assert rel_err(got, ref) <= 1.05 * rel_err(sdpa, ref), (rel_err(got, ref), rel_err(sdpa, ref))
+
+    block = vae_module.AttentionBlock(384).cuda().bfloat16()
+    used = []
+    original = vae_module._attention_by_matmuls
+    vae_module._attention_by_matmuls = lambda *a: used.append(1) or original(*a)
+    token = vae_module._ACTIVE.set(vae_module.VAEOptions())
+    try:
+        block(torch.randn(1, 384, 2, 8, 12, device="cuda").bfloat16())
+    finally:
+        vae_module._ACTIVE.reset(token)
+        vae_module._attention_by_matmuls = original
+    assert used

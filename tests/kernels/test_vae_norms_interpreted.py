@@ -115,3 +115,16 @@ def test_add_bias_residual_matches_reference(vae_norms, channels_last: bool) -> 
     got = vae_norms.add_bias_residual_(y, skip, bias)
     assert got is y  # in place
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("length", [7, 300])  # a masked tail, and a row over several warps
+def test_scaled_softmax_split_matches_reference(vae_norms, length: int) -> None:
+    s = torch.randn(2, 5, length, generator=torch.Generator().manual_seed(16)) * 20
+    exact = torch.softmax(s * 0.125, dim=-1)
+    hi, lo = vae_norms.scaled_softmax_split(s, 0.125, torch.bfloat16)
+    assert hi.dtype == lo.dtype == torch.bfloat16 and hi.shape == lo.shape == s.shape
+    # hi is p rounded (the interpreter's cast may truncate: a whole bf16 ulp), hi + lo is p to ~16 bits.
+    torch.testing.assert_close(hi.float(), exact, atol=1e-6, rtol=2**-7)
+    torch.testing.assert_close(hi.float() + lo.float(), exact, atol=1e-8, rtol=2**-14)
+    ref_hi, ref_lo = vae_norms.scaled_softmax_split_reference(s, 0.125, torch.bfloat16)
+    torch.testing.assert_close(ref_hi.float() + ref_lo.float(), exact, atol=1e-8, rtol=2**-14)
