@@ -38,6 +38,7 @@ def run_job(job_id: str) -> None:
         queue.enqueue_job(job_id, delay_ms=DATABASE_RETRY_DELAY_MS)
 
 
-def start_worker(*, threads: int = 1) -> dramatiq.Worker:
-    """Start a Dramatiq worker in this process on the "gpu" queue (run_job is declared: this module is loaded)."""
-    return broker.start_worker(queues={queue.GPU_QUEUE}, threads=threads)
+def start_worker(*, threads: int = 1, on_boot: broker.OnWorkerThreadBoot | None = None) -> dramatiq.Worker:
+    """Start a Dramatiq worker in this process on the "gpu" queue (run_job is declared: this module is loaded);
+    `on_boot` runs in its job thread first (the GPU warm-up)."""
+    return broker.start_worker(queues={queue.GPU_QUEUE}, threads=threads, on_boot=on_boot)

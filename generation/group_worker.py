@@ -349,6 +349,7 @@ class _Leader:
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
+        warm_up: broker.OnWorkerThreadBoot | None = None
         if self.options.preload.lower() != "none":
             start = time.perf_counter()
             try:
@@ -359,20 +360,23 @@ class _Leader:
             print(f"model {self.options.preload} loaded on {pipeline.device_name} in "
                   f"{time.perf_counter() - start:.1f} s", flush=True)
             if self.options.warm_up and pipeline.device.type == "cuda":
-                seconds = pipeline.warm_up()
-                print("warmed up: " + ", ".join(f"{res} {secs:.1f} s" for res, secs in seconds.items()), flush=True)
+                # In the thread that will run the jobs: cuDNN's tuned plans are per thread.
+                warm_up = broker.OnWorkerThreadBoot(pipeline.warm_up)
         presence = job_worker.Presence()  # the site learns from this row which models this group can run
         presence.start()
-        dramatiq_worker = actors.start_worker(threads=1)
+        dramatiq_worker = actors.start_worker(threads=1, on_boot=warm_up)
         reaper = None
         if self.options.reaper:
             from generation.reaper import start_reaper_thread
 
             reaper = start_reaper_thread()
-        print(f"worker {job_worker.worker_name()} ready: queue {queue.GPU_QUEUE!r} on {broker.describe_broker()}, "
-              f"{self.group.world} GPUs per job (device {self.group.device}, model dir "
-              f"{settings.TURBO_MODEL_DIR or 'none'})", flush=True)
         try:
+            seconds = warm_up.wait(stop) if warm_up is not None else None
+            if seconds is not None:
+                print("warmed up: " + ", ".join(f"{res} {secs:.1f} s" for res, secs in seconds.items()), flush=True)
+            print(f"worker {job_worker.worker_name()} ready: queue {queue.GPU_QUEUE!r} on "
+                  f"{broker.describe_broker()}, {self.group.world} GPUs per job (device {self.group.device}, "
+                  f"model dir {settings.TURBO_MODEL_DIR or 'none'})", flush=True)
             while not stop.wait(0.5) and not self.broken:
                 pass
         finally:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -58,6 +59,43 @@ class DjangoConnections(Middleware):
         from django.db import connections
 
         connections.close_all()
+
+
+class OnWorkerThreadBoot(Middleware):
+    """Runs `work` once, in the first Dramatiq worker thread to boot, before that thread takes a message.
+
+    For work whose effect is per thread and must precede the jobs: the GPU worker's warm-up, since PyTorch keeps
+    cuDNN's tuned convolution plans per thread and the worker thread is the one that runs the jobs. The queue's
+    consumer may already hold the one message it prefetches meanwhile; it waits for the work like any later one."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self._work = work
+        self._claim = threading.Lock()
+        self._claimed = False
+        self._done = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def after_worker_thread_boot(self, broker: dramatiq.Broker, thread: threading.Thread) -> None:
+        with self._claim:
+            if self._claimed:
+                return
+            self._claimed = True
+        try:
+            self._result = self._work()
+        except BaseException as exc:  # handed to wait(), in the thread that started the worker
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def wait(self, stop: threading.Event | None = None) -> Any:
+        """The work's result once it ran (its exception raised here); None if `stop` is set first."""
+        while not self._done.wait(0.5):  # a timeout, so a signal handler on the main thread gets to run
+            if stop is not None and stop.is_set():
+                return None
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def _middleware() -> list[Middleware]:
@@ -184,11 +222,14 @@ def ping() -> bool:
     return True
 
 
-def start_worker(*, queues: set[str], threads: int = 1) -> dramatiq.Worker:
+def start_worker(*, queues: set[str], threads: int = 1, on_boot: OnWorkerThreadBoot | None = None) -> dramatiq.Worker:
     """Start a Dramatiq worker in this process on `queues`. The caller imports the actors of those queues first
-    (generation.actors, generation.webhooks.actors): a message is run by the actor declared under its name."""
+    (generation.actors, generation.webhooks.actors): a message is run by the actor declared under its name.
+    `on_boot` runs its work in the first worker thread before that thread takes a message."""
     global _booted
     broker = ensure_broker()
+    if on_boot is not None:
+        broker.add_middleware(on_boot)
     with _lock:
         # The dramatiq CLI emits process_boot; the time-limit watchdog only starts on it (once per process is enough).
         if not _booted:

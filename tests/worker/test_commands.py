@@ -57,12 +57,15 @@ class _Pipeline:
         return {"480p": 1.25, "720p": 2.5}
 
 
-def test_worker_warms_a_gpu_pipeline_up_and_says_so():
+def test_worker_warms_a_gpu_pipeline_up_in_its_job_thread_and_says_so():
     out = StringIO()
     command = Command(stdout=out)
     gpu, cpu = _Pipeline("cuda"), _Pipeline("cpu")
-    command._warm_up(gpu)
-    command._warm_up(cpu)  # nothing to compile or tune on the CPU path
+    assert command._warm_up(cpu) is None  # nothing to compile or tune on the CPU path
+    boot = command._warm_up(gpu)
+    assert gpu.warmed == []  # not in this thread: in the Dramatiq thread that runs the jobs, as it boots
+    boot.after_worker_thread_boot(None, threading.current_thread())
+    command._said_warmed_up(boot.wait())
     assert gpu.warmed == [None] and cpu.warmed == []
     assert "warmed up: 480p 1.2 s, 720p 2.5 s" in out.getvalue()
 

@@ -57,6 +57,7 @@ class Command(BaseCommand):
         if options["gpus_per_job"] > 1:
             self._run_group(options, preload)
             return
+        warm_up: broker.OnWorkerThreadBoot | None = None
         if preload.lower() != "none":
             from inference.types import InferenceInputError, WeightsError
 
@@ -69,7 +70,7 @@ class Command(BaseCommand):
             device = getattr(pipeline, "device_name", "?")
             self.stdout.write(f"model {preload} loaded on {device} in {time.perf_counter() - start:.1f} s")
             if not options["no_warm_up"]:
-                self._warm_up(pipeline)
+                warm_up = self._warm_up(pipeline)
         self._warn_if_several_gpus()
         stop = serving.stop_signals()
         presence = job_worker.Presence()  # the site learns from this row which models this host can run
@@ -84,8 +85,10 @@ class Command(BaseCommand):
             presence.stop()
 
         try:
-            dramatiq_worker = actors.start_worker(threads=1)
+            dramatiq_worker = actors.start_worker(threads=1, on_boot=warm_up)
             reaper_thread = None if options["no_reaper"] else reaper.start_reaper_thread()
+            if warm_up is not None:
+                self._said_warmed_up(warm_up.wait(stop))
         except BaseException:
             shut_down()  # a worker that failed to start must not go on reporting itself alive
             raise
@@ -114,14 +117,18 @@ class Command(BaseCommand):
         except group_worker.GroupCannotStart as exc:
             raise CommandError(str(exc)) from None
 
-    def _warm_up(self, pipeline: Any) -> None:
-        """Compile the GPU kernels and tune the VAE's convolutions now rather than in the first user's job."""
+    def _warm_up(self, pipeline: Any) -> broker.OnWorkerThreadBoot | None:
+        """Compile the GPU kernels and tune the VAE's convolutions before the first user's job, in the thread that
+        will run the jobs (cuDNN's tuned plans are per thread); None on the CPU path, which has nothing to tune."""
         device = getattr(pipeline, "device", None)
         if getattr(device, "type", None) != "cuda" or not hasattr(pipeline, "warm_up"):
-            return
-        seconds = pipeline.warm_up()
-        done = ", ".join(f"{res} {secs:.1f} s" for res, secs in seconds.items())
-        self.stdout.write(f"warmed up: {done}")
+            return None
+        return broker.OnWorkerThreadBoot(pipeline.warm_up)
+
+    def _said_warmed_up(self, seconds: dict[str, float] | None) -> None:
+        if seconds is not None:  # None: stopped before the warm-up ended
+            done = ", ".join(f"{res} {secs:.1f} s" for res, secs in seconds.items())
+            self.stdout.write(f"warmed up: {done}")
 
     def _warn_if_several_gpus(self) -> None:
         torch = sys.modules.get("torch")
