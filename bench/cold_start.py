@@ -1,6 +1,6 @@
 """Cold start: a fresh worker process, weights on local disk, to the end of its first full-speed 720p job.
 
-    python3 -m bench.cold_start --dir /root/weights [--write] [--runs new_machine restart restart_720p_warm_up]
+    python3 -m bench.cold_start --dir /root/weights [--write] [--runs new_machine restart new_machine_no_precompile]
 
 `--write` first puts random full-size weights in the folder in the layout the worker reads (inference/weights.md):
 both experts as int8 "-quant" .pth files, the VAE .pth (fp32), the umT5-XXL .pth (bf16, Wan key names) and a
@@ -8,11 +8,13 @@ tokenizer folder (the toy tokenizer saved as tokenizer.json: the device has no h
 
 Each run starts a new Python process that does what `run_gpu_worker` does before taking jobs (import, then
 `I2VPipeline.load` with the worker's defaults, then `warm_up()`), then runs two 720p jobs as the worker does (mp4
-encoded while decoding; bench.whole_job.run_job). Before each run the page cache is dropped (`sync; echo 3 >
+encoded while decoding; bench.whole_job.run_job) in the thread that warmed up, as the worker does (cuDNN's tuned
+plans are kept per thread). Before each run the page cache is dropped (`sync; echo 3 >
 /proc/sys/vm/drop_caches`, root only; the run records whether it worked), so the weights come from the disk.
 - new_machine: an empty Triton cache (a worker's first start on a machine);
-- restart: the Triton cache the previous run left (a worker restarted on the same machine);
-- restart_720p_warm_up: as restart, but warm_up(["720p"]) only.
+- restart: the Triton cache the first run left (a worker restarted on the same machine);
+- new_machine_no_precompile: an empty Triton cache of its own, and no kernel precompile process during the load
+  (`load(precompile=False)`, inference/precompile.py): the same-run baseline of the precompile.
 The cold start is the wall time from the parent's Popen to the end of the first 720p job; the second job says
 whether the first ran at full speed. Inside the load: seconds per component and for the fp8 conversion.
 Writes cold_start.json ($OUT or bench/results/).
@@ -30,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-RUNS = ("new_machine", "restart", "restart_720p_warm_up")
+# run -> (a Triton cache of its own, empty; the kernel precompile during the load, as the worker does)
+RUNS = {"new_machine": (True, True), "restart": (False, True), "new_machine_no_precompile": (True, False)}
 _RESULT = "COLD_START_RESULT "
 
 
@@ -70,7 +73,7 @@ def drop_page_cache() -> bool:
     return True
 
 
-def child(folder: str, warm_up: list[str] | None, started: float) -> None:
+def child(folder: str, precompile: bool, started: float) -> None:
     """The worker's start-up, timed; prints one result line."""
     marks: dict[str, float] = {"process_start": started}
     import torch
@@ -96,9 +99,9 @@ def child(folder: str, warm_up: list[str] | None, started: float) -> None:
     for name in ("load_dit", "load_vae", "load_text_encoder"):
         setattr(pipeline_module, name, timed(name, getattr(pipeline_module, name)))
     WanDiT.use_fp8_linears = timed("fp8_conversion", WanDiT.use_fp8_linears)  # type: ignore[method-assign]
-    pipe = pipeline_module.I2VPipeline.load("wan2.2-i2v-a14b", folder)
+    pipe = pipeline_module.I2VPipeline.load("wan2.2-i2v-a14b", folder, precompile=precompile)
     marks["loaded"] = time.time()
-    warm = pipe.warm_up(warm_up)
+    warm = pipe.warm_up()
     marks["warmed_up"] = time.time()
     from bench.whole_job import run_job
 
@@ -109,6 +112,7 @@ def child(folder: str, warm_up: list[str] | None, started: float) -> None:
     result = {
         "marks_s": {k: round(v - started, 2) for k, v in marks.items()},
         "load_parts_s": {k: round(v, 2) for k, v in parts.items()},
+        "precompiled": pipe.precompiled,
         "warm_up_s": warm,
         "memory_plan": str(pipe.memory_plan),
         "jobs": jobs,
@@ -119,10 +123,11 @@ def child(folder: str, warm_up: list[str] | None, started: float) -> None:
 def run(name: str, folder: Path, triton_cache: Path) -> dict[str, Any]:
     dropped = drop_page_cache()
     env = dict(os.environ, TRITON_CACHE_DIR=str(triton_cache))
-    warm = ["--warm-up", "720p"] if name == "restart_720p_warm_up" else []
+    precompile = ["--precompile"] if RUNS[name][1] else []
     started = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.cold_start", "--child", "--dir", str(folder), "--started", repr(started), *warm],
+        [sys.executable, "-m", "bench.cold_start", "--child", "--dir", str(folder), "--started", repr(started),
+         *precompile],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     wall = time.time() - started
@@ -130,7 +135,7 @@ def run(name: str, folder: Path, triton_cache: Path) -> dict[str, Any]:
     if line is None:
         return {"run": name, "error": (proc.stdout + proc.stderr)[-3000:], "page_cache_dropped": dropped}
     result = json.loads(line[len(_RESULT) :])
-    result.update(run=name, page_cache_dropped=dropped, process_wall_s=wall,
+    result.update(run=name, page_cache_dropped=dropped, process_wall_s=wall, stderr_tail=proc.stderr[-2000:],
                   cold_start_s=result["marks_s"]["job1_done"])  # fmt: skip
     return result
 
@@ -139,13 +144,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", required=True)
     parser.add_argument("--write", action="store_true")
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, default=0.0, help=argparse.SUPPRESS)
-    parser.add_argument("--warm-up", nargs="*", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--precompile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.dir, args.warm_up, args.started)
+        child(args.dir, args.precompile, args.started)
         return
     from bench.common import environment, print_table, write_json
 
@@ -158,9 +163,11 @@ def main() -> None:
         print(f"wrote {folder} in {results['write_s']:.0f} s: {results['files_gib']}", flush=True)
     results["disk"] = subprocess.run(["df", "-h", str(folder)], capture_output=True, text=True).stdout
     rows = []
-    with tempfile.TemporaryDirectory() as cache:
-        for name in args.runs:
-            row = run(name, folder, Path(cache))
+    with tempfile.TemporaryDirectory() as caches:
+        shared = Path(caches) / "shared"  # the first run's, kept for the restarts
+        for index, name in enumerate(args.runs):
+            cache = Path(caches) / str(index) if RUNS[name][0] and index > 0 else shared
+            row = run(name, folder, cache)
             print(json.dumps(row), flush=True)
             rows.append(row)
     results["runs"] = rows
@@ -172,11 +179,12 @@ def main() -> None:
         marks, jobs = row["marks_s"], row["jobs"]
         table.append({
             "run": row["run"], "imported": marks["imported"], "loaded": marks["loaded"],
-            "warmed_up": marks["warmed_up"], "cold_start_s": row["cold_start_s"], "job1_s": jobs[0]["job_s"],
+            "warmed_up": marks["warmed_up"], "precompile_s": (row["precompiled"] or {}).get("wall_s"),
+            "cold_start_s": row["cold_start_s"], "job1_s": jobs[0]["job_s"],
             "job2_s": jobs[1]["job_s"], **{k: v for k, v in row["load_parts_s"].items()},
             "dropped": row["page_cache_dropped"],
         })  # fmt: skip
-    print_table(table, ["run", "imported", "loaded", "warmed_up", "cold_start_s", "job1_s", "job2_s", "load_dit",
+    print_table(table, ["run", "imported", "loaded", "warmed_up", "precompile_s", "cold_start_s", "job1_s", "job2_s", "load_dit",
                         "load_vae", "load_text_encoder", "fp8_conversion", "dropped", "error"])  # fmt: skip
     print(f"wrote {write_json('cold_start.json', results)}")
 

@@ -67,6 +67,7 @@ def _load_inference_pipeline(model: str) -> Any:
         memory_policy=settings.TURBO_MEMORY_POLICY,
         linears=settings.TURBO_LINEARS,
         kernels=settings.TURBO_KERNELS,
+        precompile=True,  # Triton's compiles beside the (disk-bound) load, not after it
     )
 
 

@@ -23,10 +23,12 @@ from transformers import UMT5EncoderModel
 from inference import lora
 from inference.block_streaming import StreamedBlocks
 from inference.checkpoint import load_dit, weights_status
+from inference.conditioning import VAE_CHUNK_LATENTS, image_condition
 from inference.configs import ModelConfig, get_config
 from inference.dit import WanDiT
 from inference.image import check_resize_mode, load_image, preprocess_image, target_size, validate_num_frames
-from inference.sampler import MAX_STEPS, check_num_steps, expert_plan, rcm_timesteps, sample
+from inference.precompile import Precompile, stand_in_config
+from inference.sampler import check_num_steps, sample
 from inference.text_encoder import load_text_encoder, umt5_config
 from inference.types import (
     CancelHook,
@@ -62,7 +64,6 @@ def resolve_linears(mode: str, device: torch.device) -> str:
     if mode == "auto":
         return "fp8" if has_fp8 else "native"
     return mode
-MASK_CHANNELS = 4
 SEED_LIMIT = 2**64
 
 # Share of the overall progress bar that each stage owns; the remainder after decode is the uint8 conversion.
@@ -145,11 +146,6 @@ def estimate_weight_bytes(config: ModelConfig, paths: dict[str, Path | None], dt
     return {"expert": max(experts), "text": text, "vae": _meta_module_bytes(lambda: WanVAE(config.vae), dtype)}
 
 
-# Latent frames per VAE encode/decode chunk: 2 is faster than 1 (fewer, larger convolutions) at a decode peak that
-# fits (bench/vae_speed.py, bench/README.md); the causal cache makes the result independent of it.
-VAE_CHUNK_LATENTS = 2
-
-
 def activation_headroom_bytes(config: ModelConfig) -> int:
     """A generous bound on working memory beyond the weights at the largest resolution and default length.
 
@@ -207,6 +203,15 @@ def plan_memory(
         return MemoryPlan(experts_resident=True, text_encoder_resident=False)
     one_expert = core - expert_bytes
     return MemoryPlan(experts_resident=False, text_encoder_resident=False, experts_streamed=one_expert > free_bytes)
+
+
+def room_for_precompile(config: ModelConfig, sizes: dict[str, int], dtype: torch.dtype, free_bytes: int) -> bool:
+    """Whether the precompile process (inference/precompile.py: its stand-in DiT, a VAE, a job's working memory
+    and a CUDA context) fits beside all the weights while they load; a smaller card compiles in its warm-up."""
+    stand_in = _meta_module_bytes(lambda: WanDiT(stand_in_config(config).dit, "sla"), dtype)
+    weights = 2 * sizes["expert"] + sizes["text"] + sizes["vae"]
+    child = stand_in + sizes["vae"] + activation_headroom_bytes(config) + 2**30
+    return weights + child <= free_bytes
 
 
 def usable_gpu_bytes(device: torch.device) -> int:
@@ -464,6 +469,8 @@ class I2VPipeline:
         }
         # Installed LoRAs (<weights folder>/loras, set by `load`), and the device paths of the last set used.
         self.loras = lora.LoraLibrary(None)
+        # Timings of the kernel precompile that ran during `load` (inference/precompile.py); None if none did.
+        self.precompiled: dict[str, Any] | None = None
         self._lora_paths: tuple[tuple[lora.LoraChoice, ...], dict[str, dict[nn.Module, Any]]] | None = None
         self._text = (
             _Placement(text_module, device, self.memory_plan.text_encoder_resident) if text_module is not None else None
@@ -488,12 +495,16 @@ class I2VPipeline:
         memory_policy: str = "auto",
         linears: str | None = None,
         kernels: str | None = None,
+        precompile: bool = False,
     ) -> I2VPipeline:
         """Build the pipeline for a model name from `configs.MODELS`; weights come from `weights_dir` (the
         worker passes TURBO_MODEL_DIR, the CLI --weights) unless the model uses seeded random weights.
 
         The callers read the switches from their environment and pass them in: `linears` ("auto" when None) picks
-        fp8 block linears on Hopper-class GPUs; `kernels`, when given, sets the process's kernel backend (turbokernels.dispatch: auto, kernel, reference)."""
+        fp8 block linears on Hopper-class GPUs; `kernels`, when given, sets the process's kernel backend
+        (turbokernels.dispatch: auto, kernel, reference). With `precompile`, on a GPU with room for it beside the
+        weights, a second process compiles the Triton kernels while the weights load (inference/precompile.py;
+        `precompiled` then holds its timings, None where it did not run or failed)."""
         try:
             config = get_config(model)
         except ValueError as exc:
@@ -518,10 +529,11 @@ class I2VPipeline:
             # Random bf16 weights: nearly all bytes are block linears, which fp8 halves.
             sizes["expert"] //= 2
         on_cuda = chosen.type == "cuda"
+        free_bytes = usable_gpu_bytes(chosen) if on_cuda else 0
         plan = plan_memory(
             memory_policy,
             on_cuda=on_cuda,
-            free_bytes=usable_gpu_bytes(chosen) if on_cuda else 0,
+            free_bytes=free_bytes,
             expert_bytes=sizes["expert"],
             text_encoder_bytes=sizes["text"],
             vae_bytes=sizes["vae"],
@@ -529,15 +541,25 @@ class I2VPipeline:
         )
         host = torch.device("cpu")
         expert_device = chosen if plan.experts_resident else host
-        high = load_dit(config, paths["high"], device=expert_device, dtype=dtype, attention=attention, expert="high")
-        low = load_dit(config, paths["low"], device=expert_device, dtype=dtype, attention=attention, expert="low")
-        vae = load_vae(config, paths["vae"], device=chosen, dtype=dtype)
-        text_device = chosen if plan.text_encoder_resident else host
-        text_encoder = load_text_encoder(config, folder, device=text_device, dtype=dtype)
-        for module in (high, low):
-            module.eval().requires_grad_(False)
-            if linear_mode == "fp8":
-                module.use_fp8_linears()
+        compiling = None
+        if precompile and on_cuda and room_for_precompile(config, sizes, dtype, free_bytes):
+            compiling = Precompile(model, device=chosen, attention=attention, fp8_linears=linear_mode == "fp8")
+        try:
+            high = load_dit(config, paths["high"], device=expert_device, dtype=dtype, attention=attention,
+                            expert="high")
+            low = load_dit(config, paths["low"], device=expert_device, dtype=dtype, attention=attention, expert="low")
+            vae = load_vae(config, paths["vae"], device=chosen, dtype=dtype)
+            text_device = chosen if plan.text_encoder_resident else host
+            text_encoder = load_text_encoder(config, folder, device=text_device, dtype=dtype)
+            for module in (high, low):
+                module.eval().requires_grad_(False)
+                if linear_mode == "fp8":
+                    module.use_fp8_linears()
+        except BaseException:
+            if compiling is not None:
+                compiling.stop()
+            raise
+        precompiled = compiling.finish() if compiling is not None else None
         pipeline = cls(
             config,
             device=chosen,
@@ -551,26 +573,21 @@ class I2VPipeline:
         )
         # LoRAs live beside the weights (inference/weights.md), also for seeded-weight models such as tiny.
         pipeline.loras = lora.LoraLibrary(Path(weights_dir) / "loras" if weights_dir else None)
+        pipeline.precompiled = precompiled
         return pipeline
 
     def warm_up(self, resolutions: list[str] | None = None) -> dict[str, float]:
-        """One job per resolution (default: all of the model's) at the default length, so Triton compiles its
-        kernels, cuDNN tunes the VAE's convolutions (per shape: the VAE's chunk shapes and its whole-length first
-        layers depend on the length) before the first real job, which would otherwise pay for all of it
-        (bench/README.md). The fewest steps that reach both experts keep it short (both run the same kernels; one
-        step would do, not yet measured).
+        """One job of one step per resolution (default: all of the model's) at the default length, so Triton
+        compiles its kernels and cuDNN tunes the VAE's convolutions (per shape: the VAE's chunk shapes and its
+        whole-length first layers depend on the length) before the first real job, which would otherwise pay for
+        all of it (bench/README.md). One step runs one expert; the other runs the same kernels.
+        PyTorch keeps cuDNN's tuned plans per thread: call this in the thread that will run the jobs.
         Returns the seconds per resolution."""
-        steps = next(
-            (n for n in range(1, MAX_STEPS + 1)
-             if set(expert_plan(rcm_timesteps(n, self.config.sampler.sigma_max), self.config.sampler.boundary))
-             == {"high", "low"}),
-            MAX_STEPS,
-        )
         seconds: dict[str, float] = {}
         for resolution in resolutions or list(self.config.resolutions):
             width, height = self.config.resolutions[resolution]
             request = GenerationRequest(
-                image=Image.new("RGB", (width, height), (128, 128, 128)), prompt="warm-up", seed=0, num_steps=steps,
+                image=Image.new("RGB", (width, height), (128, 128, 128)), prompt="warm-up", seed=0, num_steps=1,
                 resolution=resolution, adaptive_resolution=False,
             )
             start = time.perf_counter()
@@ -724,15 +741,7 @@ class I2VPipeline:
 
     def _encode_image(self, pixels: torch.Tensor, num_frames: int,
                       on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Image latent of [image, then num_frames - 1 black frames], preceded by the 4-channel first-frame mask.
-        `on_chunk(frames_done, frames)` follows the VAE encoder through the video."""
-        channels, height, width = pixels.shape
-        video = torch.zeros(1, channels, num_frames, height, width, device=self.device, dtype=self.dtype)
-        video[0, :, 0] = pixels.to(device=self.device, dtype=self.dtype)
-        image_latent = self.vae.encode(video, chunk_latents=VAE_CHUNK_LATENTS, on_chunk=on_chunk)
-        mask = torch.zeros(1, MASK_CHANNELS, *image_latent.shape[2:], device=self.device, dtype=image_latent.dtype)
-        mask[:, :, 0] = 1.0
-        return torch.cat([mask, image_latent], dim=1).to(self.dtype)
+        return image_condition(self.vae, pixels, num_frames, device=self.device, dtype=self.dtype, on_chunk=on_chunk)
 
     def _denoise(
         self,

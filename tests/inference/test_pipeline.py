@@ -417,7 +417,7 @@ def test_linear_mode_resolves_per_device():
         resolve_linears("int4", cpu)
 
 
-def test_warm_up_runs_one_job_per_resolution_through_both_experts(pipeline, monkeypatch):
+def test_warm_up_runs_one_step_per_resolution_at_the_default_length(pipeline, monkeypatch):
     seen: list[GenerationRequest] = []
     experts: list[str] = []
     real_generate = pipeline.generate
@@ -440,6 +440,6 @@ def test_warm_up_runs_one_job_per_resolution_through_both_experts(pipeline, monk
         for handle in handles:
             handle.remove()
     assert list(seconds) == list(TINY.resolutions) and all(s > 0 for s in seconds.values())
-    assert [(r.resolution, r.num_frames, r.num_steps) for r in seen] == [(res, None, 3) for res in TINY.resolutions]
-    assert set(experts) == {"high", "low"}  # compiled blocks of both experts exist afterwards
+    assert [(r.resolution, r.num_frames, r.num_steps) for r in seen] == [(res, None, 1) for res in TINY.resolutions]
+    assert experts == ["high", "high"]  # one forward per resolution: the experts share their kernels
     assert pipeline.warm_up(["720p"]).keys() == {"720p"}
