@@ -73,6 +73,15 @@ def test_worker_reserves_a_gpu_and_has_time_to_hand_back_its_job(compose):
     assert not any(":/models" in v for v in compose["services"]["web"].get("volumes", []))
 
 
+def test_worker_keeps_its_compiled_kernels_when_the_container_is_replaced(compose):
+    env = re.search(r"TRITON_CACHE_DIR=(\S+)", IMAGES["worker"].read_text())
+    assert env is not None
+    mounts = [v for v in compose["services"]["worker"]["volumes"] if v.endswith(f":{env.group(1)}")]
+    assert len(mounts) == 1
+    volume = mounts[0].split(":")[0]
+    assert volume in compose["volumes"]  # a named volume, not the container's own layer
+
+
 def test_web_and_worker_get_the_same_production_environment(compose):
     web, worker = compose["services"]["web"]["environment"], compose["services"]["worker"]["environment"]
     shared = {k: v for k, v in web.items() if k not in WEB_ONLY}
