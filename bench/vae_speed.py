@@ -11,6 +11,8 @@ first, is the code as first written):
 - no_steady:        VAEOptions() without computing the encode's repeated (black-tail) output frames once;
 - no_matmul_attention: VAEOptions() with PyTorch's SDPA for the mid-block attention instead of cuBLAS + Triton;
 - default:          VAEOptions() with the pipeline's chunks (VAE_CHUNK_LATENTS latent frames);
+- no_benchmark:     default without cuDNN autotuning (cuDNN's heuristics pick each algorithm); run it in a process
+                    of its own, as PyTorch caches the tuned plans without the autotuning flag in their key;
 - default_chunk3/4: VAEOptions() with 3 / 4 latent frames a chunk (fewer, bigger convolutions; more memory);
 - contiguous_fused: VAEOptions() in the contiguous layout (the fallback if channels_last_3d convs were slower).
 
@@ -62,6 +64,7 @@ VARIANTS: dict[str, tuple[VAEOptions, int, int]] = {
     "no_steady": (VAEOptions(steady_frames=False), VAE_CHUNK_LATENTS, VAE_CHUNK_LATENTS),
     "no_matmul_attention": (VAEOptions(matmul_attention=False), VAE_CHUNK_LATENTS, VAE_CHUNK_LATENTS),
     "default": (VAEOptions(), VAE_CHUNK_LATENTS, VAE_CHUNK_LATENTS),
+    "no_benchmark": (VAEOptions(cudnn_benchmark=False), VAE_CHUNK_LATENTS, VAE_CHUNK_LATENTS),
     "default_chunk3": (VAEOptions(), 3, 3),
     "default_chunk4": (VAEOptions(), 4, 4),
     "contiguous_fused": (VAEOptions(channels_last=False), 1, 1),
