@@ -77,21 +77,28 @@ def run_stand_ins(config: ModelConfig, *, device: torch.device, dtype: torch.dty
 
 
 class Precompile:
-    """The second process: `start` it before loading, `finish` after (it never raises: the warm-up compiles
-    whatever this did not)."""
+    """The second process, started when made (before the load); `finish` waits for it after the load, `stop` ends
+    it when the load fails. Never raises: the warm-up compiles whatever this did not."""
 
     def __init__(self, model: str, *, device: torch.device, attention: str, fp8_linears: bool,
                  resolutions: list[str] | None = None) -> None:
-        # A file, not a pipe: a chatty child never blocks. Closed by finish().
+        # A file, not a pipe: a chatty child never blocks. Closed by finish() or stop().
         self._output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         command = [sys.executable, "-m", "inference.precompile", "--model", model, "--device", str(device),
                    "--attention", attention, *(["--fp8-linears"] if fp8_linears else []),
                    *(["--resolutions", *resolutions] if resolutions else [])]
         self._started = time.perf_counter()
-        self._process = subprocess.Popen(command, stdout=self._output, stderr=subprocess.STDOUT)
+        self._process: subprocess.Popen[bytes] | None = None
+        try:
+            self._process = subprocess.Popen(command, stdout=self._output, stderr=subprocess.STDOUT)
+        except OSError as exc:
+            log.warning("kernel precompile could not start (%s); the warm-up compiles instead", exc)
+            self._output.close()
 
     def finish(self, timeout_s: float = 180.0) -> dict[str, Any] | None:
         """Wait for it (killed after `timeout_s`); its seconds per resolution and in all, or None if it failed."""
+        if self._process is None:
+            return None
         try:
             self._process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -109,7 +116,7 @@ class Precompile:
         return {"resolutions_s": json.loads(line[len(_RESULT):]), "wall_s": time.perf_counter() - self._started}
 
     def stop(self) -> None:
-        if self._process.poll() is None:
+        if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()
         self._output.close()

@@ -89,3 +89,12 @@ def test_a_precompile_past_its_time_is_stopped(caplog):
         assert slow.finish(timeout_s=0.01) is None
     assert slow._process.returncode is not None  # killed, not left running
     assert "still running" in caplog.text
+
+
+def test_a_precompile_that_cannot_start_leaves_the_load_alone(monkeypatch, caplog):
+    monkeypatch.setattr("sys.executable", "/nonexistent/python3")
+    with caplog.at_level(logging.WARNING, logger="inference.precompile"):
+        never = Precompile("tiny", device=torch.device("cpu"), attention="sla", fp8_linears=False)
+        assert never.finish() is None
+        never.stop()
+    assert "could not start" in caplog.text
