@@ -343,12 +343,11 @@ class _Leader:
 
         from generation import actors, queue
         from generation import worker as job_worker
+        from generation.management import serving
         from turbosite import broker
 
         job_worker.set_pipeline_loader(self.load)
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+        stop = serving.stop_signals()
         warm_up: broker.OnWorkerThreadBoot | None = None
         if self.options.preload.lower() != "none":
             start = time.perf_counter()
@@ -359,9 +358,8 @@ class _Leader:
                 return EXIT_CANNOT_LOAD
             print(f"model {self.options.preload} loaded on {pipeline.device_name} in "
                   f"{time.perf_counter() - start:.1f} s", flush=True)
-            if self.options.warm_up and pipeline.device.type == "cuda":
-                # In the thread that will run the jobs: cuDNN's tuned plans are per thread.
-                warm_up = broker.OnWorkerThreadBoot(pipeline.warm_up)
+            if self.options.warm_up:
+                warm_up = job_worker.warm_up_on_boot(pipeline)
         presence = job_worker.Presence()  # the site learns from this row which models this group can run
         presence.start()
         dramatiq_worker = actors.start_worker(threads=1, on_boot=warm_up)
@@ -373,7 +371,7 @@ class _Leader:
         try:
             seconds = warm_up.wait(stop) if warm_up is not None else None
             if seconds is not None:
-                print("warmed up: " + ", ".join(f"{res} {secs:.1f} s" for res, secs in seconds.items()), flush=True)
+                print(job_worker.warmed_up_line(seconds), flush=True)
             print(f"worker {job_worker.worker_name()} ready: queue {queue.GPU_QUEUE!r} on "
                   f"{broker.describe_broker()}, {self.group.world} GPUs per job (device {self.group.device}, "
                   f"model dir {settings.TURBO_MODEL_DIR or 'none'})", flush=True)
@@ -446,9 +444,9 @@ class GroupPipeline:
 
 def run_from_command(options: GroupOptions, out: IO[str]) -> None:
     """The management command's side: signals stop the supervisor, which stops its groups."""
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    from generation.management import serving
+
+    stop = serving.stop_signals()
     try:
         supervise(options, out, stop)
     finally:

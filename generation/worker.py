@@ -37,6 +37,7 @@ from generation.stages import PIPELINE_STAGES, TIMING_KEYS, Stage
 from inference.checkpoint import weights_status
 from inference.configs import MODELS
 from inference.types import GenerationCanceled, GenerationRequest, InferenceInputError, ProgressEvent, WeightsError
+from turbosite import broker
 
 if TYPE_CHECKING:
     from inference.video import Mp4Stream
@@ -101,6 +102,20 @@ def get_pipeline(model: str) -> tuple[Any, float | None]:
         pipeline = _loader(model)
         _pipelines[model] = pipeline
         return pipeline, time.perf_counter() - start
+
+
+def warm_up_on_boot(pipeline: Any) -> broker.OnWorkerThreadBoot | None:
+    """The pipeline's warm-up (Triton compiles, cuDNN tuning of the VAE's convolutions), to run in the Dramatiq
+    thread that will run the jobs as it boots: PyTorch keeps cuDNN's tuned plans per thread. None on the CPU path,
+    which has nothing to compile or tune."""
+    device = getattr(pipeline, "device", None)
+    if getattr(device, "type", None) != "cuda" or not hasattr(pipeline, "warm_up"):
+        return None
+    return broker.OnWorkerThreadBoot(pipeline.warm_up)
+
+
+def warmed_up_line(seconds: dict[str, float]) -> str:
+    return "warmed up: " + ", ".join(f"{res} {secs:.1f} s" for res, secs in seconds.items())
 
 
 def loaded_models() -> list[str]:

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 from django.core.management import CommandError, call_command
 
+from generation import worker as job_worker
 from generation.management import serving
-from generation.management.commands.run_gpu_worker import Command
 from inference.types import WeightsError
 
 
@@ -58,16 +58,13 @@ class _Pipeline:
 
 
 def test_worker_warms_a_gpu_pipeline_up_in_its_job_thread_and_says_so():
-    out = StringIO()
-    command = Command(stdout=out)
     gpu, cpu = _Pipeline("cuda"), _Pipeline("cpu")
-    assert command._warm_up(cpu) is None  # nothing to compile or tune on the CPU path
-    boot = command._warm_up(gpu)
+    assert job_worker.warm_up_on_boot(cpu) is None  # nothing to compile or tune on the CPU path
+    boot = job_worker.warm_up_on_boot(gpu)
     assert gpu.warmed == []  # not in this thread: in the Dramatiq thread that runs the jobs, as it boots
     boot.after_worker_thread_boot(None, threading.current_thread())
-    command._said_warmed_up(boot.wait())
+    assert job_worker.warmed_up_line(boot.wait()) == "warmed up: 480p 1.2 s, 720p 2.5 s"
     assert gpu.warmed == [None] and cpu.warmed == []
-    assert "warmed up: 480p 1.2 s, 720p 2.5 s" in out.getvalue()
 
 
 @pytest.mark.django_db(transaction=True)

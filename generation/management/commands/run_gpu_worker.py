@@ -70,7 +70,7 @@ class Command(BaseCommand):
             device = getattr(pipeline, "device_name", "?")
             self.stdout.write(f"model {preload} loaded on {device} in {time.perf_counter() - start:.1f} s")
             if not options["no_warm_up"]:
-                warm_up = self._warm_up(pipeline)
+                warm_up = job_worker.warm_up_on_boot(pipeline)
         self._warn_if_several_gpus()
         stop = serving.stop_signals()
         presence = job_worker.Presence()  # the site learns from this row which models this host can run
@@ -87,8 +87,9 @@ class Command(BaseCommand):
         try:
             dramatiq_worker = actors.start_worker(threads=1, on_boot=warm_up)
             reaper_thread = None if options["no_reaper"] else reaper.start_reaper_thread()
-            if warm_up is not None:
-                self._said_warmed_up(warm_up.wait(stop))
+            seconds = warm_up.wait(stop) if warm_up is not None else None
+            if seconds is not None:  # None: no warm-up, or stopped before it ended
+                self.stdout.write(job_worker.warmed_up_line(seconds))
         except BaseException:
             shut_down()  # a worker that failed to start must not go on reporting itself alive
             raise
@@ -116,19 +117,6 @@ class Command(BaseCommand):
             group_worker.run_from_command(group, self.stdout)
         except group_worker.GroupCannotStart as exc:
             raise CommandError(str(exc)) from None
-
-    def _warm_up(self, pipeline: Any) -> broker.OnWorkerThreadBoot | None:
-        """Compile the GPU kernels and tune the VAE's convolutions before the first user's job, in the thread that
-        will run the jobs (cuDNN's tuned plans are per thread); None on the CPU path, which has nothing to tune."""
-        device = getattr(pipeline, "device", None)
-        if getattr(device, "type", None) != "cuda" or not hasattr(pipeline, "warm_up"):
-            return None
-        return broker.OnWorkerThreadBoot(pipeline.warm_up)
-
-    def _said_warmed_up(self, seconds: dict[str, float] | None) -> None:
-        if seconds is not None:  # None: stopped before the warm-up ended
-            done = ", ".join(f"{res} {secs:.1f} s" for res, secs in seconds.items())
-            self.stdout.write(f"warmed up: {done}")
 
     def _warn_if_several_gpus(self) -> None:
         torch = sys.modules.get("torch")
