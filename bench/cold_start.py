@@ -1,6 +1,6 @@
 """Cold start: a fresh worker process, weights on local disk, to the end of its first full-speed 720p job.
 
-    python3 -m bench.cold_start --dir /root/weights [--write] [--runs new_machine restart new_machine_no_precompile]
+    python3 -m bench.cold_start --dir /root/weights [--write] [--runs new_machine restart new_machine_one_precompile ...]
 
 `--write` first puts random full-size weights in the folder in the layout the worker reads (inference/weights.md):
 both experts as int8 "-quant" .pth files, the VAE .pth (fp32), the umT5-XXL .pth (bf16, Wan key names) and a
@@ -13,8 +13,11 @@ plans are kept per thread). Before each run the page cache is dropped (`sync; ec
 /proc/sys/vm/drop_caches`, root only; the run records whether it worked), so the weights come from the disk.
 - new_machine: an empty Triton cache (a worker's first start on a machine);
 - restart: the Triton cache the first run left (a worker restarted on the same machine);
+- new_machine_one_precompile: an empty Triton cache of its own, and one kernel precompile process for all
+  resolutions instead of one per resolution (inference/precompile.py): the same-run baseline of running them side
+  by side;
 - new_machine_no_precompile: an empty Triton cache of its own, and no kernel precompile process during the load
-  (`load(precompile=False)`, inference/precompile.py): the same-run baseline of the precompile.
+  (`load(precompile=False)`): the same-run baseline of the precompile.
 The cold start is the wall time from the parent's Popen to the end of the first 720p job; the second job says
 whether the first ran at full speed. Inside the load: seconds per component and for the fp8 conversion.
 Writes cold_start.json ($OUT or bench/results/).
@@ -32,8 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# run -> (a Triton cache of its own, empty; the kernel precompile during the load, as the worker does)
-RUNS = {"new_machine": (True, True), "restart": (False, True), "new_machine_no_precompile": (True, False)}
+# run -> (a Triton cache of its own, empty; the kernel precompile during the load: as the worker does it, in one
+# process, or none)
+RUNS = {"new_machine": (True, "worker"), "restart": (False, "worker"), "new_machine_one_precompile": (True, "one"),
+        "new_machine_no_precompile": (True, "none")}
 _RESULT = "COLD_START_RESULT "
 
 
@@ -73,7 +78,7 @@ def drop_page_cache() -> bool:
     return True
 
 
-def child(folder: str, precompile: bool, started: float) -> None:
+def child(folder: str, precompile: str, started: float) -> None:
     """The worker's start-up, timed; prints one result line."""
     marks: dict[str, float] = {"process_start": started}
     import torch
@@ -99,7 +104,10 @@ def child(folder: str, precompile: bool, started: float) -> None:
     for name in ("load_dit", "load_vae", "load_text_encoder"):
         setattr(pipeline_module, name, timed(name, getattr(pipeline_module, name)))
     WanDiT.use_fp8_linears = timed("fp8_conversion", WanDiT.use_fp8_linears)  # type: ignore[method-assign]
-    pipe = pipeline_module.I2VPipeline.load("wan2.2-i2v-a14b", folder, precompile=precompile)
+    if precompile == "one":
+        groups = pipeline_module.precompile_groups
+        pipeline_module.precompile_groups = lambda *a, **k: [None] if groups(*a, **k) else []  # type: ignore[assignment]
+    pipe = pipeline_module.I2VPipeline.load("wan2.2-i2v-a14b", folder, precompile=precompile != "none")
     marks["loaded"] = time.time()
     warm = pipe.warm_up()
     marks["warmed_up"] = time.time()
@@ -123,11 +131,10 @@ def child(folder: str, precompile: bool, started: float) -> None:
 def run(name: str, folder: Path, triton_cache: Path) -> dict[str, Any]:
     dropped = drop_page_cache()
     env = dict(os.environ, TRITON_CACHE_DIR=str(triton_cache))
-    precompile = ["--precompile"] if RUNS[name][1] else []
     started = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.cold_start", "--child", "--dir", str(folder), "--started", repr(started),
-         *precompile],
+         "--precompile", RUNS[name][1]],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     wall = time.time() - started
@@ -147,7 +154,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, default=0.0, help=argparse.SUPPRESS)
-    parser.add_argument("--precompile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--precompile", default="worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.dir, args.precompile, args.started)

@@ -205,13 +205,19 @@ def plan_memory(
     return MemoryPlan(experts_resident=False, text_encoder_resident=False, experts_streamed=one_expert > free_bytes)
 
 
-def room_for_precompile(config: ModelConfig, sizes: dict[str, int], dtype: torch.dtype, free_bytes: int) -> bool:
-    """Whether the precompile process (inference/precompile.py: its stand-in DiT, a VAE, a job's working memory
-    and a CUDA context) fits beside all the weights while they load; a smaller card compiles in its warm-up."""
+def precompile_groups(config: ModelConfig, sizes: dict[str, int], dtype: torch.dtype,
+                      free_bytes: int) -> list[list[str] | None]:
+    """The resolutions of each precompile process (inference/precompile.py) that fit beside all the weights while
+    they load: one process per resolution where they all fit (each with its stand-in DiT, a VAE, a job's working
+    memory and a CUDA context), else one for all of them ([None]), else none (a smaller card compiles in its
+    warm-up)."""
     stand_in = _meta_module_bytes(lambda: WanDiT(stand_in_config(config).dit, "sla"), dtype)
-    weights = 2 * sizes["expert"] + sizes["text"] + sizes["vae"]
+    room = free_bytes - (2 * sizes["expert"] + sizes["text"] + sizes["vae"])
     child = stand_in + sizes["vae"] + activation_headroom_bytes(config) + 2**30
-    return weights + child <= free_bytes
+    resolutions = list(config.resolutions)
+    if len(resolutions) * child <= room:
+        return [[resolution] for resolution in resolutions]
+    return [None] if child <= room else []
 
 
 def usable_gpu_bytes(device: torch.device) -> int:
@@ -541,9 +547,11 @@ class I2VPipeline:
         )
         host = torch.device("cpu")
         expert_device = chosen if plan.experts_resident else host
+        groups = precompile_groups(config, sizes, dtype, free_bytes) if precompile and on_cuda else []
         compiling = None
-        if precompile and on_cuda and room_for_precompile(config, sizes, dtype, free_bytes):
-            compiling = Precompile(model, device=chosen, attention=attention, fp8_linears=linear_mode == "fp8")
+        if groups:
+            compiling = Precompile(model, device=chosen, attention=attention, fp8_linears=linear_mode == "fp8",
+                                   groups=groups)
         try:
             high = load_dit(config, paths["high"], device=expert_device, dtype=dtype, attention=attention,
                             expert="high")

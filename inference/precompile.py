@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -77,49 +77,65 @@ def run_stand_ins(config: ModelConfig, *, device: torch.device, dtype: torch.dty
 
 
 class Precompile:
-    """The second process, started when made (before the load); `finish` waits for it after the load, `stop` ends
-    it when the load fails. Never raises: the warm-up compiles whatever this did not."""
+    """The second processes, started when made (before the load): one per group of resolutions, side by side, since
+    each compiles its own shape specialisations and Triton compiles on one CPU core per process. `finish` waits for
+    them after the load, `stop` ends them when the load fails. Never raises: the warm-up compiles whatever these
+    did not."""
 
     def __init__(self, model: str, *, device: torch.device, attention: str, fp8_linears: bool,
-                 resolutions: list[str] | None = None) -> None:
-        # A file, not a pipe: a chatty child never blocks. Closed by finish() or stop().
-        self._output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+                 groups: list[list[str] | None] | None = None) -> None:
         command = [sys.executable, "-m", "inference.precompile", "--model", model, "--device", str(device),
-                   "--attention", attention, *(["--fp8-linears"] if fp8_linears else []),
-                   *(["--resolutions", *resolutions] if resolutions else [])]
+                   "--attention", attention, *(["--fp8-linears"] if fp8_linears else [])]
         self._started = time.perf_counter()
-        self._process: subprocess.Popen[bytes] | None = None
-        try:
-            self._process = subprocess.Popen(command, stdout=self._output, stderr=subprocess.STDOUT)
-        except OSError as exc:
-            log.warning("kernel precompile could not start (%s); the warm-up compiles instead", exc)
-            self._output.close()
+        self._children: list[tuple[subprocess.Popen[bytes], IO[str]]] = []
+        for resolutions in groups or [None]:
+            # A file, not a pipe: a chatty child never blocks. Closed by finish() or stop().
+            output = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+            try:
+                process = subprocess.Popen([*command, *(["--resolutions", *resolutions] if resolutions else [])],
+                                           stdout=output, stderr=subprocess.STDOUT)
+            except OSError as exc:
+                log.warning("kernel precompile could not start (%s); the warm-up compiles instead", exc)
+                output.close()
+                continue
+            self._children.append((process, output))
 
     def finish(self, timeout_s: float = 180.0) -> dict[str, Any] | None:
-        """Wait for it (killed after `timeout_s`); its seconds per resolution and in all, or None if it failed."""
-        if self._process is None:
+        """Wait for them (killed after `timeout_s` in all); the seconds per resolution of those that finished and
+        the wall time, or None if none did."""
+        deadline = time.perf_counter() + timeout_s
+        seconds: dict[str, float] = {}
+        for process, output in self._children:
+            try:
+                process.wait(timeout=max(deadline - time.perf_counter(), 0.0))
+            except subprocess.TimeoutExpired:
+                log.warning("kernel precompile still running after %.0f s: stopped", timeout_s)
+                self.stop()
+                break
+            output.seek(0)
+            text = output.read()
+            line = next((ln for ln in text.splitlines() if ln.startswith(_RESULT)), None)
+            if process.returncode != 0 or line is None:
+                log.warning("kernel precompile failed (exit %s); the warm-up compiles instead:\n%s",
+                            process.returncode, text[-3000:])
+                continue
+            seconds.update(json.loads(line[len(_RESULT):]))
+        self._close()
+        if not seconds:
             return None
-        try:
-            self._process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("kernel precompile still running after %.0f s: stopped", timeout_s)
-            self.stop()
-            return None
-        self._output.seek(0)
-        output = self._output.read()
-        self._output.close()
-        line = next((ln for ln in output.splitlines() if ln.startswith(_RESULT)), None)
-        if self._process.returncode != 0 or line is None:
-            log.warning("kernel precompile failed (exit %s); the warm-up compiles instead:\n%s",
-                        self._process.returncode, output[-3000:])
-            return None
-        return {"resolutions_s": json.loads(line[len(_RESULT):]), "wall_s": time.perf_counter() - self._started}
+        return {"resolutions_s": seconds, "processes": len(self._children),
+                "wall_s": time.perf_counter() - self._started}
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        self._output.close()
+        for process, _ in self._children:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self._close()
+
+    def _close(self) -> None:
+        for _, output in self._children:
+            output.close()
 
 
 def main(argv: list[str] | None = None) -> None:

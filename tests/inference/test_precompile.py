@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from inference.configs import A14B, TINY
-from inference.pipeline import I2VPipeline, estimate_weight_bytes, room_for_precompile
+from inference.pipeline import I2VPipeline, estimate_weight_bytes, precompile_groups
 from inference.precompile import STAND_IN_LAYERS, Precompile, run_stand_ins, stand_in_config
 from inference.types import GenerationRequest
 
@@ -63,18 +63,19 @@ def test_the_stand_in_dit_has_two_blocks_and_the_real_width():
     assert config.vae == A14B.vae and config.resolutions == A14B.resolutions
 
 
-def test_precompile_runs_only_where_it_fits_beside_the_weights():
+def test_precompile_runs_one_process_per_resolution_where_they_fit_beside_the_weights():
     sizes = estimate_weight_bytes(A14B, dict.fromkeys(("high", "low", "vae", "text")), torch.bfloat16)
     sizes["expert"] //= 2  # fp8 block linears
-    enough = 139 * 2**30  # an H200
-    assert room_for_precompile(A14B, sizes, torch.bfloat16, enough)
-    assert not room_for_precompile(A14B, sizes, torch.bfloat16, 48 * 2**30)  # a 48 GB card compiles in its warm-up
+    assert precompile_groups(A14B, sizes, torch.bfloat16, 139 * 2**30) == [["480p"], ["720p"]]  # an H200
+    assert precompile_groups(A14B, sizes, torch.bfloat16, 56 * 2**30) == [None]  # room for one: all in it
+    assert precompile_groups(A14B, sizes, torch.bfloat16, 48 * 2**30) == []  # a 48 GB card compiles in its warm-up
 
 
-def test_the_precompile_process_reports_its_timings_or_fails_without_raising(caplog):
+def test_the_precompile_processes_report_their_timings_or_fail_without_raising(caplog):
     done = Precompile("tiny", device=torch.device("cpu"), attention="sla", fp8_linears=False,
-                      resolutions=["480p"]).finish(timeout_s=300)
-    assert done is not None and list(done["resolutions_s"]) == ["480p"] and done["wall_s"] > 0
+                      groups=[["480p"], ["720p"]]).finish(timeout_s=300)
+    assert done is not None and done["processes"] == 2 and done["wall_s"] > 0
+    assert sorted(done["resolutions_s"]) == ["480p", "720p"]
 
     with caplog.at_level(logging.WARNING, logger="inference.precompile"):
         failed = Precompile("no-such-model", device=torch.device("cpu"), attention="sla",
@@ -83,11 +84,19 @@ def test_the_precompile_process_reports_its_timings_or_fails_without_raising(cap
     assert "kernel precompile failed" in caplog.text and "no-such-model" in caplog.text
 
 
+def test_one_failed_precompile_process_keeps_the_others_timings(caplog):
+    with caplog.at_level(logging.WARNING, logger="inference.precompile"):
+        done = Precompile("tiny", device=torch.device("cpu"), attention="sla", fp8_linears=False,
+                          groups=[["480p"], ["no-such-resolution"]]).finish(timeout_s=300)
+    assert done is not None and list(done["resolutions_s"]) == ["480p"]
+    assert "kernel precompile failed" in caplog.text
+
+
 def test_a_precompile_past_its_time_is_stopped(caplog):
     slow = Precompile("tiny", device=torch.device("cpu"), attention="sla", fp8_linears=False)
     with caplog.at_level(logging.WARNING, logger="inference.precompile"):
         assert slow.finish(timeout_s=0.01) is None
-    assert slow._process.returncode is not None  # killed, not left running
+    assert all(p.returncode is not None for p, _ in slow._children)  # killed, not left running
     assert "still running" in caplog.text
 
 
