@@ -17,7 +17,9 @@ plans are kept per thread). Before each run the page cache is dropped (`sync; ec
   resolutions instead of one per resolution (inference/precompile.py): the same-run baseline of running them side
   by side;
 - new_machine_no_precompile: an empty Triton cache of its own, and no kernel precompile process during the load
-  (`load(precompile=False)`): the same-run baseline of the precompile.
+  (`load(precompile=False)`): the same-run baseline of the precompile;
+- restart_whole_warm_up: as restart, but the warm-up's step runs all the experts' blocks instead of the first
+  KERNEL_BLOCKS (inference/dit.py): the same-run baseline of the shorter warm-up.
 The cold start is the wall time from the parent's Popen to the end of the first 720p job; the second job says
 whether the first ran at full speed. Inside the load: seconds per component and for the fp8 conversion.
 Writes cold_start.json ($OUT or bench/results/).
@@ -26,6 +28,7 @@ Writes cold_start.json ($OUT or bench/results/).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -36,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 # run -> (a Triton cache of its own, empty; the kernel precompile during the load: as the worker does it, in one
-# process, or none)
-RUNS = {"new_machine": (True, "worker"), "restart": (False, "worker"), "new_machine_one_precompile": (True, "one"),
-        "new_machine_no_precompile": (True, "none")}
+# process, or none; the warm-up as the worker does it, or through every block)
+RUNS = {"new_machine": (True, "worker", "worker"), "restart": (False, "worker", "worker"),
+        "new_machine_one_precompile": (True, "one", "worker"), "new_machine_no_precompile": (True, "none", "worker"),
+        "restart_whole_warm_up": (False, "worker", "whole")}
 _RESULT = "COLD_START_RESULT "
 
 
@@ -78,7 +82,7 @@ def drop_page_cache() -> bool:
     return True
 
 
-def child(folder: str, precompile: str, started: float) -> None:
+def child(folder: str, precompile: str, warm_up: str, started: float) -> None:
     """The worker's start-up, timed; prints one result line."""
     marks: dict[str, float] = {"process_start": started}
     import torch
@@ -109,6 +113,9 @@ def child(folder: str, precompile: str, started: float) -> None:
         pipeline_module.precompile_groups = lambda *a, **k: [None] if groups(*a, **k) else []  # type: ignore[assignment]
     pipe = pipeline_module.I2VPipeline.load("wan2.2-i2v-a14b", folder, precompile=precompile != "none")
     marks["loaded"] = time.time()
+    if warm_up == "whole":
+        for expert in pipe.experts.values():
+            expert.first_blocks = lambda count: contextlib.nullcontext()
     warm = pipe.warm_up()
     marks["warmed_up"] = time.time()
     from bench.whole_job import run_job
@@ -134,7 +141,7 @@ def run(name: str, folder: Path, triton_cache: Path) -> dict[str, Any]:
     started = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.cold_start", "--child", "--dir", str(folder), "--started", repr(started),
-         "--precompile", RUNS[name][1]],
+         "--precompile", RUNS[name][1], "--warm-up", RUNS[name][2]],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     wall = time.time() - started
@@ -155,9 +162,10 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--precompile", default="worker", help=argparse.SUPPRESS)
+    parser.add_argument("--warm-up", default="worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.dir, args.precompile, args.started)
+        child(args.dir, args.precompile, args.warm_up, args.started)
         return
     from bench.common import environment, print_table, write_json
 

@@ -163,8 +163,13 @@ class StreamedBlocks:
         self._on_device[index] = None
 
     def prefetch(self) -> None:
-        """Start copying the first blocks, so the next forward does not wait for them."""
-        for index in range(min(self.ahead + 1, len(self.blocks))):
+        """Start copying the first blocks, so the next forward does not wait for them, and drop any other block's
+        device copy (a forward that stopped early leaves some: a warm-up through WanDiT.first_blocks, an error)."""
+        first = min(self.ahead + 1, len(self.blocks))
+        for index in range(first, len(self.blocks)):
+            if self._on_device[index] is not None:
+                self._leave(index)
+        for index in range(first):
             self._fetch(index)
 
     def park(self) -> None:

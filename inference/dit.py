@@ -10,8 +10,10 @@ bf16 on GPU). SLA's proj_l stays fp32.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -125,6 +127,7 @@ class SelfAttention(AttentionProjections):
         self.qkv: Fp8Linear | None = None
         # Set while a group runs the model sequence-parallel (inference/parallel/dit.py).
         self.sequence_parallel: SequenceShard | None = None
+        self._block_limit: int | None = None  # see first_blocks()
 
     def fuse_qkv(self, fuse: bool) -> None:
         """Move between separate fp8 q/k/v layers and one fused layer (the weights are held once either way)."""
@@ -263,6 +266,11 @@ def _per_layer_attention(attention: str | Sequence[str], num_layers: int) -> lis
     return kinds
 
 
+# Leading blocks that run every kernel a forward runs (the first has no previous block's FFN update to add, the
+# second does; the rest repeat the second): what warms up or precompiles a forward's kernels.
+KERNEL_BLOCKS = 2
+
+
 class WanDiT(nn.Module):
     """One Wan2.2 I2V expert. forward(x [B, 36, f, h, w], t [B] (x1000), context [B, text_len, text_dim])
     returns the predicted velocity [B, 16, f, h, w] in fp32."""
@@ -282,6 +290,7 @@ class WanDiT(nn.Module):
         self._rope_cache: dict[tuple[tuple[int, int, int], torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         # Set while a group runs the model sequence-parallel (inference/parallel/dit.py).
         self.sequence_parallel: SequenceShard | None = None
+        self._block_limit: int | None = None  # see first_blocks()
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -310,6 +319,16 @@ class WanDiT(nn.Module):
         for module in self.modules():
             if isinstance(module, SparseLinearAttention):
                 module.topk = topk
+
+    @contextmanager
+    def first_blocks(self, count: int) -> Iterator[None]:
+        """Forwards inside run only the first `count` blocks: a warm-up that reaches every kernel (KERNEL_BLOCKS)
+        without paying for the whole stack. The output is not the model's."""
+        self._block_limit = count
+        try:
+            yield
+        finally:
+            self._block_limit = None
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (grid, device)
@@ -350,7 +369,7 @@ class WanDiT(nn.Module):
         # Each block leaves its FFN update to the next block's first norm, which applies it in the same pass over
         # the fp32 stream.
         pending: PendingResidual | None = None
-        for block in self.blocks:
+        for block in itertools.islice(self.blocks, self._block_limit):
             residual, pending = block(residual, time_mod, text, rope_cos, rope_sin, pending=pending, defer_ffn=True)
         # Not fused into the head's norm: with an fp32 output the fused kernel rounds that norm differently (1e-6)
         # and saves little, once a forward (bench/README.md).

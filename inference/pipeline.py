@@ -25,7 +25,7 @@ from inference.block_streaming import StreamedBlocks
 from inference.checkpoint import load_dit, weights_status
 from inference.conditioning import VAE_CHUNK_LATENTS, image_condition
 from inference.configs import ModelConfig, get_config
-from inference.dit import WanDiT
+from inference.dit import KERNEL_BLOCKS, WanDiT
 from inference.image import check_resize_mode, load_image, preprocess_image, target_size, validate_num_frames
 from inference.precompile import Precompile, stand_in_config
 from inference.sampler import check_num_steps, sample
@@ -588,19 +588,23 @@ class I2VPipeline:
         """One job of one step per resolution (default: all of the model's) at the default length, so Triton
         compiles its kernels and cuDNN tunes the VAE's convolutions (per shape: the VAE's chunk shapes and its
         whole-length first layers depend on the length) before the first real job, which would otherwise pay for
-        all of it (bench/README.md). One step runs one expert; the other runs the same kernels.
+        all of it (bench/README.md). One step runs one expert, and only its first KERNEL_BLOCKS blocks: the other
+        blocks and the other expert run the same kernels.
         PyTorch keeps cuDNN's tuned plans per thread: call this in the thread that will run the jobs.
         Returns the seconds per resolution."""
         seconds: dict[str, float] = {}
-        for resolution in resolutions or list(self.config.resolutions):
-            width, height = self.config.resolutions[resolution]
-            request = GenerationRequest(
-                image=Image.new("RGB", (width, height), (128, 128, 128)), prompt="warm-up", seed=0, num_steps=1,
-                resolution=resolution, adaptive_resolution=False,
-            )
-            start = time.perf_counter()
-            self.generate(request)
-            seconds[resolution] = time.perf_counter() - start
+        with contextlib.ExitStack() as truncated:
+            for expert in self.experts.values():
+                truncated.enter_context(expert.first_blocks(KERNEL_BLOCKS))
+            for resolution in resolutions or list(self.config.resolutions):
+                width, height = self.config.resolutions[resolution]
+                request = GenerationRequest(
+                    image=Image.new("RGB", (width, height), (128, 128, 128)), prompt="warm-up", seed=0, num_steps=1,
+                    resolution=resolution, adaptive_resolution=False,
+                )
+                start = time.perf_counter()
+                self.generate(request)
+                seconds[resolution] = time.perf_counter() - start
         return seconds
 
     @torch.no_grad()

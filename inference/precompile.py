@@ -29,17 +29,17 @@ import torch
 from inference.checkpoint import load_dit
 from inference.conditioning import VAE_CHUNK_LATENTS, image_condition
 from inference.configs import ModelConfig, get_config
+from inference.dit import KERNEL_BLOCKS
 from inference.vae import load_vae
 
 log = logging.getLogger(__name__)
 
-STAND_IN_LAYERS = 2
 _RESULT = "PRECOMPILED "
 
 
 def stand_in_config(config: ModelConfig) -> ModelConfig:
-    """`config` with a DiT of STAND_IN_LAYERS blocks, every size unchanged."""
-    return dataclasses.replace(config, dit=dataclasses.replace(config.dit, num_layers=STAND_IN_LAYERS))
+    """`config` with a DiT of KERNEL_BLOCKS blocks (all a forward's kernels), every size unchanged."""
+    return dataclasses.replace(config, dit=dataclasses.replace(config.dit, num_layers=KERNEL_BLOCKS))
 
 
 @torch.no_grad()

@@ -66,3 +66,16 @@ def test_prefetch_then_remove_leaves_weights_on_host() -> None:
     copied = streamer.bytes_copied
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
     assert streamer.bytes_copied == copied  # unhooked: nothing streams any more
+
+
+def test_prefetch_after_a_forward_that_stopped_early_keeps_only_the_first_blocks() -> None:
+    model = Chain(5)
+    x = torch.randn(2, 8)
+    expected = model(x)
+    streamer = StreamedBlocks(model.blocks, torch.device("cpu"), ahead=2)
+    model.blocks[1](model.blocks[0](x))  # the first two blocks, as a warm-up through WanDiT.first_blocks: 2, 3 stay
+    assert not _on_host(model.blocks[3], streamer)
+    streamer.prefetch()
+    assert streamer.blocks_on_device() == 3  # 0, 1 and 2: what the next forward needs first, and no more
+    assert _on_host(model.blocks[3], streamer) and not _on_host(model.blocks[0], streamer)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)

@@ -186,3 +186,21 @@ def test_rejects_inputs_of_the_wrong_shape(tiny: WanDiT) -> None:
         tiny(x[:, :, :, :7], t, context)
     with pytest.raises(ValueError, match="context"):
         tiny(x, t, context[..., :8])
+
+
+def test_first_blocks_runs_the_leading_blocks_only_and_only_inside() -> None:
+    model = load_dit(TINY, None, device="cpu", dtype=torch.float32).eval()
+    x = torch.randn(1, TINY.dit.in_dim, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    t, context = torch.tensor([500.0]), torch.randn(1, 8, TINY.dit.text_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model(x, t, context)
+        with model.first_blocks(1):
+            first = model(x, t, context)
+        after = model(x, t, context)
+        blocks = model.blocks
+        model.blocks = torch.nn.ModuleList(blocks[:1])
+        one_block_model = model(x, t, context)
+        model.blocks = blocks
+    torch.testing.assert_close(first, one_block_model, rtol=0, atol=0)
+    assert not torch.allclose(first, whole)
+    torch.testing.assert_close(after, whole, rtol=0, atol=0)

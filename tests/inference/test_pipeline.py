@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from inference.configs import A14B, TINY
+from inference.dit import KERNEL_BLOCKS
 from inference.image import preprocess_image, target_size
 from inference.pipeline import (
     VAE_CHUNK_LATENTS,
@@ -415,6 +417,27 @@ def test_linear_mode_resolves_per_device():
         resolve_linears("fp8", cpu)
     with pytest.raises(InferenceInputError, match="'int4'"):
         resolve_linears("int4", cpu)
+
+
+def test_warm_up_runs_only_the_blocks_that_reach_every_kernel(monkeypatch):
+    deeper = dataclasses.replace(TINY, dit=dataclasses.replace(TINY.dit, num_layers=KERNEL_BLOCKS + 2))
+    monkeypatch.setattr("inference.pipeline.get_config", lambda name: deeper)
+    pipe = I2VPipeline.load("tiny", device="cpu")
+    ran: list[int] = []
+    handles = []
+    for expert in pipe.experts.values():
+        handles.append(expert.register_forward_pre_hook(lambda *_: ran.append(0)))
+        for block in expert.blocks:
+            handles.append(block.register_forward_hook(lambda *_: ran.__setitem__(-1, ran[-1] + 1)))
+    try:
+        pipe.warm_up(["480p"])
+        assert ran == [KERNEL_BLOCKS]  # one forward, through the first blocks only
+        ran.clear()
+        pipe.generate(GenerationRequest(image=sample_image(), prompt="a fox", seed=1, num_steps=2))
+        assert ran == [KERNEL_BLOCKS + 2] * 2  # a job after it runs every block of both experts
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def test_warm_up_runs_one_step_per_resolution_at_the_default_length(pipeline, monkeypatch):

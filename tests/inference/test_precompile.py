@@ -14,8 +14,9 @@ from PIL import Image
 from torch import nn
 
 from inference.configs import A14B, TINY
+from inference.dit import KERNEL_BLOCKS
 from inference.pipeline import I2VPipeline, estimate_weight_bytes, precompile_groups
-from inference.precompile import STAND_IN_LAYERS, Precompile, run_stand_ins, stand_in_config
+from inference.precompile import Precompile, run_stand_ins, stand_in_config
 from inference.types import GenerationRequest
 
 Call = tuple[str, tuple[tuple[int, ...], ...]]
@@ -58,7 +59,7 @@ def test_the_stand_ins_run_every_shape_a_default_job_runs():
 
 def test_the_stand_in_dit_has_two_blocks_and_the_real_width():
     config = stand_in_config(A14B)
-    assert config.dit.num_layers == STAND_IN_LAYERS == 2
+    assert config.dit.num_layers == KERNEL_BLOCKS == 2
     assert config.dit.dim == A14B.dit.dim and config.dit.ffn_dim == A14B.dit.ffn_dim
     assert config.vae == A14B.vae and config.resolutions == A14B.resolutions
 
