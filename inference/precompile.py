@@ -1,13 +1,14 @@
-"""Triton's kernels compiled in a second process while the worker loads its weights.
+"""Triton's kernels compiled in other processes while the worker loads its weights.
 
 On a machine where it never ran, a worker's warm-up spends ~22 s compiling Triton kernels, after the weights have
 loaded (bench/README.md). Compiling depends on shapes, dtypes and the GPU, not on the weights' values, and loading
-is bound by the disk, so a second process compiles them meanwhile on stand-ins: the VAE and a DiT of two blocks at
+is bound by the disk, so other processes compile them meanwhile on stand-ins: the VAE and a DiT of two blocks at
 the experts' width, with random weights (two blocks, because a later block's first norm also adds the previous
-block's FFN output), run once per resolution on the shapes of a default-length job. Triton keeps what it compiles
-on disk (TRITON_CACHE_DIR), where the warm-up then finds it. Not a thread: a thread doing this beside the load
-slowed the load from 51 to 87 s (the two share the GIL; bench/README.md). cuDNN's tuning is not done here: PyTorch
-keeps its tuned plans per thread, so only the worker's own warm-up can do it.
+block's FFN output), run on the shapes of a default-length job, one process per resolution where they fit (each
+resolution compiles its own shape specialisations, and Triton compiles on one core a process). Triton keeps what
+it compiles on disk (TRITON_CACHE_DIR), where the warm-up then finds it. Not a thread: a thread doing this beside
+the load slowed the load from 51 to 87 s (the two share the GIL; bench/README.md). cuDNN's tuning is not done
+here: PyTorch keeps its tuned plans per thread, so only the worker's own warm-up can do it.
 
     python -m inference.precompile --model NAME [--device cuda:0] [--attention sla] [--fp8-linears] [--resolutions ...]
 """
