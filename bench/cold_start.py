@@ -195,11 +195,12 @@ def main() -> None:
         table.append({
             "run": row["run"], "imported": marks["imported"], "loaded": marks["loaded"],
             "warmed_up": marks["warmed_up"], "precompile_s": (row["precompiled"] or {}).get("wall_s"),
+            "load_waited_s": (row["precompiled"] or {}).get("waited_s"),
             "cold_start_s": row["cold_start_s"], "job1_s": jobs[0]["job_s"],
             "job2_s": jobs[1]["job_s"], **{k: v for k, v in row["load_parts_s"].items()},
             "dropped": row["page_cache_dropped"],
         })  # fmt: skip
-    print_table(table, ["run", "imported", "loaded", "warmed_up", "precompile_s", "cold_start_s", "job1_s", "job2_s", "load_dit",
+    print_table(table, ["run", "imported", "loaded", "warmed_up", "precompile_s", "load_waited_s", "cold_start_s", "job1_s", "job2_s", "load_dit",
                         "load_vae", "load_text_encoder", "fp8_conversion", "dropped", "error"])  # fmt: skip
     print(f"wrote {write_json('cold_start.json', results)}")
 

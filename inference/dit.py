@@ -127,7 +127,6 @@ class SelfAttention(AttentionProjections):
         self.qkv: Fp8Linear | None = None
         # Set while a group runs the model sequence-parallel (inference/parallel/dit.py).
         self.sequence_parallel: SequenceShard | None = None
-        self._block_limit: int | None = None  # see first_blocks()
 
     def fuse_qkv(self, fuse: bool) -> None:
         """Move between separate fp8 q/k/v layers and one fused layer (the weights are held once either way)."""

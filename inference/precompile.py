@@ -78,10 +78,10 @@ def run_stand_ins(config: ModelConfig, *, device: torch.device, dtype: torch.dty
 
 
 class Precompile:
-    """The second processes, started when made (before the load): one per group of resolutions, side by side, since
-    each compiles its own shape specialisations and Triton compiles on one CPU core per process. `finish` waits for
-    them after the load, `stop` ends them when the load fails. Never raises: the warm-up compiles whatever these
-    did not."""
+    """The precompile processes, started when made (before the load): one per group of resolutions, side by side,
+    since each compiles its own shape specialisations and Triton compiles on one CPU core per process. `finish`
+    waits for them after the load, `stop` ends them when the load fails. Never raises: the warm-up compiles
+    whatever these did not."""
 
     def __init__(self, model: str, *, device: torch.device, attention: str, fp8_linears: bool,
                  groups: list[list[str] | None] | None = None) -> None:
@@ -102,9 +102,10 @@ class Precompile:
             self._children.append((process, output))
 
     def finish(self, timeout_s: float = 180.0) -> dict[str, Any] | None:
-        """Wait for them (killed after `timeout_s` in all); the seconds per resolution of those that finished and
-        the wall time, or None if none did."""
-        deadline = time.perf_counter() + timeout_s
+        """Wait for them (killed after `timeout_s` in all); the seconds per resolution of those that finished, the
+        seconds this waited (what they added to the load) and since they started, or None if none finished."""
+        waiting = time.perf_counter()
+        deadline = waiting + timeout_s
         seconds: dict[str, float] = {}
         for process, output in self._children:
             try:
@@ -124,8 +125,9 @@ class Precompile:
         self._close()
         if not seconds:
             return None
-        return {"resolutions_s": seconds, "processes": len(self._children),
-                "wall_s": time.perf_counter() - self._started}
+        now = time.perf_counter()
+        return {"resolutions_s": seconds, "processes": len(self._children), "waited_s": now - waiting,
+                "wall_s": now - self._started}
 
     def stop(self) -> None:
         for process, _ in self._children:

@@ -75,7 +75,7 @@ def test_precompile_runs_one_process_per_resolution_where_they_fit_beside_the_we
 def test_the_precompile_processes_report_their_timings_or_fail_without_raising(caplog):
     done = Precompile("tiny", device=torch.device("cpu"), attention="sla", fp8_linears=False,
                       groups=[["480p"], ["720p"]]).finish(timeout_s=300)
-    assert done is not None and done["processes"] == 2 and done["wall_s"] > 0
+    assert done is not None and done["processes"] == 2 and done["wall_s"] >= done["waited_s"] > 0
     assert sorted(done["resolutions_s"]) == ["480p", "720p"]
 
     with caplog.at_level(logging.WARNING, logger="inference.precompile"):
